@@ -1,0 +1,5 @@
+"""Allow `python -m iclevr`."""
+
+from iclevr.cli import main
+
+main()

@@ -1,0 +1,200 @@
+"""Settings: pydantic sections composed into one model per command.
+
+Values are resolved as defaults < preset < config file (JSON or TOML) < command-line flags, and the
+resolved settings are written into every run folder (`settings.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from iclevr.errors import UserError, format_validation_error
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSettings(Section):
+    """Where the course-layout data lives and how it is loaded."""
+
+    data_dir: Path | None = Field(None, description="Course data folder (train.json, objects.json, test.json, "
+                                  "new_test.json, iclevr/*.png); empty = the embedded rendered kit.")
+    images_dir: Path | None = Field(None, description="Folder of the training PNGs; empty = <data_dir>/iclevr.")
+    cache: bool = Field(True, description="Decode the training set once into a uint8 tensor cached on disk.")
+    flip: bool = Field(False, description="Random horizontal flip augmentation (never changes which objects).")
+
+
+class ModelSettings(Section):
+    """The conditional UNet (diffusers UNet2DModel) and its label embedding."""
+
+    sample_size: int = Field(64, gt=0, description="Resolution the UNet runs at; outputs are resized to 64x64.")
+    block_out_channels: tuple[int, ...] = Field((128, 128, 256, 256, 512, 512),
+                                                description="Channels per UNet resolution level.")
+    layers_per_block: int = Field(2, ge=1, description="ResNet layers per UNet block.")
+    down_block_types: tuple[str, ...] = Field(
+        ("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"), description="diffusers down block types.")
+    up_block_types: tuple[str, ...] = Field(
+        ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4, description="diffusers up block types.")
+    attention_head_dim: int = Field(8, gt=0, description="Channels per attention head.")
+    norm_num_groups: int = Field(32, gt=0, description="GroupNorm groups (must divide every channel count).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the ResNet blocks.")
+
+
+class ScheduleSettings(Section):
+    """The training noise schedule (see iclevr.schedules for the registry)."""
+
+    name: str = Field("squaredcos_cap_v2", description="Noise schedule: linear, scaled_linear, sigmoid, "
+                      "squaredcos_cap_v2 or cosine.")
+    num_train_timesteps: int = Field(1000, gt=1, description="Number of diffusion timesteps T.")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field("epsilon", description="What the UNet predicts.")
+
+
+class SamplerSettings(Section):
+    """How images are drawn from a trained model."""
+
+    sampler: str = Field("dpmpp", description="Sampler: ddpm, ddim, dpmpp or unipc.")
+    steps: int | None = Field(None, gt=0, description="Sampling steps; empty = the sampler's default.")
+    guidance_scale: float = Field(2.0, ge=0.0, le=50.0, description="Classifier-free guidance scale s "
+                                  "(eps = eps_uncond + s * (eps_cond - eps_uncond)); 1 = conditional only.")
+    batch_size: int = Field(64, gt=0, description="Images per UNet batch (each image has its own generator).")
+    seed: int = Field(0, ge=0, description="Base seed; image i uses generator seed (seed, i).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+
+
+class TrainLoopSettings(Section):
+    """Optimisation, mixed precision, EMA and bookkeeping of the training loop."""
+
+    epochs: int | None = Field(None, gt=0, description="Epochs to train (one epoch = one pass over train.json).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to train; wins over epochs.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget in minutes (stops cleanly).")
+    batch_size: int = Field(32, gt=0, description="Images per optimizer step (per process, before accumulation).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="Adam (the seed's) or AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (AdamW).")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR after warm-up: cosine annealing "
+                                                        "to 0 over the run, or constant.")
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up steps.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; empty = no clipping.")
+    p_uncond: float = Field(0.2, ge=0, le=1, description="Probability of dropping the condition (CFG training).")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="Maximum EMA decay of the sampling weights.")
+    ema_warmup: bool = Field(True, description="Warm the EMA decay up as min(decay, (1+step)/(10+step)).")
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023); "
+                                    "empty = plain MSE.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Autocast precision.")
+    seed: int = Field(0, ge=0, description="Seed of weights, data order and noise (reseeded per step).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    data_on_device: bool = Field(True, description="Move the cached uint8 training tensor to the device once.")
+    compile: bool = Field(False, description="torch.compile the UNet.")
+    channels_last: bool = Field(False, description="Use channels_last memory format.")
+    log_every: int = Field(25, gt=0, description="Steps between loss logs (the only host sync).")
+    sample_every: int = Field(0, ge=0, description="Epochs between sample grids from fixed noise; 0 = at the end.")
+    checkpoint_every: int = Field(1, ge=0, description="Epochs between resumable states; 0 = at the end only.")
+    checkpoint_every_steps: int = Field(0, ge=0, description="Also save a state every N steps; 0 = off.")
+    keep_states: int = Field(2, ge=1, description="Resumable training states kept (oldest deleted).")
+
+
+class TrainSettings(Section):
+    """Settings of `iclevr train`."""
+
+    preset: str = Field("seed", description="Preset these settings started from.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Training data.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The UNet.")
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="Noise schedule.")
+    train: TrainLoopSettings = Field(default_factory=TrainLoopSettings, description="Training loop.")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler of progress grids.")
+    out: Path | None = Field(None, description="Run folder; empty = checkpoints/<preset>-<schedule>-s<seed>.")
+
+
+PRESETS: tuple[str, ...] = ("seed", "small", "tiny")
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Return `base` updated recursively by `update` (neither is modified)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """{'train.lr': 1e-4, 'out': 'x'} -> {'train': {'lr': 1e-4}, 'out': 'x'}; None values are dropped."""
+    nested: dict = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def load_preset(name: str) -> dict:
+    """The settings dict of a named preset (iclevr/presets/<name>.toml)."""
+    if name not in PRESETS:
+        raise UserError(f'unknown preset "{name}"; valid: {", ".join(PRESETS)}')
+    text = resources.files("iclevr").joinpath("presets", f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def read_config(path: Path) -> dict:
+    """Read a JSON or TOML settings file into a dict, with a clear error if it is unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: "
+                        f"{e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a table/object of settings")
+    return data
+
+
+def resolve(cls: type[BaseModel], *, preset: str | None = None, config: Path | None = None,
+            overrides: dict[str, Any] | None = None) -> BaseModel:
+    """Build settings `cls` from defaults < preset < config file < flags (dotted keys, None = unset)."""
+    file_values = read_config(config) if config else {}
+    preset = preset or file_values.get("preset")
+    merged: dict = {}
+    if preset:
+        fields = set(cls.model_fields)
+        merged = {k: v for k, v in load_preset(preset).items() if k in fields}
+        if "preset" in fields:
+            merged["preset"] = preset
+    merged = deep_merge(merged, file_values)
+    merged = deep_merge(merged, unflatten(overrides or {}))
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e)) from None
+
+
+def to_json(settings: BaseModel) -> str:
+    """Resolved settings as indented JSON text."""
+    return settings.model_dump_json(indent=2)
+
+
+def write_settings(settings: BaseModel, folder: Path, name: str = "settings.json") -> Path:
+    """Write resolved settings into `folder/name` (atomically) and return the path."""
+    from iclevr.fileio import atomic_write_text
+
+    path = Path(folder) / name
+    atomic_write_text(path, to_json(settings) + "\n")
+    return path
