@@ -1,0 +1,61 @@
+"""`iclevr compare-schedules`: the noise-schedule study as one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from iclevr.cli import app, command, console
+from iclevr.cli.common import (ConfigOpt, DataDirOpt, GuidanceOpt, PresetOpt, PrintConfigOpt, SamplerOpt,
+                               StepsOpt, print_settings)
+
+
+def _ints(text: Optional[str], flag: str) -> Optional[list[int]]:
+    from iclevr.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+@app.command("compare-schedules")
+@command
+def compare_schedules(
+    schedules: Annotated[Optional[str], typer.Option(help="Comma-separated schedules.")] = None,
+    preset: PresetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per run.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps per run.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Training seeds, e.g. 0,1.")] = None,
+    eval_seeds: Annotated[Optional[str], typer.Option(help="Sampling seeds of the evaluation, e.g. 0,1,2.")] = None,
+    data_dir: DataDirOpt = None,
+    evaluator: Annotated[Optional[Path], typer.Option(help="Evaluator file (default as in `iclevr eval`).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Study folder.")] = None,
+    sampler: SamplerOpt = None,
+    steps: StepsOpt = None,
+    guidance_scale: GuidanceOpt = None,
+    train_config: Annotated[Optional[Path], typer.Option(help="Training settings file for every run.")] = None,
+    plot_only: Annotated[bool, typer.Option("--plot-only", help="Only the schedules figure and table.")] = False,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
+) -> None:
+    """Train one model per noise schedule (all else identical), evaluate each, and compare them."""
+    from iclevr.compare import CompareSettings, check_names, run_study
+    from iclevr.compare_report import print_report
+    from iclevr.settings import resolve
+
+    overrides = {"schedules": check_names(schedules) if schedules else None, "preset": preset, "epochs": epochs,
+                 "max_steps": max_steps, "seeds": _ints(seeds, "--seeds"),
+                 "eval_seeds": _ints(eval_seeds, "--eval-seeds"), "data.data_dir": data_dir,
+                 "evaluator": evaluator, "out": out, "sampler.sampler": sampler, "sampler.steps": steps,
+                 "sampler.guidance_scale": guidance_scale, "train_config": train_config,
+                 "plot_only": plot_only or None}
+    settings = resolve(CompareSettings, config=config, overrides=overrides)
+    if print_config:
+        return print_settings(settings)
+    report = run_study(settings, console)
+    print_report(console, report, settings.out)

@@ -1,0 +1,178 @@
+"""The noise-schedule study: train one model per schedule with everything else identical, score each.
+
+Fairness: every run starts from the same preset, the same training seed (so the same initial weights
+and the same data order, both derived from the seed alone), the same step budget and the same
+evaluation seeds and sampler; only `schedule.name` differs. Runs are ordinary run folders under the
+study folder, so a finished run is skipped and an interrupted one resumed when the study is re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from iclevr.errors import UserError
+from iclevr.settings import DataSettings, SamplerSettings, Section
+
+PLOT_T = 1000
+TABLE_T = (0, 250, 500, 750, 999)
+
+
+class CompareSettings(Section):
+    """Settings of `iclevr compare-schedules`."""
+
+    schedules: list[str] = Field(["linear", "cosine", "squaredcos_cap_v2"], min_length=1,
+                                 description="Noise schedules to compare (see iclevr.schedules).")
+    preset: str = Field("tiny", description="Training preset shared by every run.")
+    train_config: Path | None = Field(None, description="Extra training settings file applied to every run.")
+    epochs: int | None = Field(None, gt=0, description="Training epochs per run.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps per run (wins over epochs).")
+    seeds: list[int] = Field([0], min_length=1, description="Training seeds (one run per schedule and seed).")
+    eval_seeds: list[int] = Field([0, 1, 2], min_length=1, description="Sampling seeds of the evaluation.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Training and test data.")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler of the evaluation.")
+    evaluator: Path | None = Field(None, description="Evaluator file; default as in `iclevr eval`.")
+    out: Path = Field(Path("compare-schedules"), description="Study folder (runs, figures, report).")
+    plot_only: bool = Field(False, description="Only draw the schedules figure and print their table.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareSettings":
+        from iclevr.schedules import check_name
+
+        for name in self.schedules:
+            check_name(name)
+        if len(set(self.schedules)) != len(self.schedules):
+            raise ValueError("each schedule may be named once")
+        if not self.plot_only and self.epochs is None and self.max_steps is None:
+            raise ValueError("give a fixed budget with --epochs or --max-steps (a wall-time budget would give "
+                             "the schedules different step counts)")
+        return self
+
+
+def schedule_table(names: list[str], T: int = PLOT_T) -> list[dict]:
+    """alpha_bar at a few t and the SNR range (log10) of each schedule."""
+    from iclevr import schedules
+
+    rows = []
+    for name in names:
+        ab = schedules.alpha_bar(name, T)
+        snr = ab / (1 - ab)
+        rows.append({"name": name, "alpha_bar": {t: float(ab[t]) for t in TABLE_T if t < T},
+                     "log10_snr_min": float(snr.min().log10()), "log10_snr_max": float(snr.max().log10())})
+    return rows
+
+
+def run_study(settings: CompareSettings, console) -> dict:
+    """Train (or reuse) one run per schedule and seed, evaluate each, and write figures and the report."""
+    from iclevr.fileio import check_writable
+    from iclevr.plots import plot_accuracy, plot_schedules
+
+    out = check_writable(settings.out)
+    plot_schedules(settings.schedules, PLOT_T, out / "schedules.png")
+    report = {"settings": json.loads(settings.model_dump_json()), "table": schedule_table(settings.schedules)}
+    if settings.plot_only:
+        return report
+    rows = []
+    for name in settings.schedules:
+        runs = [_train_and_score(settings, name, seed, console) for seed in settings.seeds]
+        rows.append(_summarise(name, runs))
+    report["runs"] = rows
+    plot_accuracy(rows, out / "accuracy.png")
+    from iclevr.checkpoint import write_json
+
+    write_json(out / "report.json", report)
+    return report
+
+
+def _train_settings(settings: CompareSettings, name: str, seed: int):
+    from iclevr.settings import TrainSettings, resolve
+
+    overrides = {"schedule.name": name, "train.seed": seed, "train.max_minutes": None,
+                 "out": str(settings.out / "runs" / f"{name}-s{seed}"),
+                 "data": json.loads(settings.data.model_dump_json())}
+    if settings.max_steps:
+        overrides["train.max_steps"] = settings.max_steps
+    else:
+        overrides["train.epochs"] = settings.epochs
+    ts = resolve(TrainSettings, preset=settings.preset, config=settings.train_config, overrides=overrides)
+    ts.train.max_minutes = None  # a fixed step budget, identical for every schedule
+    return ts
+
+
+def _train_and_score(settings: CompareSettings, name: str, seed: int, console) -> dict:
+    """One run: train unless finished (resume if interrupted), then score it on test and new_test."""
+    from iclevr.train import is_finished, train
+
+    ts = _train_settings(settings, name, seed)
+    run_dir = Path(ts.out)
+    t0 = time.time()
+    if is_finished(run_dir, ts):
+        console.print(f"[dim]{name} (seed {seed}): finished run found in {run_dir}, not retrained[/]")
+    else:
+        console.print(f"[bold]{name}[/] (seed {seed}): training in {run_dir}")
+        train(ts, console=console, resume=run_dir.exists())
+    scores = _score(settings, run_dir, name, seed, console)
+    scores.update(train_wall_s=_train_wall(run_dir, fallback=time.time() - t0), final_loss=_final_loss(run_dir))
+    return scores
+
+
+def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, console) -> dict:
+    """Accuracy per split and eval seed (cached in the run folder for these evaluation settings)."""
+    from iclevr.evaluate import score_run
+
+    cache = run_dir / "compare-eval.json"
+    key = {"eval_seeds": settings.eval_seeds, "sampler": json.loads(settings.sampler.model_dump_json()),
+           "evaluator": str(settings.evaluator) if settings.evaluator else None}
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["scores"]
+    scores = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
+                       evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
+                       console=console)
+    from iclevr.checkpoint import write_json
+
+    write_json(cache, {"key": key, "scores": scores})
+    return scores
+
+
+def _summarise(name: str, runs: list[dict]) -> dict:
+    splits = {}
+    for split in ("test", "new_test"):
+        accs = [a for r in runs for a in r["accuracy"][split]]
+        splits[split] = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "values": accs}
+    return {"name": name, "splits": splits, "final_loss": statistics.fmean(r["final_loss"] for r in runs
+                                                                             if r["final_loss"] is not None)
+            if any(r["final_loss"] is not None for r in runs) else None,
+            "train_wall_s": sum(r["train_wall_s"] for r in runs), "runs": runs}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _final_loss(run_dir: Path) -> float | None:
+    losses = [m["loss"] for m in _metrics(run_dir) if "loss" in m]
+    return losses[-1] if losses else None
+
+
+def _train_wall(run_dir: Path, fallback: float) -> float:
+    walls = [m["wall_s"] for m in _metrics(run_dir) if "wall_s" in m]
+    return walls[-1] if walls else fallback
+
+
+def check_names(text: str) -> list[str]:
+    """Parse a comma-separated schedule list with a clear error for unknown names."""
+    from iclevr.schedules import check_name
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--schedules is empty; name at least one schedule")
+    return [check_name(n) for n in names]
