@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from iclevr.cli import command, console, data_app
-from iclevr.cli.common import DataDirOpt
+from iclevr.cli.common import DataDirOpt, SeedOpt
 
 
 @data_app.command("check")
@@ -28,3 +29,77 @@ def check(
     ok = print_check_report(console, kit, summarise(kit), missing, corrupt)
     if not ok:
         raise typer.Exit(2)
+
+
+@data_app.command("synth")
+@command
+def synth(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: the embedded default "
+                                                "kit under $ICLEVR_HOME/kits).")] = None,
+    scenes: Annotated[int, typer.Option("--scenes", help="Scenes; each gives max-objects images.")] = 6003,
+    max_objects: Annotated[int, typer.Option("--max-objects", help="Objects in a finished scene.")] = 3,
+    size: Annotated[str, typer.Option("--size", help="Frame WIDTHxHEIGHT, 4:3 (course: 320x240).")] = "128x96",
+    seed: SeedOpt = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes (default: all cores).")] = None,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG.")] = None,
+) -> None:
+    """Render CLEVR-like scenes into the course layout (resumable; same seed -> same bytes)."""
+    import time
+
+    from pydantic import ValidationError
+
+    from iclevr.data.preview import contact_sheet
+    from iclevr.data.synth import SynthSettings, parse_size
+    from iclevr.data.synth import synth as run_synth
+    from iclevr.errors import UserError, format_validation_error
+
+    try:
+        settings = SynthSettings(out=out, scenes=scenes, max_objects=max_objects, size=parse_size(size),
+                                 seed=seed or 0, workers=workers)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, "synth")) from None
+    start = time.perf_counter()
+    with _bar("rendering") as update:
+        folder = run_synth(settings, progress=update)
+    images = settings.scenes * settings.max_objects
+    console.print(f"wrote {images:,} images ({settings.size[0]}x{settings.size[1]}) and the JSON files to "
+                  f"{folder} in {time.perf_counter() - start:.1f} s")
+    if preview is not None:
+        console.print(f"contact sheet: {contact_sheet(folder, preview)}")
+
+
+@data_app.command("preview")
+@command
+def preview(
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("contact_sheet.png"),
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 24,
+    size: Annotated[str, typer.Option("--size", help="64 (what the model sees, shown 2x) or full.")] = "64",
+) -> None:
+    """Write a labelled contact sheet of a data folder's training images."""
+    from iclevr.data.course import resolve_data_dir
+    from iclevr.data.preview import contact_sheet
+
+    path = contact_sheet(resolve_data_dir(data_dir, console), out, n=n, size=size)
+    console.print(f"contact sheet of {n} images ({size}) written to {path}")
+
+
+@contextmanager
+def _bar(description: str):
+    """A Rich progress bar shown from its first update (so errors before any work print no empty bar)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console)
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()

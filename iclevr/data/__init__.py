@@ -1,1 +1,2 @@
-"""Data: the course layout (course.py), the scene renderer (render.py) and the kit writer (synth.py)."""
+"""Data: the course layout (course.py), the embedded world (geometry.py, render.py, scene.py), the kit
+writer (synth.py) and contact sheets (preview.py)."""
