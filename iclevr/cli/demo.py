@@ -1,0 +1,32 @@
+"""`iclevr demo`: render, evaluator, train tiny, sample + score, trace — on a fresh machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from iclevr.cli import app, command, console
+from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, print_settings
+
+
+@app.command("demo")
+@command
+def demo(
+    minutes: Annotated[Optional[float], typer.Option(help="Training budget of the tiny model, in minutes.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Demo folder.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
+) -> None:
+    """The whole story end to end on the embedded world; re-running reuses what is done."""
+    from iclevr.demo import DemoSettings, print_summary, run_demo
+    from iclevr.settings import resolve
+
+    settings = resolve(DemoSettings, config=config, overrides={"minutes": minutes, "out": out, "device": device,
+                                                               "data_dir": data_dir})
+    if print_config:
+        return print_settings(settings)
+    print_summary(console, run_demo(settings, console))
