@@ -1,0 +1,78 @@
+"""`iclevr train`: build TrainSettings from preset < config < flags and call iclevr.train.train."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from iclevr.cli import app, command, console
+from iclevr.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, PresetOpt, PrintConfigOpt, SeedOpt, print_settings
+
+Opt = typer.Option
+
+
+@app.command("train")
+@command
+def train_cmd(
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Optional[Path], Opt(help="Run folder (default checkpoints/<preset>-<schedule>-s<seed>).")] = None,
+    resume: Annotated[Optional[Path], Opt(help="Continue the run in this folder from its newest state.")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Start over in an existing run folder.")] = False,
+    epochs: Annotated[Optional[int], Opt(help="Epochs to train.")] = None,
+    max_steps: Annotated[Optional[int], Opt(help="Optimizer steps to train (wins over --epochs).")] = None,
+    max_minutes: Annotated[Optional[float], Opt(help="Wall-clock budget; saves and stops cleanly.")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="Images per step and process.")] = None,
+    lr: Annotated[Optional[float], Opt(help="Peak learning rate.")] = None,
+    schedule: Annotated[Optional[str], Opt(help="Noise schedule: linear, scaled_linear, sigmoid, "
+                                           "squaredcos_cap_v2, cosine.")] = None,
+    prediction_type: Annotated[Optional[str], Opt(help="epsilon or v_prediction.")] = None,
+    seed: SeedOpt = None,
+    mixed_precision: Annotated[Optional[str], Opt(help="no, fp16 or bf16 (fp32 on CPU).")] = None,
+    device: DeviceOpt = None,
+    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the UNet.")] = None,
+    sample_every: Annotated[Optional[int], Opt(help="Epochs between sample grids (0 = at the end).")] = None,
+    p_uncond: Annotated[Optional[float], Opt(help="Probability of dropping the condition (CFG).")] = None,
+) -> None:
+    """Train the conditional diffusion model; re-run with --resume RUN_DIR to continue a run."""
+    from iclevr.errors import UserError
+    from iclevr.schedules import check_name
+    from iclevr.settings import TrainSettings, resolve
+    from iclevr.train import train
+
+    if resume is not None and config is None and (resume / "settings.json").is_file():
+        config = resume / "settings.json"  # the run's own settings; flags still override them
+    if resume is not None and out is not None and resume != out:
+        raise UserError(f"--resume {resume} and --out {out} name different run folders; give one of them")
+    preset, why = default_preset(preset, config)
+    overrides = {"data.data_dir": data_dir, "out": resume or out, "train.epochs": epochs,
+                 "train.max_steps": max_steps, "train.max_minutes": max_minutes, "train.batch_size": batch_size,
+                 "train.lr": lr, "schedule.name": schedule and check_name(schedule),
+                 "schedule.prediction_type": prediction_type, "train.seed": seed,
+                 "train.mixed_precision": mixed_precision, "train.device": device, "train.compile": compile,
+                 "train.sample_every": sample_every, "train.p_uncond": p_uncond}
+    settings = resolve(TrainSettings, preset=preset, config=config, overrides=overrides)
+    if print_config:
+        return print_settings(settings)
+    if os.environ.get("RANK", "0") == "0":  # once under `accelerate launch`
+        console.print(f"[bold]iclevr train[/]: preset [cyan]{settings.preset}[/] ({why})")
+    train(settings, console=console, resume=resume is not None, overwrite=overwrite)
+
+
+def default_preset(preset: str | None, config: Path | None) -> tuple[str | None, str]:
+    """(preset, why): an explicit --preset, the config file's, else `seed` with a CUDA GPU and `tiny` without."""
+    from iclevr.device import has_gpu
+    from iclevr.settings import read_config
+
+    if preset:
+        return preset, "chosen with --preset"
+    if config and read_config(config).get("preset"):
+        return None, f"from {config}"
+    if has_gpu():
+        return "seed", "no --preset given and a CUDA GPU is present: the reference configuration"
+    return "tiny", "no --preset given and no CUDA GPU found: the CPU preset; --preset seed for the reference model"

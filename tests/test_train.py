@@ -1,0 +1,272 @@
+"""Training loop: learning, bit-identical resume, atomic state under SIGKILL, NaN stop, Ctrl-C, protection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_MODEL
+from iclevr.errors import TrainingInterrupted, UserError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process are 20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def settings_for(course_kit: Path, out: Path, **train):
+    """TrainSettings of the tiny test UNet on the test kit (12 images), progress grids of 2 DDIM steps."""
+    from iclevr.settings import TrainSettings, resolve
+
+    loop = {"batch_size": 4, "lr": 2e-3, "lr_schedule": "constant", "log_every": 1, "checkpoint_every": 1,
+            "optimizer": "adamw", "device": "cpu", **train}
+    return resolve(TrainSettings, overrides={"model": dict(TINY_MODEL), "data.data_dir": str(course_kit),
+                                             "out": str(out), "train": loop,
+                                             "sampler": {"sampler": "ddim", "steps": 2, "batch_size": 32}})
+
+
+def fixed_batch_loss(model, settings, course_kit) -> float:
+    """Mean loss of `model` on the whole test kit with fixed noise, timesteps and no label dropout."""
+    from iclevr.data.course import load_kit, load_train_tensors, to_model_range
+    from iclevr.schedules import make_scheduler
+    from iclevr.train import diffusion_loss
+
+    images, labels = load_train_tensors(load_kit(course_kit), settings.model.sample_size)
+    s = settings.model_copy(deep=True)
+    s.train.p_uncond = 0.0
+    alpha_bar = make_scheduler(s.schedule).alphas_cumprod.float()
+    with torch.no_grad():
+        return sum(diffusion_loss(model, to_model_range(images), labels, alpha_bar, s,
+                                  torch.Generator().manual_seed(k)).item() for k in range(8)) / 8
+
+
+def test_loss_falls_on_a_fixed_batch(course_kit, tmp_path):
+    from iclevr.model import build_model
+    from iclevr.train import train
+
+    settings = settings_for(course_kit, tmp_path / "run", max_steps=20, batch_size=12, p_uncond=0.0,
+                            log_every=10, checkpoint_every=0)
+    torch.manual_seed(settings.train.seed)
+    before = fixed_batch_loss(build_model(settings.model), settings, course_kit)  # the run's initial weights
+    run = train(settings)
+    model = build_model(settings.model)
+    model.load_state_dict(load_file(str(run / "weights" / "model.safetensors")))
+    after = fixed_batch_loss(model, settings, course_kit)
+    assert after < 0.7 * before, (before, after)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def _weights(run: Path) -> dict:
+    return {f"{name}/{k}": v for name in ("model", "ema")
+            for k, v in load_file(str(run / "weights" / f"{name}.safetensors")).items()}
+
+
+def test_resume_is_bit_identical(course_kit, tmp_path):
+    from iclevr.train import train
+
+    common = dict(warmup_steps=6, p_uncond=0.5, grad_accum=2, batch_size=2, ema_decay=0.9)
+    straight = train(settings_for(course_kit, tmp_path / "a", max_steps=8, **common))
+    half = settings_for(course_kit, tmp_path / "b", max_steps=4, **common)  # stops mid-epoch (3 steps/epoch)
+    train(half)
+    assert json.loads((tmp_path / "b" / "progress.json").read_text())["step"] == 4
+    resumed = train(settings_for(course_kit, tmp_path / "b", max_steps=8, **common), resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(r)["step"] for r in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    # a different seed really changes the weights (the comparison above can fail)
+    other = train(settings_for(course_kit, tmp_path / "c", max_steps=8, seed=1, **common))
+    assert not torch.equal(_weights(other)["model/label_embed.weight"], a["model/label_embed.weight"])
+
+
+def test_existing_run_is_protected(course_kit, tmp_path):
+    from iclevr.train import train
+
+    settings = settings_for(course_kit, tmp_path / "run", max_steps=2)
+    train(settings)
+    with pytest.raises(UserError, match="--resume .* or --overwrite"):
+        train(settings)
+    with pytest.raises(UserError, match="conflict"):
+        train(settings, resume=True, overwrite=True)
+    train(settings.model_copy(update={"train": settings.train.model_copy(update={"max_steps": 3})}),
+          overwrite=True)
+    assert [p.name for p in sorted((tmp_path / "run" / "state").iterdir())] == ["step-00000003.pt"]
+
+
+def test_state_rotation_and_time_budget(course_kit, tmp_path):
+    from iclevr.train import train
+    from iclevr.train_state import list_states, load_latest
+
+    run = train(settings_for(course_kit, tmp_path / "run", max_minutes=0.02, keep_states=2,
+                             checkpoint_every_steps=1))
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["finished"] and "time budget" in progress["stop_reason"]
+    states = list_states(run / "state")
+    assert len(states) == 2 and states[-1].name == f"step-{progress['step']:08d}.pt"
+    state, _ = load_latest(run / "state")
+    assert set(state) >= {"model", "ema", "optimizer", "lr_scheduler", "scaler", "step", "rng", "settings"}
+
+
+def test_non_finite_loss_stops_and_keeps_last_state(course_kit, tmp_path, monkeypatch):
+    import iclevr.train as T
+    from iclevr.train_state import load_latest
+
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(T, "diffusion_loss", poisoned)
+    settings = settings_for(course_kit, tmp_path / "run", max_steps=20, checkpoint_every=0, checkpoint_every_steps=2)
+    with pytest.raises(TrainingInterrupted, match="non-finite at step 4 .*step-00000004.pt is kept.*lower --lr"):
+        T.train(settings)
+    state, path = load_latest(tmp_path / "run" / "state")
+    assert path.name == "step-00000004.pt"
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_ctrl_c_saves_a_resumable_state(course_kit, tmp_path, monkeypatch):
+    import iclevr.train as T
+
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; handled between steps
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "diffusion_loss", interrupting)
+    settings = settings_for(course_kit, tmp_path / "run", max_steps=6, checkpoint_every=0)
+    with pytest.raises(TrainingInterrupted, match=f"iclevr train --resume {tmp_path / 'run'}"):
+        T.train(settings)
+    assert (tmp_path / "run" / "state" / "step-00000003.pt").is_file()
+    monkeypatch.setattr(T, "diffusion_loss", real)
+    T.train(settings, resume=True)
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 6
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    from iclevr import train_state
+    folder = sys.argv[1]
+    train_state.save_state(folder, {"step": 1, "w": torch.ones(1000)}, keep=2)
+    real_save = torch.save
+    def slow_save(obj, f):  # write half of the bytes, then hang: the parent kills us mid-write
+        import io
+        buf = io.BytesIO(); real_save(obj, buf); data = buf.getvalue()
+        with open(f, "wb") as out:
+            out.write(data[: len(data) // 2]); out.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+    torch.save = slow_save
+    train_state.save_state(folder, {"step": 2, "w": torch.zeros(1000)}, keep=2)
+""")
+
+
+def test_sigkill_during_state_write_keeps_previous_state(tmp_path):
+    from iclevr.train_state import list_states, load_latest, save_state
+
+    folder = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    leftovers = [p.name for p in folder.iterdir()]
+    assert "step-00000001.pt" in leftovers and any(n.endswith(".tmp") for n in leftovers)
+    state, path = load_latest(folder)
+    assert path.name == "step-00000001.pt" and torch.equal(state["w"], torch.ones(1000))
+    save_state(folder, {"step": 3, "w": torch.zeros(1)}, keep=2)  # the next save cleans the debris
+    assert [p.name for p in sorted(folder.iterdir())] == ["step-00000001.pt", "step-00000003.pt"]
+    assert [p.name for p in list_states(folder)] == ["step-00000001.pt", "step-00000003.pt"]
+
+
+def test_damaged_newest_state_falls_back(tmp_path):
+    from iclevr.train_state import load_latest, save_state
+
+    save_state(tmp_path, {"step": 1, "w": torch.ones(3)}, keep=3)
+    (tmp_path / "step-00000002.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.warns(UserWarning, match="damaged"):
+        state, path = load_latest(tmp_path)
+    assert path.name == "step-00000001.pt"
+
+
+def test_budget_and_batch_checked_up_front(course_kit, tmp_path):
+    from iclevr.train import make_plan, train
+
+    settings = settings_for(course_kit, tmp_path / "run", batch_size=13, max_steps=1)
+    with pytest.raises(UserError, match="exceeds the 12 training images"):
+        train(settings)
+    with pytest.raises(UserError, match="no training budget"):
+        make_plan(settings_for(course_kit, tmp_path, batch_size=4).train.model_copy(update={"max_minutes": None}),
+                  12, 1)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from iclevr.train import lr_factor
+
+    f = [lr_factor(s, 10, 110, "cosine") for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.5) and f[-1] < 1e-3
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert lr_factor(500, 10, 110, "constant") == 1.0
+
+
+def test_compiled_model_trains_a_step(course_kit, tmp_path):
+    from iclevr.train import train
+
+    try:
+        run = train(settings_for(course_kit, tmp_path / "run", max_steps=1, compile=True))
+    except Exception as e:  # noqa: BLE001 - inductor needs a working C++ toolchain
+        pytest.skip(f"torch.compile unavailable on this machine: {type(e).__name__}: {str(e)[:200]}")
+    assert "unet.conv_in.weight" in load_file(str(run / "weights" / "model.safetensors"))  # no _orig_mod prefix
+
+
+def test_new_lr_takes_effect_on_resume(course_kit, tmp_path):
+    from iclevr.train import train
+
+    train(settings_for(course_kit, tmp_path / "run", max_steps=2, lr=2e-3))
+    train(settings_for(course_kit, tmp_path / "run", max_steps=4, lr=5e-4), resume=True)
+    lrs = [json.loads(r)["lr"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([2e-3, 2e-3, 5e-4, 5e-4])
+
+
+def test_speed_notes_fix_a_time_horizon_and_warn_about_seed_on_cpu():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from iclevr.settings import TrainSettings, resolve
+    from iclevr.train import Plan, speed_notes
+
+    console = Console(record=True, width=200)
+    accel = SimpleNamespace(device=torch.device("cpu"))
+    settings = resolve(TrainSettings, preset="seed", overrides={"train.epochs": None, "train.max_minutes": 10})
+    plan = Plan(images=18009, batch=32, processes=1, accum=1, steps_per_epoch=562, total_steps=None)
+    speed_notes(2.0, step=4, wall_s=60.0, plan=plan, settings=settings, accelerator=accel, console=console)
+    assert plan.total_steps == 4 + 270  # (600 s - 60 s) / 2 s per step
+    text = console.export_text()
+    assert "about 274 steps" in text and "for a CPU run use --preset tiny" in text
