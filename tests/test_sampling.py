@@ -1,0 +1,190 @@
+"""The sampling loop: determinism, batch-size independence, batched guidance, every sampler, helpers."""
+
+import pytest
+import torch
+from torch import nn
+
+from iclevr.errors import UserError
+from iclevr.settings import SamplerSettings, ScheduleSettings
+from iclevr.sampling import (SAMPLERS, check_sampler, guided_output, image_seeds, load_conditions, predict_x0,
+                             resolve_steps, sample, save_grid, save_images, to_output_size, with_weights_defaults)
+
+SCHEDULE = ScheduleSettings()
+
+
+@pytest.fixture(scope="module")
+def model():
+    from iclevr.model import build_model
+    from iclevr.settings import ModelSettings
+    from conftest import TINY_MODEL
+
+    torch.manual_seed(0)
+    m = build_model(ModelSettings(**TINY_MODEL)).eval()
+    with torch.no_grad():  # make the label embedding matter, so cond and null predictions differ clearly
+        m.label_embed.weight.mul_(20)
+    return m
+
+
+class Counting(nn.Module):
+    """Wraps a model and records the batch size of every forward pass."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.cfg, self.batches = inner, inner.cfg, []
+
+    def forward(self, x_t, t, y):
+        self.batches.append(x_t.shape[0])
+        return self.inner(x_t, t, y)
+
+
+def conditions(n=4):
+    y = torch.zeros(n, 24)
+    for i in range(n):
+        y[i, (5 * i) % 24] = 1
+        y[i, (7 * i + 3) % 24] = 1
+    return y
+
+
+def settings(name="dpmpp", steps=4, **kw):
+    return SamplerSettings(sampler=name, steps=steps, **kw)
+
+
+def test_same_seed_gives_identical_pixels_and_other_seed_differs(model):
+    y = conditions(2)
+    a = sample(model, y, schedule=SCHEDULE, sampler=settings("ddpm", seed=3))
+    b = sample(model, y, schedule=SCHEDULE, sampler=settings("ddpm", seed=3))
+    c = sample(model, y, schedule=SCHEDULE, sampler=settings("ddpm", seed=4))
+    assert a.shape == (2, 3, 16, 16) and a.dtype == torch.float32 and a.device.type == "cpu"
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 0.05
+    assert (a[0] - a[1]).abs().mean() > 0.05  # each image has its own noise
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpmpp"])
+def test_image_does_not_depend_on_batch_size(model, name):
+    y = conditions(4)
+    one = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=1))
+    four = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=4))
+    torch.testing.assert_close(one, four, atol=1e-4, rtol=0)  # only float reordering of batched kernels
+    # image 2 alone (with its own seed) is image 2 of the batch
+    alone = sample(model, y[2:3], schedule=SCHEDULE, sampler=settings(name, steps=4),
+                   seeds=image_seeds(0, 4)[2:3])
+    torch.testing.assert_close(alone[0], four[2], atol=1e-4, rtol=0)
+
+
+def test_batched_guidance_equals_two_separate_passes(model):
+    torch.manual_seed(1)
+    x_t, t, y = torch.randn(3, 3, 16, 16), torch.tensor(500), conditions(3)
+    with torch.no_grad():
+        eps_c = model(x_t, t.expand(3), y)
+        eps_u = model(x_t, t.expand(3), torch.zeros_like(y))
+        got = guided_output(model, x_t, t, y, 2.5)
+    assert (eps_c - eps_u).abs().mean() > 1e-3  # the test can see a wrong half
+    torch.testing.assert_close(got, eps_u + 2.5 * (eps_c - eps_u), atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_one_is_the_conditional_prediction_alone(model):
+    torch.manual_seed(2)
+    x_t, t, y = torch.randn(2, 3, 16, 16), torch.tensor(10), conditions(2)
+    counting = Counting(model)
+    with torch.no_grad():
+        got = guided_output(counting, x_t, t, y, 1.0)
+        assert torch.equal(got, model(x_t, t.expand(2), y))
+    assert counting.batches == [2]
+
+
+def test_one_forward_pass_of_2b_per_step(model):
+    counting = Counting(model)
+    sample(counting, conditions(3), schedule=SCHEDULE, sampler=settings("ddim", steps=5, guidance_scale=2.0))
+    assert counting.batches == [6] * 5
+    counting.batches.clear()
+    sample(counting, conditions(3), schedule=SCHEDULE, sampler=settings("ddim", steps=5, guidance_scale=1.0))
+    assert counting.batches == [3] * 5
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_runs_and_calls_back_each_step(model, name):
+    seen = []
+    x0 = sample(model, conditions(2), schedule=SCHEDULE, sampler=settings(name, steps=4),
+                callback=lambda d: seen.append(d))
+    assert x0.shape == (2, 3, 16, 16) and torch.isfinite(x0).all() and x0.abs().max() <= 1
+    assert [d["i"] for d in seen] == [0, 1, 2, 3]
+    assert seen[0]["t"] == SCHEDULE.num_train_timesteps - 1  # starts from pure noise
+    assert all(d["x0_pred"].shape == (2, 3, 16, 16) for d in seen)
+    assert torch.equal(seen[-1]["x_prev"].clamp(-1, 1), x0)
+    assert SAMPLERS[name].doc and SAMPLERS[name].default_steps > 0
+
+
+def test_stateful_schedulers_give_the_same_result_for_every_chunk(model):
+    y = conditions(1).repeat(3, 1)
+    x0 = sample(model, y, schedule=SCHEDULE, sampler=settings("unipc", steps=5, batch_size=1), seeds=[7, 7, 7])
+    assert torch.equal(x0[0], x0[1]) and torch.equal(x0[0], x0[2])
+
+
+def test_v_prediction_schedule_runs(model):
+    x0 = sample(model, conditions(1), schedule=ScheduleSettings(name="cosine", prediction_type="v_prediction"),
+                sampler=settings("dpmpp", steps=3))
+    assert torch.isfinite(x0).all()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predict_x0_inverts_the_forward_process(prediction_type):
+    torch.manual_seed(3)
+    x0, eps, ab = torch.rand(2, 3, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4), torch.tensor(0.3)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    out = eps if prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    torch.testing.assert_close(predict_x0(x_t, out, ab, prediction_type), x0, atol=1e-5, rtol=1e-5)
+
+
+def test_image_seeds_are_stable_and_distinct():
+    assert image_seeds(0, 2) == image_seeds(0, 5)[:2]
+    assert len(set(image_seeds(0, 100))) == 100
+    assert image_seeds(0, 3) != image_seeds(1, 3)
+
+
+def test_steps_and_sampler_names():
+    assert resolve_steps(SamplerSettings(sampler="ddpm")) == 1000
+    assert resolve_steps(SamplerSettings(sampler="dpmpp")) == 20
+    assert resolve_steps(SamplerSettings(sampler="ddim", steps=7)) == 7
+    assert resolve_steps(SamplerSettings(sampler="ddpm"), ScheduleSettings(num_train_timesteps=100)) == 100
+    with pytest.raises(UserError, match="exceeds"):
+        resolve_steps(SamplerSettings(sampler="ddim", steps=200), ScheduleSettings(num_train_timesteps=100))
+    with pytest.raises(UserError, match="valid: ddpm, ddim, dpmpp, unipc"):
+        check_sampler("euler")
+
+
+def test_weights_defaults_fill_only_unset_fields():
+    stored = SamplerSettings(sampler="ddpm", steps=1000, guidance_scale=3.0)
+    merged = with_weights_defaults(SamplerSettings(), stored)
+    assert (merged.sampler, merged.steps, merged.guidance_scale) == ("ddpm", 1000, 3.0)
+    merged = with_weights_defaults(SamplerSettings.model_validate({"sampler": "dpmpp"}), stored)
+    assert (merged.sampler, merged.steps, merged.guidance_scale) == ("dpmpp", None, 3.0)  # no ddpm steps
+    merged = with_weights_defaults(SamplerSettings.model_validate({"steps": 9, "guidance_scale": 1.0}), stored)
+    assert (merged.sampler, merged.steps, merged.guidance_scale) == ("ddpm", 9, 1.0)
+
+
+def test_output_helpers(tmp_path):
+    from PIL import Image
+
+    x = torch.rand(10, 3, 16, 16) * 2 - 1
+    big = to_output_size(x)
+    assert big.shape == (10, 3, 64, 64) and big.abs().max() <= 1
+    assert to_output_size(big) is big
+    save_grid(big, tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").size == (8 * 66 + 2, 2 * 66 + 2)  # 8 per row, padding 2
+    paths = save_images(big[:3], tmp_path / "imgs")
+    assert [p.name for p in paths] == ["0.png", "1.png", "2.png"]
+    assert Image.open(paths[0]).size == (64, 64)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_conditions(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('[["Red Sphere", "cyan cube"], ["gray cylinder"]]')
+    assert load_conditions(f) == [["red sphere", "cyan cube"], ["gray cylinder"]]
+    for text, msg in [('{"a": 1}', "list of conditions"), ('[["red sphere", 3]]', "must be a string"),
+                      ('[["pink cube"]]', "condition 0: unknown label"), ("[[", "not valid JSON"),
+                      ('[["red cube", "red cube"]]', "duplicate")]:
+        f.write_text(text)
+        with pytest.raises(UserError, match=msg):
+            load_conditions(f)
