@@ -108,6 +108,14 @@ def predict_x0(x_t: torch.Tensor, out: torch.Tensor, alpha_bar_t: torch.Tensor, 
     return (x_t - s * out) / a
 
 
+def clip_output(x_t: torch.Tensor, out: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str):
+    """Re-express the model output so that its implied x0 lies in [-1, 1] (same parameterisation out)."""
+    a, s = alpha_bar_t.sqrt(), (1 - alpha_bar_t).sqrt()
+    x0 = predict_x0(x_t, out, alpha_bar_t, prediction_type).clamp(-1, 1)
+    eps = (x_t - a * x0) / s
+    return a * eps - s * x0 if prediction_type == "v_prediction" else eps
+
+
 def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
     """eps_u + s (eps_c - eps_u) from one forward pass of 2B; s == 1 runs only the conditional half (fp32 out)."""
     B = x_t.shape[0]
@@ -163,6 +171,8 @@ def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: Sampl
             x_in = scheduler.scale_model_input(x, t)
             with autocast(device):
                 eps = guided_output(model, x_in, t.to(device), y_chunk, sampler.guidance_scale)
+            if sampler.clip_x0:
+                eps = clip_output(x, eps, alpha_bars[int(t)], schedule.prediction_type)
             x_prev = scheduler.step(eps, t, x, **kwargs).prev_sample.float()
             if callback is not None:
                 x0_pred = predict_x0(x, eps, alpha_bars[int(t)], schedule.prediction_type)

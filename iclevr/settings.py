@@ -68,6 +68,8 @@ class SamplerSettings(Section):
     batch_size: int = Field(64, gt=0, description="Images per UNet batch (each image has its own generator).")
     seed: int = Field(0, ge=0, description="Base seed; image i uses generator seed (seed, i).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    clip_x0: bool = Field(True, description="Clip the predicted x0 to [-1, 1] at every step, for every sampler "
+                          "(DDPM's clip_sample; keeps multistep solvers stable at the cosine schedule's t=999).")
 
 
 class TrainLoopSettings(Section):
