@@ -1,0 +1,96 @@
+"""`iclevr compare-schedules`: every file, a row per schedule, no retraining on a second run, plot-only."""
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from iclevr.cli import app
+from conftest import TINY_MODEL
+
+runner = CliRunner()
+
+
+def _course_evaluator(path):
+    from iclevr.evaluator import build_evaluator
+
+    torch.manual_seed(0)
+    torch.save({"model": build_evaluator().state_dict()}, path)
+    return path
+
+
+def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 4, "warmup_steps": 0,
+                                                              "log_every": 1, "sample_every": 0}}))
+    evaluator = _course_evaluator(tmp_path / "checkpoint.pth")
+    out = tmp_path / "study"
+    args = ["compare-schedules", "--schedules", "linear,cosine", "--preset", "tiny", "--max-steps", "3",
+            "--data-dir", str(course_kit), "--evaluator", str(evaluator), "--eval-seeds", "0,1",
+            "--steps", "2", "--train-config", str(cfg), "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    for name in ("schedules.png", "accuracy.png", "report.json", "grid-linear-s0.png", "grid-cosine-s0.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert [row["name"] for row in report["runs"]] == ["linear", "cosine"]
+    for row in report["runs"]:
+        assert len(row["splits"]["test"]["values"]) == 2 and 0 <= row["splits"]["new_test"]["mean"] <= 1
+    assert "│ linear" in r.stdout and "│ cosine" in r.stdout
+    # same initial weights and data order: only the schedule differs between the two runs
+    runs = {n: json.loads((out / "runs" / f"{n}-s0" / "settings.json").read_text()) for n in ("linear", "cosine")}
+    assert runs["linear"]["schedule"]["name"] == "linear" and runs["cosine"]["schedule"]["name"] == "cosine"
+    runs["linear"]["schedule"]["name"] = runs["cosine"]["schedule"]["name"] = runs["linear"]["out"] = \
+        runs["cosine"]["out"] = None
+    assert runs["linear"] == runs["cosine"]
+    stamp = (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.stdout + again.stderr
+    assert "not retrained" in again.stdout
+    assert (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_plot_only_is_fast_and_draws_one_curve_per_schedule(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    r = runner.invoke(app, ["compare-schedules", "--plot-only", "--schedules", "linear,sigmoid,cosine",
+                            "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert (tmp_path / "schedules.png").is_file() and not (tmp_path / "runs").exists()
+    for name in ("linear", "sigmoid", "cosine"):
+        assert name in r.stdout
+    from iclevr.compare import schedule_table
+
+    rows = schedule_table(["linear", "squaredcos_cap_v2"])
+    assert rows[0]["alpha_bar"][0] > rows[0]["alpha_bar"][500] > rows[0]["alpha_bar"][999] > 0
+    # squaredcos_cap_v2 keeps more signal mid-way than linear (Nichol & Dhariwal 2021, fig. 3)
+    assert rows[1]["alpha_bar"][500] > rows[0]["alpha_bar"][500]
+
+
+def test_plot_curves_match_schedules(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iclevr import plots
+
+    captured = {}
+    real_save = plots._save
+    plots._save = lambda fig, path: captured.setdefault("fig", fig) and real_save(fig, path)
+    try:
+        plots.plot_schedules(["linear", "cosine", "squaredcos_cap_v2"], 1000, tmp_path / "s.png")
+    finally:
+        plots._save = real_save
+    ax1, ax2 = captured["fig"].axes[:2]
+    assert len(ax1.get_lines()) == 3 and len(ax2.get_lines()) == 3
+    assert [t.get_text() for t in ax1.get_legend().get_texts()] == ["linear", "cosine", "squaredcos_cap_v2"]
+    plt.close("all")
+
+
+def test_unknown_schedule_lists_valid_ones(tmp_path):
+    r = runner.invoke(app, ["compare-schedules", "--plot-only", "--schedules", "linear,cosinus",
+                            "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    assert 'unknown noise schedule "cosinus"' in r.stderr and "squaredcos_cap_v2" in r.stderr
