@@ -1,0 +1,28 @@
+"""`iclevr export`: write a folder plain diffusers can load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from iclevr.cli import app, command, console
+from iclevr.cli.common import CheckpointOpt
+
+
+@app.command("export")
+@command
+def export_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (unet/, scheduler/, label embedding).")],
+    checkpoint: CheckpointOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files in an existing folder.")] = False,
+) -> None:
+    """Export trained weights as a diffusers UNet2DModel + scheduler + label embedding folder."""
+    from iclevr.export import ExportSettings, export
+    from iclevr.settings import resolve
+
+    settings = resolve(ExportSettings, overrides={"checkpoint": checkpoint, "out": out, "overwrite": overwrite})
+    folder = export(settings)
+    console.print(f"exported to {folder}  (UNet2DModel.from_pretrained('{folder}', subfolder='unet'); "
+                  f"snippet in {folder / 'README.md'})")
