@@ -273,6 +273,13 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
     return out, info
 
 
+def packaged_evaluator_path() -> Path | None:
+    """The own evaluator shipped with the package (trained by `iclevr evaluator train`), unless disabled
+    with ICLEVR_NO_PACKAGED_EVALUATOR=1 (tests use that to exercise first-use training)."""
+    path = Path(__file__).parent / "assets" / "own-evaluator-v1.safetensors"
+    return path if path.is_file() and not os.environ.get("ICLEVR_NO_PACKAGED_EVALUATOR") else None
+
+
 def ensure_own_evaluator(device="cpu", console=None, settings: EvaluatorTrainSettings | None = None):
     """The cached default own evaluator; trained on first use (with a notice) when it is missing or damaged."""
     from iclevr.evaluator import load_own, own_default_path
@@ -284,6 +291,12 @@ def ensure_own_evaluator(device="cpu", console=None, settings: EvaluatorTrainSet
         except UserError as e:
             if console is not None:
                 console.print(f"[yellow]The cached evaluator is unusable ({e}); training it again.[/]")
+    packaged = packaged_evaluator_path()
+    if packaged is not None:
+        if console is not None:
+            console.print(f"[dim]evaluator: the project's packaged own evaluator ({packaged.name}); "
+                          "`iclevr evaluator train` makes a new one[/]")
+        return load_own(packaged, device)
     settings = (settings or EvaluatorTrainSettings()).model_copy(update={"out": path, "data_dir": None})
     if console is not None:
         budget = f"{settings.minutes:g} minutes" if settings.minutes else f"{settings.max_steps} steps"

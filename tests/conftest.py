@@ -72,3 +72,4 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("iclevr-home")
     monkeypatch.setenv("ICLEVR_HOME", str(home))
     monkeypatch.setenv("ICLEVR_CHECKPOINTS", str(home / "checkpoints"))
+    monkeypatch.setenv("ICLEVR_NO_PACKAGED_EVALUATOR", "1")  # tests exercise first-use training
