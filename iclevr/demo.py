@@ -60,14 +60,12 @@ def run_demo(settings: DemoSettings, console) -> dict:
 
 def _evaluator(settings: DemoSettings, data_dir: Path, console) -> Path | None:
     """The course checkpoint.pth if the data folder has one, else the project's own (trained once, cached)."""
-    from iclevr.evaluator import own_default_path
     from iclevr.evaluator_train import ensure_own_evaluator
 
     course = data_dir / "checkpoint.pth"
     if course.is_file():
         return course
-    ensure_own_evaluator(device="cpu", console=console)
-    return own_default_path()
+    return ensure_own_evaluator(device="cpu", console=console).path
 
 
 def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> Path:
