@@ -66,6 +66,17 @@ def tiny_model_cfg():
     return ModelSettings(**TINY_MODEL)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process are 20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Keep caches and the default checkpoints folder inside the test's temporary area."""

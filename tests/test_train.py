@@ -18,13 +18,7 @@ from conftest import TINY_MODEL
 from iclevr.errors import TrainingInterrupted, UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process are 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def settings_for(course_kit: Path, out: Path, **train):
