@@ -22,7 +22,7 @@ TRACE_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]
 class DemoSettings(Section):
     """Settings of `iclevr demo`."""
 
-    minutes: float = Field(9.0, gt=0, le=24 * 60, description="Training budget of the tiny model, in minutes.")
+    minutes: float = Field(10.0, gt=0, le=24 * 60, description="Training budget of the tiny model, in minutes.")
     out: Path = Field(Path("demo"), description="Demo folder (run, evaluation, trace).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     eval_seeds: list[int] = Field([0, 1, 2], min_length=1, description="Sampling seeds of the evaluation.")

@@ -32,6 +32,7 @@ class ConditionalUNet(nn.Module):
             attention_head_dim=cfg.attention_head_dim,
             norm_num_groups=cfg.norm_num_groups,
             dropout=cfg.dropout,
+            resnet_time_scale_shift=cfg.resnet_time_scale_shift,
             class_embed_type="identity",
         )
         self.time_embed_dim = 4 * cfg.block_out_channels[0]

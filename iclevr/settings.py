@@ -47,6 +47,9 @@ class ModelSettings(Section):
     attention_head_dim: int = Field(8, gt=0, description="Channels per attention head.")
     norm_num_groups: int = Field(32, gt=0, description="GroupNorm groups (must divide every channel count).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside the ResNet blocks.")
+    resnet_time_scale_shift: Literal["default", "scale_shift"] = Field(
+        "default", description="How the time+label embedding enters each ResNet block: added to the features "
+        "(default) or as a GroupNorm scale and shift (scale_shift, AdaGN of Dhariwal & Nichol 2021).")
 
 
 class ScheduleSettings(Section):

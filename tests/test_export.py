@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -10,7 +11,8 @@ from iclevr.cli import app
 runner = CliRunner()
 
 
-def test_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg):
+@pytest.mark.parametrize("shift, prediction", [("default", "epsilon"), ("scale_shift", "v_prediction")])
+def test_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, shift, prediction):
     from diffusers import DDPMScheduler, UNet2DModel
     from safetensors.torch import load_file
 
@@ -20,9 +22,11 @@ def test_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, ti
     from iclevr.sampling import image_seeds, sample
     from iclevr.settings import SamplerSettings, ScheduleSettings
 
+    cfg = tiny_model_cfg.model_copy(update={"resnet_time_scale_shift": shift})  # the tiny preset: scale_shift, v
     torch.manual_seed(0)
-    weights = save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
-                           schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(), preset="test")
+    weights = save_weights(build_model(cfg), tmp_path / "w.safetensors", model_cfg=cfg,
+                           schedule_cfg=ScheduleSettings(prediction_type=prediction), sampler_cfg=SamplerSettings(),
+                           preset="test")
     out = tmp_path / "export"
     r = runner.invoke(app, ["export", "--checkpoint", str(weights), "--out", str(out)])
     assert r.exit_code == 0, r.stdout + r.stderr

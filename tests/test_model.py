@@ -30,6 +30,15 @@ def test_other_presets_build(preset, size):
     assert count_parameters(model) < 30e6
 
 
+def test_scale_shift_conditioning_reaches_every_resnet():
+    cfg = resolve(TrainSettings, preset="tiny").model
+    assert cfg.resnet_time_scale_shift == "scale_shift"
+    unet = build_model(cfg).unet
+    assert unet.config.resnet_time_scale_shift == "scale_shift"
+    resnets = [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
+    assert resnets and all(r.time_emb_proj.out_features == 2 * r.conv1.out_channels for r in resnets)
+
+
 def test_forward_shape_and_the_condition_matters(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg).eval()

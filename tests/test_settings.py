@@ -12,7 +12,7 @@ def test_precedence(tmp_path):
     default = resolve(TrainSettings)
     assert default.train.lr == 1e-5 and default.model.sample_size == 64
     tiny = resolve(TrainSettings, preset="tiny")
-    assert tiny.preset == "tiny" and tiny.model.sample_size == 32 and tiny.train.lr == 1e-3
+    assert tiny.preset == "tiny" and tiny.model.sample_size == 32 and tiny.train.lr == 2e-3
     cfg = tmp_path / "c.toml"
     cfg.write_text('[train]\nlr = 0.005\nbatch_size = 8\n')
     from_file = resolve(TrainSettings, preset="tiny", config=cfg)
