@@ -215,12 +215,19 @@ def default_out(weights: Path | None) -> Path:
 
 def generate(model, info, sampler: SamplerSettings, conditions: list[list[str]], seeds: list[int],
              on_step=None) -> dict:
-    """Sample every condition once per seed, resized to 64x64: {seed: (N, 3, 64, 64) in [-1, 1]}."""
-    from iclevr.sampling import sample, to_output_size
+    """Sample every condition once per seed, resized to 64x64 batch by batch: {seed: (N, 3, 64, 64) in [-1, 1]}."""
+    import torch
+
+    from iclevr.sampling import OUTPUT_SIZE, sample_batches, to_output_size
 
     y = L.encode_many(conditions)  # (N, 24)
-    return {s: to_output_size(sample(model, y, schedule=info.schedule, sampler=sampler.model_copy(update={"seed": s}),
-                                     callback=on_step)) for s in seeds}
+    runs = {}
+    for s in seeds:
+        runs[s] = torch.empty((len(y), 3, OUTPUT_SIZE, OUTPUT_SIZE))  # filled batch by batch, no copies
+        for start, x in sample_batches(model, y, schedule=info.schedule,
+                                       sampler=sampler.model_copy(update={"seed": s}), callback=on_step):
+            runs[s][start:start + len(x)] = to_output_size(x)  # (b, 3, 64, 64)
+    return runs
 
 
 def _sampling_progress(console):
@@ -230,16 +237,26 @@ def _sampling_progress(console):
                     TimeRemainingColumn(), console=console, disable=console is None, transient=True)
 
 
+def _sampling_task(bar, sampler: SamplerSettings, info, conditions: dict, seeds: list[int]):
+    """Add the sampling task to `bar`: one tick per sampler step of every chunk of every split and seed."""
+    import math
+
+    from iclevr.sampling import resolve_steps
+
+    steps = resolve_steps(sampler, info.schedule)
+    chunks = sum(math.ceil(len(c) / sampler.batch_size) for c in conditions.values())
+    return bar.add_task(f"sampling ({sampler.sampler}, {steps} steps, {len(seeds)} seed(s))",
+                        total=chunks * len(seeds) * steps)
+
+
 def evaluate(settings: EvalSettings, console=None) -> dict:
     """Generate (or read) each split's images, score them with the course metric, write the PNGs, grids and
     report.json into the output folder; returns the report."""
-    import math
-
     from iclevr.checkpoint import write_json
     from iclevr.data.course import resolve_data_dir
     from iclevr.device import pick_device
     from iclevr.fileio import check_writable
-    from iclevr.sampling import load_model, resolve_steps, save_grid, save_images, with_weights_defaults
+    from iclevr.sampling import load_model, save_grid, save_images, with_weights_defaults
 
     splits = SPLITS if settings.split == "all" else (settings.split,)
     folders = image_folders(settings.images, splits) if settings.images else None
@@ -257,22 +274,20 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
               "model": {"preset": info.preset, "step": info.step} if info else None,
               "sampler": sampler.model_dump(mode="json") if sampler else None, "data_dir": str(data_dir),
               "evaluator": evaluator.describe(), "settings": settings.model_dump(mode="json"), "splits": {}}
-    if folders is None:
-        steps = resolve_steps(sampler, info.schedule)
-        chunks = sum(math.ceil(len(conditions[s]) / sampler.batch_size) for s in splits)
-        with _sampling_progress(console) as bar:
-            task = bar.add_task(f"sampling ({sampler.sampler}, {steps} steps, {len(settings.seeds)} seed(s))",
-                                total=chunks * len(settings.seeds) * steps)
-            runs = {s: generate(model, info, sampler, conditions[s], settings.seeds,
-                                on_step=lambda d: bar.advance(task)) for s in splits}
-    else:
-        runs = {s: {"images": load_image_folder(folders[s], len(conditions[s]))} for s in splits}
-    for split in splits:
-        first = next(iter(runs[split].values()))  # (N, 3, 64, 64) of the first seed
-        if folders is None:
-            save_images(first, out / "images" / split)
-        save_grid(first, out / f"{split}_grid.png", nrow=8)
-        report["splits"][split] = score_split(evaluator, runs[split], conditions[split])
+    with _sampling_progress(console if folders is None else None) as bar:
+        task = _sampling_task(bar, sampler, info, conditions, settings.seeds) if folders is None else None
+        for split in splits:  # one split at a time: only its images are held, then scored and released
+            if folders is None:
+                runs = generate(model, info, sampler, conditions[split], settings.seeds,
+                                on_step=lambda d: bar.advance(task))
+            else:
+                runs = {"images": load_image_folder(folders[split], len(conditions[split]))}
+            first = next(iter(runs.values()))  # (N, 3, 64, 64) of the first seed
+            if folders is None:
+                save_images(first, out / "images" / split)
+            save_grid(first, out / f"{split}_grid.png", nrow=8)
+            report["splits"][split] = score_split(evaluator, runs, conditions[split])
+            del runs, first
     write_json(out / "report.json", report)
     report["out"] = str(out)
     return report

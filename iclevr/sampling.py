@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,46 +139,67 @@ def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
     return kwargs
 
 
-@torch.inference_mode()
-def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: SamplerSettings,
-           callback: Callable[[dict], None] | None = None, seeds: list[int] | None = None,
-           device=None) -> torch.Tensor:
-    """Draw images for conditions y (B, 24); returns x0 (B, 3, S, S) float in [-1, 1] on the CPU.
+def sample_batches(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: SamplerSettings,
+                   callback: Callable[[dict], None] | None = None, seeds: list[int] | None = None,
+                   device=None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Draw images for conditions y (B, 24) one chunk of `sampler.batch_size` at a time: yields (start, x0).
 
-    callback(dict(i, t, x_t, x0_pred, x_prev, steps, start)) is called after every step of every chunk of
-    `sampler.batch_size` images: x_t is the step's input, x0_pred the predicted clean image, x_prev the
-    step's output, `start` the index of the chunk's first image. `device` defaults to the model's.
+    x0 is (b, 3, S, S) float in [-1, 1] on the CPU for images start .. start + b - 1. Only one chunk's UNet
+    inputs and outputs are alive at a time, so memory does not grow with B beyond what the caller keeps.
+    callback(dict(i, t, x_t, x0_pred, x_prev, steps, start)) is called after every step of every chunk:
+    x_t is the step's input, x0_pred the predicted clean image, x_prev the step's output, `start` the index
+    of the chunk's first image. `device` defaults to the model's.
     """
-    from iclevr.device import autocast
-
     scheduler = SAMPLERS[check_sampler(sampler.sampler)].build_scheduler(schedule)
     steps = resolve_steps(sampler, schedule)
     seeds = image_seeds(sampler.seed, y.shape[0]) if seeds is None else list(seeds)
     if len(seeds) != y.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for {y.shape[0]} conditions")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    S = model.cfg.sample_size
-    out = []
     for start in range(0, y.shape[0], sampler.batch_size):
-        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:start + sampler.batch_size]]
-        y_chunk = y[start:start + len(gens)].to(device=device, dtype=torch.float32)  # (b, 24)
-        x = torch.cat([torch.randn((1, 3, S, S), generator=g) for g in gens]).to(device)  # (b, 3, S, S) x_T
-        x = x * scheduler.init_noise_sigma
-        scheduler.set_timesteps(steps, device=device)  # before every loop: multistep schedulers keep state
-        kwargs = _step_kwargs(scheduler, gens)
-        alpha_bars = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-        for i, t in enumerate(scheduler.timesteps):
-            x_in = scheduler.scale_model_input(x, t)
-            with autocast(device):
-                eps = guided_output(model, x_in, t.to(device), y_chunk, sampler.guidance_scale)
-            if sampler.clip_x0:
-                eps = clip_output(x, eps, alpha_bars[int(t)], schedule.prediction_type)
-            x_prev = scheduler.step(eps, t, x, **kwargs).prev_sample.float()
-            if callback is not None:
-                x0_pred = predict_x0(x, eps, alpha_bars[int(t)], schedule.prediction_type)
-                callback(dict(i=i, t=int(t), x_t=x, x0_pred=x0_pred, x_prev=x_prev, steps=steps, start=start))
-            x = x_prev
-        out.append(x.clamp(-1, 1).float().cpu())
+        chunk = seeds[start:start + sampler.batch_size]
+        yield start, _denoise(model, y[start:start + len(chunk)], chunk, scheduler, steps, schedule, sampler,
+                              device, callback, start)
+
+
+@torch.inference_mode()
+def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, schedule: ScheduleSettings,
+             sampler: SamplerSettings, device, callback, start: int) -> torch.Tensor:
+    """The sampling loop for one chunk: conditions y (b, 24), one seed per image -> x0 (b, 3, S, S) on the CPU."""
+    from iclevr.device import autocast
+
+    S = model.cfg.sample_size
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    y = y.to(device=device, dtype=torch.float32)  # (b, 24)
+    x = torch.cat([torch.randn((1, 3, S, S), generator=g) for g in gens]).to(device)  # (b, 3, S, S) x_T
+    x = x * scheduler.init_noise_sigma
+    scheduler.set_timesteps(steps, device=device)  # before every chunk: multistep schedulers keep state
+    kwargs = _step_kwargs(scheduler, gens)
+    alpha_bars = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, t)
+        with autocast(device):
+            eps = guided_output(model, x_in, t.to(device), y, sampler.guidance_scale)
+        if sampler.clip_x0:
+            eps = clip_output(x, eps, alpha_bars[int(t)], schedule.prediction_type)
+        x_prev = scheduler.step(eps, t, x, **kwargs).prev_sample.float()
+        if callback is not None:
+            x0_pred = predict_x0(x, eps, alpha_bars[int(t)], schedule.prediction_type)
+            callback(dict(i=i, t=int(t), x_t=x, x0_pred=x0_pred, x_prev=x_prev, steps=steps, start=start))
+        x = x_prev
+    return x.clamp(-1, 1).float().cpu()
+
+
+def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: SamplerSettings,
+           callback: Callable[[dict], None] | None = None, seeds: list[int] | None = None,
+           device=None) -> torch.Tensor:
+    """Draw images for conditions y (B, 24); returns x0 (B, 3, S, S) float in [-1, 1] on the CPU.
+
+    All chunks of sample_batches() (same arguments, same callback) concatenated.
+    """
+    out = [x for _, x in sample_batches(model, y, schedule=schedule, sampler=sampler, callback=callback,
+                                        seeds=seeds, device=device)]
+    S = model.cfg.sample_size
     return torch.cat(out) if out else torch.zeros(0, 3, S, S)
 
 
@@ -192,12 +213,18 @@ def to_output_size(x: torch.Tensor, size: int = OUTPUT_SIZE) -> torch.Tensor:
                          antialias=x.shape[-1] > size).clamp(-1, 1)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 in [0, 255], same shape (4x smaller to keep); uint8 input is returned as is."""
+    if x.dtype == torch.uint8:
+        return x
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_pil(x: torch.Tensor):
-    """One image (3, H, W) in [-1, 1] -> PIL RGB image."""
+    """One image (3, H, W), float in [-1, 1] or uint8 -> PIL RGB image."""
     from PIL import Image
 
-    u8 = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, H, W)
-    return Image.fromarray(u8.permute(1, 2, 0).numpy())
+    return Image.fromarray(to_uint8(x).permute(1, 2, 0).numpy())
 
 
 def save_png(image, path: Path) -> Path:
@@ -210,18 +237,18 @@ def save_png(image, path: Path) -> Path:
 
 
 def save_grid(x: torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """Save images (B, 3, H, W) in [-1, 1] as one PNG grid (torchvision make_grid, nrow per row, atomic)."""
+    """Save images (B, 3, H, W) (float in [-1, 1] or uint8) as one PNG grid (nrow per row, black padding, atomic)."""
     from torchvision.utils import make_grid
 
-    grid = make_grid(x.float().clamp(-1, 1), nrow=nrow, padding=2, pad_value=-1.0)  # (3, H', W')
+    grid = make_grid(to_uint8(x), nrow=nrow, padding=2, pad_value=0)  # (3, H', W') uint8
     return save_png(to_pil(grid), path)
 
 
-def save_images(x: torch.Tensor, folder: Path) -> list[Path]:
-    """Save each image of (B, 3, H, W) as folder/0.png, 1.png, ... (numbered in order)."""
+def save_images(x: torch.Tensor, folder: Path, first: int = 0) -> list[Path]:
+    """Save each image of (B, 3, H, W) as folder/<first>.png, <first + 1>.png, ... (numbered in order)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [save_png(to_pil(img), folder / f"{i}.png") for i, img in enumerate(x)]
+    return [save_png(to_pil(img), folder / f"{first + i}.png") for i, img in enumerate(x)]
 
 
 # ---- the `iclevr sample` command's core -------------------------------------------------------------
@@ -290,7 +317,8 @@ def load_model(checkpoint: Path | None, device: str = "auto"):
 
 
 def run_sample(settings: SampleSettings, console=None) -> dict:
-    """Load weights, draw `num` images per condition, write the grid (and PNGs); returns a summary dict."""
+    """Load weights, draw `num` images per condition batch by batch, write the grid (and each batch's PNGs as it
+    is drawn); returns a summary dict."""
     from iclevr.fileio import check_writable
     from iclevr.labels import encode_many
 
@@ -306,13 +334,16 @@ def run_sample(settings: SampleSettings, console=None) -> dict:
     check_writable(settings.out.parent)
     model, info, device = load_model(settings.checkpoint, settings.sampler.device)
     sampler = with_weights_defaults(settings.sampler, info.sampler)
-    began = time.perf_counter()
-    x0 = to_output_size(sample(model, y, schedule=info.schedule, sampler=sampler, device=device))  # (N, 3, 64, 64)
-    seconds = time.perf_counter() - began
-    grid = save_grid(x0, settings.out)
     folder = settings.out.with_suffix("") if settings.save_individual else None
-    if folder is not None:
-        save_images(x0, folder)
-    return {"grid": grid, "folder": folder, "images": len(x0), "seconds": seconds, "checkpoint": info.path,
+    kept = torch.empty((len(y), 3, OUTPUT_SIZE, OUTPUT_SIZE), dtype=torch.uint8)  # all the grid needs, one block
+    seconds, began = 0.0, time.perf_counter()
+    for start, x0 in sample_batches(model, y, schedule=info.schedule, sampler=sampler, device=device):
+        seconds += time.perf_counter() - began  # sampling time only, not PNG writing
+        kept[start:start + len(x0)] = to_uint8(to_output_size(x0))  # (b, 3, 64, 64)
+        if folder is not None:
+            save_images(kept[start:start + len(x0)], folder, first=start)  # each batch's PNGs as it is drawn
+        began = time.perf_counter()
+    grid = save_grid(kept, settings.out)
+    return {"grid": grid, "folder": folder, "images": len(y), "seconds": seconds, "checkpoint": info.path,
             "sampler": sampler.sampler, "steps": resolve_steps(sampler, info.schedule),
             "guidance_scale": sampler.guidance_scale, "device": str(device)}

@@ -61,6 +61,28 @@ def test_sample_labels_file_flags_and_newest_run(weights, tmp_path):
     assert r.exit_code == 0 and json.loads(r.output)["sampler"]["steps"] is None  # not ddim's 6 steps
 
 
+def test_sample_writes_each_batch_of_pngs_before_drawing_the_next(weights, tmp_path, monkeypatch):
+    import iclevr.sampling as S
+    from iclevr.settings import SamplerSettings
+
+    real, seen = S.sample_batches, []
+
+    def watching(*args, **kwargs):
+        for start, x0 in real(*args, **kwargs):
+            seen.append(sorted(int(p.stem) for p in (tmp_path / "grid").glob("*.png")))  # on disk so far
+            yield start, x0
+
+    monkeypatch.setattr(S, "sample_batches", watching)
+    conds = tmp_path / "c.json"
+    conds.write_text(json.dumps([["red sphere"], ["cyan cube", "gray cylinder"]] * 3))
+    r = S.run_sample(S.SampleSettings(checkpoint=weights, labels_file=conds, out=tmp_path / "grid.png",
+                                      save_individual=True, sampler=SamplerSettings(steps=2, batch_size=4,
+                                                                                    device="cpu")))
+    assert seen == [[], [0, 1, 2, 3]] and r["images"] == 6
+    assert sorted(int(p.stem) for p in (tmp_path / "grid").glob("*.png")) == list(range(6))
+    assert Image.open(tmp_path / "grid.png").size == (6 * 66 + 2, 66 + 2)
+
+
 @pytest.mark.parametrize("case, message", [
     ("bad_label", 'unknown label "red spere" — did you mean "red sphere"'),
     ("conflict", "--labels and --labels-file conflict"),

@@ -7,7 +7,8 @@ from torch import nn
 from iclevr.errors import UserError
 from iclevr.settings import SamplerSettings, ScheduleSettings
 from iclevr.sampling import (SAMPLERS, check_sampler, guided_output, image_seeds, load_conditions, predict_x0,
-                             resolve_steps, sample, save_grid, save_images, to_output_size, with_weights_defaults)
+                             resolve_steps, sample, sample_batches, save_grid, save_images, to_output_size,
+                             with_weights_defaults)
 
 SCHEDULE = ScheduleSettings()
 
@@ -100,6 +101,18 @@ def test_one_forward_pass_of_2b_per_step(model):
     counting.batches.clear()
     sample(counting, conditions(3), schedule=SCHEDULE, sampler=settings("ddim", steps=5, guidance_scale=1.0))
     assert counting.batches == [3] * 5
+
+
+def test_sample_batches_draws_one_chunk_at_a_time(model):
+    counting, y = Counting(model), conditions(5)
+    chunks = sample_batches(counting, y, schedule=SCHEDULE, sampler=settings("ddim", steps=2, batch_size=2))
+    start, first = next(chunks)
+    assert start == 0 and first.shape == (2, 3, 16, 16)
+    assert counting.batches == [4, 4]  # 2 steps of the first chunk (2B with guidance), nothing drawn ahead
+    rest = list(chunks)
+    assert [(s, len(x)) for s, x in rest] == [(2, 2), (4, 1)] and max(counting.batches) == 4
+    whole = sample(model, y, schedule=SCHEDULE, sampler=settings("ddim", steps=2, batch_size=2))
+    assert torch.equal(torch.cat([first] + [x for _, x in rest]), whole)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

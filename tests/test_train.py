@@ -160,6 +160,30 @@ def test_ctrl_c_saves_a_resumable_state(course_kit, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 6
 
 
+def test_second_ctrl_c_stops_mid_step_and_resumes_from_the_last_state(course_kit, tmp_path, monkeypatch):
+    import iclevr.train as T
+
+    calls = {"n": 0}
+    real = T.diffusion_loss
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # inside the 4th step (the state of step 2 is saved): Ctrl-C twice
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "diffusion_loss", interrupting)
+    settings = settings_for(course_kit, tmp_path / "run", max_steps=6, checkpoint_every=0, checkpoint_every_steps=2)
+    with pytest.raises(TrainingInterrupted, match=r"during step 4; continue from the last saved state "
+                                                  r"\(step-00000002.pt\) with `iclevr train --resume"):
+        T.train(settings)
+    assert [p.name for p in (tmp_path / "run" / "state").iterdir()] == ["step-00000002.pt"]  # nothing half-saved
+    monkeypatch.setattr(T, "diffusion_loss", real)
+    T.train(settings, resume=True)
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 6
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     from iclevr import train_state
@@ -196,6 +220,109 @@ def test_sigkill_during_state_write_keeps_previous_state(tmp_path):
     save_state(folder, {"step": 3, "w": torch.zeros(1)}, keep=2)  # the next save cleans the debris
     assert [p.name for p in sorted(folder.iterdir())] == ["step-00000001.pt", "step-00000003.pt"]
     assert [p.name for p in list_states(folder)] == ["step-00000001.pt", "step-00000003.pt"]
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import io, sys, time, torch
+    from rich.console import Console
+    from iclevr.settings import TrainSettings
+    from iclevr.train import train
+    torch.set_num_threads(1)
+    real_save = torch.save
+    pause = float(sys.argv[3])
+    def slow_save(obj, f):  # every state write: half the bytes, a pause, the rest, so a kill can land inside it
+        buf = io.BytesIO(); real_save(obj, buf); data = buf.getvalue()
+        with open(f, "wb") as out:
+            out.write(data[: len(data) // 2]); out.flush(); time.sleep(pause); out.write(data[len(data) // 2:])
+    torch.save = slow_save
+    settings = TrainSettings.model_validate_json(open(sys.argv[1]).read())
+    train(settings, console=Console(file=sys.stdout, width=500), resume=sys.argv[2] == "resume")
+""")
+
+
+def _lines(path: Path) -> list[str]:
+    """The complete (newline-terminated) lines of a file that another process may be appending to."""
+    return path.read_text().split("\n")[:-1] if path.is_file() else []
+
+
+def _last_step(log: Path) -> int:
+    """The last step a training child reported on its console ("step N epoch ..."), 0 if none yet."""
+    return max((int(line.split()[1]) for line in _lines(log) if line.startswith("step ")), default=0)
+
+
+def _wait_until(condition, proc, log: Path, timeout: float = 60.0) -> None:
+    """Poll `condition` every 2 ms; fail if the child exits first or the timeout passes."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"training exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < end, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.002)
+
+
+def test_sigkill_at_random_moments_then_resume(course_kit, tmp_path):
+    """SIGKILL a real run (subprocess) at 3 seeded random moments, one inside a state write; each --resume
+    starts from the newest complete state, losing at most the steps since it, and the run finishes exactly
+    like one never interrupted (bit-identical weights, every step logged once)."""
+    import random
+    import time
+    import warnings
+
+    from rich.console import Console
+
+    from iclevr.train import train
+    from iclevr.train_state import list_states, load_latest
+
+    every, total = 2, 30
+    run, state_dir = tmp_path / "run", tmp_path / "run" / "state"
+    settings = settings_for(course_kit, run, max_steps=total, checkpoint_every=0, checkpoint_every_steps=every)
+    config = tmp_path / "settings.json"
+    config.write_text(settings.model_dump_json())
+    rng = random.Random(10)
+    newest, saved, lost = None, 0, []
+    for k, moment in enumerate(["random", "state-write", "random"]):
+        log = tmp_path / f"launch-{k}.log"
+        debris = set(state_dir.glob(".step-*.tmp"))
+        pause = 0.3 if moment == "state-write" else 0.02  # seconds inside each state write
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-u", "-c", TRAIN_SCRIPT, str(config),
+                                     "resume" if k else "new", str(pause)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if moment == "state-write":  # a new temporary state file: the write is under way
+                _wait_until(lambda: set(state_dir.glob(".step-*.tmp")) - debris, proc, log)
+            else:  # a few steps past the resumed state, then somewhere within a step, a log or a save
+                target = saved + rng.randint(3, 6)
+                _wait_until(lambda: _last_step(log) >= target, proc, log)
+                time.sleep(rng.uniform(0.0, 0.08))
+        finally:
+            proc.kill()  # SIGKILL: no handler, no cleanup
+            proc.wait(timeout=30)
+        if k:  # the resume message names the state it loaded
+            assert (f"from {newest.name}" if newest else "no training state") in log.read_text()
+        states = list_states(state_dir)
+        if moment == "state-write":
+            assert set(state_dir.glob(".step-*.tmp")) - debris  # the half-written file is there ...
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # ... and is never loaded: no "damaged" fallback either
+            found = load_latest(state_dir)
+        newest = found[1] if found else None
+        assert newest == (states[-1] if states else None)
+        saved = found[0]["step"] if found else 0
+        done = _last_step(log)  # logged before that step's save, so done >= saved
+        assert saved <= done <= saved + every, (saved, done)
+        lost.append(done - saved)
+
+    console = Console(record=True, width=500)
+    train(settings, console=console, resume=True)  # the last --resume runs here, to the end
+    assert (f"from {newest.name}" if newest else "no training state") in console.export_text()
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["step"] == total and progress["finished"]
+    assert [json.loads(r)["step"] for r in _lines(run / "metrics.jsonl")] == list(range(1, total + 1))
+    assert not list(state_dir.glob("*.tmp"))  # the debris of the killed write is gone
+    straight = train(settings_for(course_kit, tmp_path / "straight", max_steps=total, checkpoint_every=0))
+    a, b = _weights(straight), _weights(run)
+    assert all(torch.equal(a[key], b[key]) for key in a), f"steps lost per kill: {lost}"
 
 
 def test_damaged_newest_state_falls_back(tmp_path):
