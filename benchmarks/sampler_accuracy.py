@@ -1,0 +1,74 @@
+"""Accuracy side of the sampling trade-off: each sampler/step count scored on test and new_test.
+
+    python benchmarks/sampler_accuracy.py RUN --samplers ddpm:1000 dpmpp:10 dpmpp:20 ddim:50 --seeds 0,1,2
+
+For each sampler it samples every condition of both splits once per seed with the run's EMA weights
+(guidance 2, batched classifier-free guidance), scores them with `iclevr eval`'s machinery (the course
+metric, the data folder's checkpoint.pth or the project's own evaluator) and records the accuracy per seed
+and split together with the sampling wall time. ddpm:1000 is the seed's sampler (1000 DDPM steps); its
+two forward passes per step are batched here, which changes the time but not the images' distribution —
+the time of the seed's own two-pass loop is measured by benchmarks/sample_speed.py.
+Results: one JSON file per sampler in benchmarks/results/sampler_accuracy/ and a line each on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "sampler_accuracy"
+
+
+def main() -> None:
+    """Parse arguments, sample and score with every sampler, write the rows."""
+    from iclevr.checkpoint import resolve_checkpoint
+    from iclevr.data.course import resolve_data_dir
+    from iclevr.evaluate import generate, load_conditions, load_evaluator, score_split
+    from iclevr.sampling import load_model
+    from iclevr.settings import SamplerSettings
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="Run folder or weights file.")
+    p.add_argument("--samplers", nargs="+", default=["ddpm:1000", "dpmpp:10", "dpmpp:15", "dpmpp:20", "dpmpp:25",
+                                                     "dpmpp:50", "ddim:50"])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tag", default="", help="Name prefix of the result files.")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, info, device = load_model(resolve_checkpoint(args.run), "cpu")
+    data_dir = resolve_data_dir(args.data_dir)
+    conditions = load_conditions(data_dir, ("test", "new_test"))
+    evaluator = load_evaluator(None, data_dir, device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for spec in args.samplers:
+        name, steps = spec.split(":")
+        sampler = SamplerSettings(sampler=name, steps=int(steps), guidance_scale=args.guidance_scale, batch_size=64)
+        row = {"run": str(info.path), "step": info.step, "sampler": name, "steps": int(steps),
+               "guidance_scale": args.guidance_scale, "seeds": seeds, "threads": torch.get_num_threads(),
+               "evaluator": evaluator.describe(), "splits": {}}
+        t0 = time.perf_counter()
+        for split, conds in conditions.items():
+            scored = score_split(evaluator, generate(model, info, sampler, conds, seeds), conds)
+            row["splits"][split] = {"accuracy": scored["accuracy"], "mean": scored["mean"], "std": scored["std"]}
+        row["sampling_wall_s"] = round(time.perf_counter() - t0, 1)
+        row["mean"] = statistics.fmean(s["mean"] for s in row["splits"].values())
+        row["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}.json").write_text(
+            json.dumps(row, indent=1) + "\n")
+        print(f"{name}-{steps}: test {row['splits']['test']['mean']:.3f}  new_test "
+              f"{row['splits']['new_test']['mean']:.3f}  mean {row['mean']:.3f}  ({row['sampling_wall_s']} s)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
