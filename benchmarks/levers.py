@@ -2,7 +2,9 @@
 
     python benchmarks/levers.py --steps 600 [--only eps_prediction no_min_snr ...] [--threads 1]
 
-Every variant is the `tiny` preset with ONE change (below), trained from the same seed on the embedded kit
+Every variant is the `tiny` preset with ONE change (below) and a constant learning rate (the study was run
+before the preset switched to a cosine decay; a constant lr makes a fixed step budget a fair cut of any
+longer run), trained from the same seed on the embedded kit
 for a fixed number of optimizer steps (the CPU budget: 600 steps of 32 images is what `tiny` does in about
 ten minutes on the 2-core development machine; variants with another batch size get the same number of
 images), then scored like `iclevr eval`: the EMA weights, dpmpp 20 steps, guidance 2, sampling seeds
@@ -51,7 +53,8 @@ def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds:
     from iclevr.train import train
 
     what, overrides, factor = VARIANTS[name]
-    over = {**overrides, "out": str(work / name), "train.max_steps": steps // factor, "train.max_minutes": None,
+    over = {"train.lr_schedule": "constant", **overrides, "out": str(work / name),  # as the study was run
+            "train.max_steps": steps // factor, "train.max_minutes": None,
             "train.checkpoint_every": 0, "train.seed": 0}
     if data_dir:
         over["data.data_dir"] = str(data_dir)
