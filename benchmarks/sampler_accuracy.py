@@ -41,33 +41,41 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tag", default="", help="Name prefix of the result files.")
+    p.add_argument("--evaluators", nargs="+", type=Path, default=None,
+                   help="Score the same images with each of these evaluator files (one result file each, named "
+                        "after the evaluator); default: the one `iclevr eval` picks.")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, info, device = load_model(resolve_checkpoint(args.run), "cpu")
     data_dir = resolve_data_dir(args.data_dir)
     conditions = load_conditions(data_dir, ("test", "new_test"))
-    evaluator = load_evaluator(None, data_dir, device)
+    evaluators = {path.stem: load_evaluator(path, data_dir, device) for path in args.evaluators} \
+        if args.evaluators else {"": load_evaluator(None, data_dir, device)}
     seeds = [int(s) for s in args.seeds.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     for spec in args.samplers:
         name, steps = spec.split(":")
         sampler = SamplerSettings(sampler=name, steps=int(steps), guidance_scale=args.guidance_scale, batch_size=64)
-        row = {"run": str(info.path), "step": info.step, "sampler": name, "steps": int(steps),
-               "guidance_scale": args.guidance_scale, "seeds": seeds, "threads": torch.get_num_threads(),
-               "evaluator": evaluator.describe(), "splits": {}}
+        rows = {key: {"run": str(info.path), "step": info.step, "sampler": name, "steps": int(steps),
+                      "guidance_scale": args.guidance_scale, "seeds": seeds, "threads": torch.get_num_threads(),
+                      "evaluator": ev.describe(), "splits": {}} for key, ev in evaluators.items()}
         t0 = time.perf_counter()
         for split, conds in conditions.items():
-            scored = score_split(evaluator, generate(model, info, sampler, conds, seeds), conds)
-            row["splits"][split] = {"accuracy": scored["accuracy"], "mean": scored["mean"], "std": scored["std"]}
-        row["sampling_wall_s"] = round(time.perf_counter() - t0, 1)
-        row["mean"] = statistics.fmean(s["mean"] for s in row["splits"].values())
-        row["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}.json").write_text(
-            json.dumps(row, indent=1) + "\n")
-        print(f"{name}-{steps}: test {row['splits']['test']['mean']:.3f}  new_test "
-              f"{row['splits']['new_test']['mean']:.3f}  mean {row['mean']:.3f}  ({row['sampling_wall_s']} s)",
-              flush=True)
+            runs = generate(model, info, sampler, conds, seeds)  # sampled once, scored by every evaluator
+            for key, ev in evaluators.items():
+                scored = score_split(ev, runs, conds)
+                rows[key]["splits"][split] = {"accuracy": scored["accuracy"], "mean": scored["mean"],
+                                              "std": scored["std"]}
+        wall = round(time.perf_counter() - t0, 1)
+        for key, row in rows.items():
+            row.update(sampling_wall_s=wall, mean=statistics.fmean(s["mean"] for s in row["splits"].values()),
+                       when=time.strftime("%Y-%m-%d %H:%M:%S"))
+            suffix = f"-{key}" if len(evaluators) > 1 else ""
+            (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}{suffix}.json").write_text(
+                json.dumps(row, indent=1) + "\n")
+            print(f"{name}-{steps} {key}: test {row['splits']['test']['mean']:.3f}  new_test "
+                  f"{row['splits']['new_test']['mean']:.3f}  mean {row['mean']:.3f}  ({wall} s)", flush=True)
 
 
 if __name__ == "__main__":

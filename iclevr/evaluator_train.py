@@ -24,6 +24,7 @@ from iclevr.errors import UserError
 from iclevr.settings import Section
 
 CHUNK = 250  # scenes per render job; a chunk's seed depends on its index only, never on the worker count
+SMALL_CHUNKS = 5000  # chunk-seed offset of the small-rendered part of a pool (pools hold <= 10**6 scenes)
 HELDOUT_SEED = 10**5  # held-out sets use pool seeds from here on (chunk seeds >= 10**9, above any training one)
 
 
@@ -34,7 +35,13 @@ class EvaluatorTrainSettings(Section):
                              "$ICLEVR_HOME/evaluator/own-v1.safetensors.")
     data_dir: Path | None = Field(None, description="Train on the images of this course-layout folder instead "
                                   "of freshly rendered scenes (5% of its scenes are held out).")
-    pool: int = Field(16000, gt=0, description="Rendered training scenes kept in memory (~9 KB each at 64x48).")
+    pool: int = Field(16000, gt=0, le=10**6, description="Rendered training scenes kept in memory (~9 KB each "
+                      "at 64x48).")
+    small_render_fraction: float = Field(0.25, ge=0, le=1, description="Fraction of the pool rendered at half "
+                                         "the render size and upsampled back (scenes drawn small, as a 32x32 "
+                                         "generator's are).")
+    init: Path | None = Field(None, description="Start from this own evaluator (.safetensors) instead of random "
+                              "weights, i.e. fine-tune it.")
     min_objects: int = Field(1, ge=1, le=10, description="Fewest objects per training scene.")
     max_objects: int = Field(5, ge=1, le=10, description="Most objects per training scene.")
     render_size: tuple[int, int] = Field((64, 48), description="Training render size (W, H), 4:3.")
@@ -71,14 +78,14 @@ def _render_chunk(job: tuple):
 
 
 def render_pool(n: int, seed: int, min_objects: int, max_objects: int, size: tuple[int, int],
-                workers: int = 1, progress=None):
+                workers: int = 1, progress=None, chunk_offset: int = 0):
     """Render n scenes in chunks (in `workers` processes): (uint8 (n, 3, H, W), multi-hot (n, 24))."""
     import numpy as np
     import torch
 
     from iclevr import labels as L
 
-    jobs = [(min(CHUNK, n - i), seed * 10**4 + i // CHUNK, min_objects, max_objects, tuple(size))
+    jobs = [(min(CHUNK, n - i), seed * 10**4 + chunk_offset + i // CHUNK, min_objects, max_objects, tuple(size))
             for i in range(0, n, CHUNK)]
     frames, names = [], []
     if workers <= 1 or len(jobs) == 1:
@@ -99,6 +106,29 @@ def render_pool(n: int, seed: int, min_objects: int, max_objects: int, size: tup
             pool.shutdown(cancel_futures=True)
     x = torch.from_numpy(np.concatenate(frames)).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W)
     return x, L.encode_many(names)
+
+
+def training_pool(settings: EvaluatorTrainSettings, progress=None):
+    """The rendered training pool: most scenes at render_size, a fraction drawn at half size and upsampled
+    back to render_size (so small renders are not out of distribution); (uint8 (n, 3, H, W), (n, 24))."""
+    import torch
+    import torch.nn.functional as F
+
+    n_small = round(settings.pool * settings.small_render_fraction)
+    n_full = settings.pool - n_small
+    w, h = settings.render_size
+    parts = []
+    if n_full:
+        parts.append(render_pool(n_full, settings.seed, settings.min_objects, settings.max_objects, (w, h),
+                                 settings.workers, progress=progress))
+    if n_small:
+        small, y = render_pool(n_small, settings.seed, settings.min_objects, settings.max_objects,
+                               (max(1, w // 2), max(1, h // 2)), settings.workers, chunk_offset=SMALL_CHUNKS,
+                               progress=None if progress is None else lambda k, total: progress(n_full + k,
+                                                                                                settings.pool))
+        up = F.interpolate(small.float(), size=(h, w), mode="bilinear", align_corners=False)
+        parts.append((up.round().clamp(0, 255).to(torch.uint8), y))  # (n_small, 3, H, W)
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def preprocess(frames_u8, low_res):
@@ -186,7 +216,7 @@ def kit_data(settings: EvaluatorTrainSettings):
 
 
 def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> tuple[object, dict]:
-    """Train a fresh evaluator on uint8 frames (N, 3, H, W) and labels (N, 24); returns (net, stats)."""
+    """Train an evaluator (fresh, or settings.init) on uint8 frames (N, 3, H, W) and labels (N, 24); returns (net, stats)."""
     import math
 
     import torch
@@ -196,7 +226,12 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    net = build_evaluator().to(device, memory_format=torch.channels_last).train()
+    net = build_evaluator()
+    if settings.init is not None:
+        from iclevr.evaluator import load_own
+
+        net.load_state_dict(load_own(settings.init).net.state_dict())
+    net = net.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     budget_s = settings.minutes * 60 if settings.minutes else math.inf
     max_steps = settings.max_steps or math.inf
@@ -250,9 +285,7 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
             source = str(settings.data_dir)
         else:
             task = bar.add_task(f"rendering {settings.pool:,} training scenes", total=settings.pool)
-            frames, y = render_pool(settings.pool, settings.seed, settings.min_objects, settings.max_objects,
-                                    settings.render_size, settings.workers,
-                                    progress=lambda k, total: bar.update(task, completed=k))
+            frames, y = training_pool(settings, progress=lambda k, total: bar.update(task, completed=k))
             task = bar.add_task("rendering held-out scenes", total=4)
             hold = heldout_sets(settings, progress=lambda name: bar.advance(task))
             source = "rendered"
@@ -265,6 +298,8 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
     info = {"heldout": heldout, "heldout_scenes": settings.heldout, "metric": "course top-k micro accuracy",
             "train": {"source": source, "pool": len(frames), "objects": [settings.min_objects, settings.max_objects],
                       "render_size": list(settings.render_size), "low_res_fraction": settings.low_res_fraction,
+                      "small_render_fraction": settings.small_render_fraction,
+                      "init": str(settings.init) if settings.init else None,
                       "batch_size": settings.batch_size, "lr": settings.lr, "seed": settings.seed,
                       "threads": settings.threads, "device": str(device), "prepare_s": round(render_s, 1),
                       **stats},

@@ -38,6 +38,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(path: Path) -> int:
+    """Delete the `.<name>.*.tmp` files a killed writer of `path` left; call only as its sole writer."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -63,6 +63,15 @@ def check_same_run(state: dict, settings: TrainSettings, path: Path) -> None:
                             "without changing --preset/--schedule/--prediction-type, or start a new --out folder")
 
 
+def _row_step(line: str) -> float:
+    """The step of one metrics.jsonl line; blank or torn lines (a write cut by power loss) count as past any
+    step, so a resume drops them."""
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return float("inf")
+
+
 class MetricsLog:
     """metrics.jsonl (one JSON object per log) and TensorBoard scalars; a resume drops rows past its step."""
 
@@ -71,8 +80,7 @@ class MetricsLog:
         if not enabled:
             return
         if start_step and self.path.is_file():  # rows logged after the state we resume from are replayed
-            rows = [r for r in self.path.read_text().splitlines() if r.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= start_step]
+            kept = [r for r in self.path.read_text().splitlines() if _row_step(r) <= start_step]
             self.path.write_text("".join(r + "\n" for r in kept))
         elif not start_step:
             self.path.unlink(missing_ok=True)
@@ -100,20 +108,24 @@ class MetricsLog:
 def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, lr_sched, scaler, step: int,
                   wall_s: float, total_steps: int | None, steps_per_epoch: int, finished: bool = False,
                   reason: str | None = None) -> Path:
-    """Write weights/{ema,model}.safetensors, a resumable state (oldest rotated out) and progress.json."""
+    """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
+    so a kill between the writes leaves the weights at or behind the newest state, never ahead of it."""
     from iclevr.checkpoint import save_weights, write_json
+    from iclevr.fileio import remove_stale_temps
     from iclevr.settings import to_json
     from iclevr.train_state import rng_states, save_state
 
-    meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
-                preset=settings.preset, step=step)
-    save_weights(ema.model, run / "weights" / "ema.safetensors", **meta)
-    save_weights(model, run / "weights" / "model.safetensors", **meta)
     state = {"step": step, "wall_s": wall_s, "total_steps": total_steps, "settings": to_json(settings),
              "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "lr_scheduler": lr_sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
              "rng": rng_states()}
-    path = save_state(run / "state", state, settings.train.keep_states)
+    path = save_state(run / "state", state, settings.train.keep_states)  # first: weights never ahead of it
+    meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
+                preset=settings.preset, step=step)
+    for name, net in (("ema", ema.model), ("model", model)):
+        remove_stale_temps(run / "weights" / f"{name}.safetensors")  # left by a killed earlier run
+        save_weights(net, run / "weights" / f"{name}.safetensors", **meta)
+    remove_stale_temps(run / "progress.json")
     write_json(run / "progress.json", {"step": step, "epoch": round(step / steps_per_epoch, 4),
                                        "steps_per_epoch": steps_per_epoch, "wall_s": round(wall_s, 2),
                                        "finished": finished, "stop_reason": reason, "state": path.name})

@@ -121,3 +121,37 @@ def test_first_use_training_saves_heldout_metadata_and_caches():
     mtime = own_default_path().stat().st_mtime_ns
     again = ensure_own_evaluator(console=console, settings=EvaluatorTrainSettings(**TINY))
     assert own_default_path().stat().st_mtime_ns == mtime and again.info == ev.info  # cached, not retrained
+
+
+def test_training_pool_mixes_small_renders_deterministically():
+    from iclevr.data.render import render_examples
+    from iclevr.evaluator_train import training_pool
+
+    settings = EvaluatorTrainSettings(pool=8, small_render_fraction=0.25, workers=1, max_objects=2)
+    frames, y = training_pool(settings)
+    assert frames.shape == (8, 3, 48, 64) and frames.dtype == torch.uint8 and y.shape == (8, 24)
+    assert torch.equal(frames, training_pool(settings)[0])  # same seed, same pool
+    full, _ = render_examples(6, seed=0, max_objects=2)  # the first 6 are ordinary 64x48 renders
+    assert torch.equal(frames[:6], torch.from_numpy(full).permute(0, 3, 1, 2))
+    assert y[6:].sum(1).min() >= 1 and not torch.equal(frames[6:], frames[:2])  # 2 small, upsampled scenes
+    small, _ = training_pool(settings.model_copy(update={"small_render_fraction": 1.0}))
+    sharp = (frames[:6].float().diff(dim=-1).abs().mean(), small.float().diff(dim=-1).abs().mean())
+    assert sharp[1] < sharp[0]  # drawn at 32x24 and upsampled: smoother than native 64x48 renders
+
+
+def test_fine_tuning_starts_from_the_init_weights(tmp_path):
+    from iclevr.evaluator_train import fit
+
+    start = build_evaluator()
+    save_own(start, tmp_path / "start.safetensors", {"heldout": {}})
+    frames, y = torch.randint(0, 256, (8, 3, 48, 64), dtype=torch.uint8), torch.zeros(8, 24)
+    settings = EvaluatorTrainSettings(init=tmp_path / "start.safetensors", max_steps=1, minutes=None,
+                                      batch_size=4, lr=1e-9, warmup_steps=0)
+    net, stats = fit(settings, frames, y, "cpu")
+    assert stats["steps"] == 1
+    tuned = net.state_dict()
+    for key, value in start.state_dict().items():  # a 1e-9 step away from the init, far from a fresh init
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(tuned[key], value, atol=1e-5), key
+    without_init, _ = fit(settings.model_copy(update={"init": None}), frames, y, "cpu")
+    assert not torch.allclose(without_init.state_dict()["conv1.weight"], tuned["conv1.weight"])

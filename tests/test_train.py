@@ -89,6 +89,24 @@ def test_resume_is_bit_identical(course_kit, tmp_path):
     assert not torch.equal(_weights(other)["model/label_embed.weight"], a["model/label_embed.weight"])
 
 
+def test_resume_survives_a_torn_metrics_line_and_cleans_stale_temp_files(course_kit, tmp_path):
+    from iclevr.train import train
+
+    run = tmp_path / "run"
+    train(settings_for(course_kit, run, max_steps=3))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.1')  # a write cut short (power loss), no newline
+    stale = [run / "weights" / ".ema.safetensors.dead.tmp", run / "weights" / ".model.safetensors.dead.tmp",
+             run / ".progress.json.dead.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    train(settings_for(course_kit, run, max_steps=5), resume=True)
+    steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    assert not any(path.exists() for path in stale)
+    assert not list(run.rglob("*.tmp"))
+
+
 def test_existing_run_is_protected(course_kit, tmp_path):
     from iclevr.train import train
 

@@ -78,6 +78,9 @@ def evaluator_train_cmd(
                                                      "of steps and minutes comes first).")] = None,
     pool: Annotated[Optional[int], typer.Option("--pool", help="Rendered training scenes.")] = None,
     heldout: Annotated[Optional[int], typer.Option("--heldout", help="Fresh scenes per held-out set.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Fine-tune this own evaluator (.safetensors) "
+                                                 "instead of starting from random weights.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak AdamW learning rate.")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
@@ -89,7 +92,7 @@ def evaluator_train_cmd(
     from iclevr.settings import resolve
 
     overrides = {"data_dir": data_dir, "out": out, "minutes": minutes, "max_steps": max_steps, "pool": pool,
-                 "heldout": heldout, "seed": seed, "device": device}
+                 "heldout": heldout, "init": init, "lr": lr, "seed": seed, "device": device}
     settings = resolve(EvaluatorTrainSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)
