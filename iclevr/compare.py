@@ -129,7 +129,7 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
            "evaluator": str(settings.evaluator) if settings.evaluator else None}
     if cache.is_file():
         cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
+        if cached.get("key") == key and cached["scores"]["evaluator"].get("sha256") == _evaluator_sha(settings):
             return cached["scores"]
     scores = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
                        evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
@@ -138,6 +138,14 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
 
     write_json(cache, {"key": key, "scores": scores})
     return scores
+
+
+def _evaluator_sha(settings: CompareSettings) -> str | None:
+    """SHA-256 of the evaluator a scoring would use now (a changed default evaluator invalidates the cache)."""
+    from iclevr.data.course import resolve_data_dir
+    from iclevr.evaluate import load_evaluator
+
+    return load_evaluator(settings.evaluator, resolve_data_dir(settings.data.data_dir)).describe().get("sha256")
 
 
 def _summarise(name: str, runs: list[dict]) -> dict:

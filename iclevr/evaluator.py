@@ -42,6 +42,17 @@ def forward_logits(net, x):
     return net.fc[0](net.avgpool(h).flatten(1))  # (B, 24)
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (identifies the exact evaluator that produced a score)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass
 class Evaluator:
     """A loaded evaluator network and where it came from."""
@@ -59,6 +70,8 @@ class Evaluator:
     def describe(self) -> dict:
         """A JSON-able description (for reports)."""
         out = {"kind": self.kind, "path": str(self.path) if self.path else None}
+        if self.path is not None and Path(self.path).is_file():
+            out["sha256"] = file_sha256(Path(self.path))
         if self.info.get("heldout"):
             out["heldout"] = self.info["heldout"]
         return out

@@ -44,10 +44,23 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
         runs["cosine"]["out"] = None
     assert runs["linear"] == runs["cosine"]
     stamp = (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns
+    cache = out / "runs" / "linear-s0" / "compare-eval.json"
+    scored = cache.stat().st_mtime_ns
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.stdout + again.stderr
     assert "not retrained" in again.stdout
     assert (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns == stamp
+    assert cache.stat().st_mtime_ns == scored  # same evaluator: the cached scores are reused
+    # another evaluator in the same file: scored again (the cache is keyed by the file's sha256)
+    from iclevr.evaluator import build_evaluator
+
+    torch.manual_seed(1)
+    torch.save({"model": build_evaluator().state_dict()}, evaluator)
+    third = runner.invoke(app, args)
+    assert third.exit_code == 0, third.stdout + third.stderr
+    assert cache.stat().st_mtime_ns != scored
+    shas = {row["runs"][0]["evaluator"]["sha256"] for row in json.loads((out / "report.json").read_text())["runs"]}
+    assert shas != {report["runs"][0]["runs"][0]["evaluator"]["sha256"]} and len(shas) == 1
 
 
 def test_plot_only_is_fast_and_draws_one_curve_per_schedule(tmp_path):
