@@ -311,7 +311,7 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
 def packaged_evaluator_path() -> Path | None:
     """The own evaluator shipped with the package (trained by `iclevr evaluator train`), unless disabled
     with ICLEVR_NO_PACKAGED_EVALUATOR=1 (tests use that to exercise first-use training)."""
-    path = Path(__file__).parent / "assets" / "own-evaluator-v1.safetensors"
+    path = Path(__file__).parent / "assets" / "own-evaluator-v2.safetensors"
     return path if path.is_file() and not os.environ.get("ICLEVR_NO_PACKAGED_EVALUATOR") else None
 
 

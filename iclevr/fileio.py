@@ -28,10 +28,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _new_temp(path)
+    mode = tmp_path.stat().st_mode & 0o777  # 0666 less the umask
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, mode)  # writers that recreate the file (safetensors' save_file) make it 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
