@@ -1,7 +1,9 @@
 """Training the project's own evaluator for the embedded world (`iclevr evaluator train`).
 
 Data: a fixed pool of freshly rendered scenes with 1 to 5 objects (iclevr.data.render.render_examples),
-kept in memory as uint8 4:3 frames, or the training images of a course-layout folder (`data_dir`).
+kept in memory as uint8 4:3 frames (a share of them drawn at half size and upsampled back, as a 32x32
+generator draws them), or the training images of a course-layout folder (`data_dir`); `init` fine-tunes an
+existing evaluator instead of starting from random weights.
 Preprocessing follows the course: the frame is squashed to 64x64; for half of every batch it is first
 squashed to 32x32 and bilinearly upsampled to 64x64 (the course evaluator was trained that way).
 Augmentation never changes which objects are present: horizontal flip, a shift of a few pixels,
@@ -37,7 +39,7 @@ class EvaluatorTrainSettings(Section):
                                   "of freshly rendered scenes (5% of its scenes are held out).")
     pool: int = Field(16000, gt=0, le=10**6, description="Rendered training scenes kept in memory (~9 KB each "
                       "at 64x48).")
-    small_render_fraction: float = Field(0.25, ge=0, le=1, description="Fraction of the pool rendered at half "
+    small_render_fraction: float = Field(0.35, ge=0, le=1, description="Fraction of the pool rendered at half "
                                          "the render size and upsampled back (scenes drawn small, as a 32x32 "
                                          "generator's are).")
     init: Path | None = Field(None, description="Start from this own evaluator (.safetensors) instead of random "
