@@ -49,7 +49,8 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
 
     plt = _pyplot()
     labels = [r["name"] for r in rows]
-    splits = sorted({s for r in rows for s in r["splits"]})
+    found = {s for r in rows for s in r["splits"]}
+    splits = [s for s in ("test", "new_test") if s in found] + sorted(found - {"test", "new_test"})
     width = 0.8 / max(len(splits), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(labels)), 4))
     x = np.arange(len(labels))
@@ -57,9 +58,9 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
         means = [r["splits"].get(split, {}).get("mean", 0.0) for r in rows]
         stds = [r["splits"].get(split, {}).get("std", 0.0) for r in rows]
         bars = ax.bar(x + (j - (len(splits) - 1) / 2) * width, means, width, yerr=stds, capsize=4, label=split)
-        for b, m in zip(bars, means):
-            ax.annotate(f"{m:.2f}", (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom", fontsize=8,
-                        xytext=(0, 3), textcoords="offset points")
+        for b, m, sd in zip(bars, means, stds):  # the value above its error bar, not under the cap
+            ax.annotate(f"{m:.2f}", (b.get_x() + b.get_width() / 2, m + sd), ha="center", va="bottom",
+                        fontsize=8, xytext=(0, 3), textcoords="offset points")
     ax.set_xticks(x, labels)
     ax.set(title="Accuracy by noise schedule (course metric, mean ± std over sampling seeds)",
            xlabel="noise schedule", ylabel="accuracy", ylim=(0, 1.05))
