@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--guidance-scale", type=float, default=2.0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-clip-x0", action="store_true", help="Do not clip the predicted x0 (SamplerSettings.clip_x0).")
     p.add_argument("--tag", default="", help="Name prefix of the result files.")
     p.add_argument("--evaluators", nargs="+", type=Path, default=None,
                    help="Score the same images with each of these evaluator files (one result file each, named "
@@ -56,9 +57,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for spec in args.samplers:
         name, steps = spec.split(":")
-        sampler = SamplerSettings(sampler=name, steps=int(steps), guidance_scale=args.guidance_scale, batch_size=64)
+        sampler = SamplerSettings(sampler=name, steps=int(steps), guidance_scale=args.guidance_scale, batch_size=64,
+                                  clip_x0=not args.no_clip_x0)
         rows = {key: {"run": str(info.path), "step": info.step, "sampler": name, "steps": int(steps),
-                      "guidance_scale": args.guidance_scale, "seeds": seeds, "threads": torch.get_num_threads(),
+                      "guidance_scale": args.guidance_scale, "clip_x0": sampler.clip_x0, "seeds": seeds,
+                      "threads": torch.get_num_threads(),
                       "evaluator": ev.describe(), "splits": {}} for key, ev in evaluators.items()}
         t0 = time.perf_counter()
         for split, conds in conditions.items():

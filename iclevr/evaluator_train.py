@@ -218,7 +218,7 @@ def kit_data(settings: EvaluatorTrainSettings):
 
 
 def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> tuple[object, dict]:
-    """Train an evaluator (fresh, or settings.init) on uint8 frames (N, 3, H, W) and labels (N, 24); returns (net, stats)."""
+    """Train an evaluator (fresh, or from settings.init) on uint8 frames (N, 3, H, W), labels (N, 24): (net, stats)."""
     import math
 
     import torch

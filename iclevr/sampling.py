@@ -60,6 +60,12 @@ def _dpmpp(schedule: ScheduleSettings):
     return DPMSolverMultistepScheduler(**_kwargs(schedule), algorithm_type="dpmsolver++", solver_order=2)
 
 
+def _dpmpp_sde(schedule: ScheduleSettings):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(**_kwargs(schedule), algorithm_type="sde-dpmsolver++", solver_order=2)
+
+
 def _unipc(schedule: ScheduleSettings):
     from diffusers import UniPCMultistepScheduler
 
@@ -71,6 +77,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "ddim": SamplerSpec(_ddim, 50, "Deterministic DDIM, eta = 0 (Song, Meng & Ermon 2021, eq. 12)."),
     "dpmpp": SamplerSpec(_dpmpp, 20, "DPM-Solver++(2M), second-order multistep on the data prediction "
                                      "(Lu et al. 2022, Algorithm 2)."),
+    "dpmpp-sde": SamplerSpec(_dpmpp_sde, 20, "SDE-DPM-Solver++(2M): the stochastic variant of dpmpp, fresh noise "
+                                             "at every step like DDPM (Lu et al. 2022, section 5; Karras et al. "
+                                             "2022 on why stochasticity corrects a network's errors)."),
     "unipc": SamplerSpec(_unipc, 20, "UniPC, unified predictor-corrector (Zhao et al. 2023)."),
 }
 

@@ -61,7 +61,7 @@ def test_same_seed_gives_identical_pixels_and_other_seed_differs(model):
     assert (a[0] - a[1]).abs().mean() > 0.05  # each image has its own noise
 
 
-@pytest.mark.parametrize("name", ["ddpm", "dpmpp"])
+@pytest.mark.parametrize("name", ["ddpm", "dpmpp", "dpmpp-sde"])
 def test_image_does_not_depend_on_batch_size(model, name):
     y = conditions(4)
     one = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=1))
@@ -162,7 +162,7 @@ def test_steps_and_sampler_names():
     assert resolve_steps(SamplerSettings(sampler="ddpm"), ScheduleSettings(num_train_timesteps=100)) == 100
     with pytest.raises(UserError, match="exceeds"):
         resolve_steps(SamplerSettings(sampler="ddim", steps=200), ScheduleSettings(num_train_timesteps=100))
-    with pytest.raises(UserError, match="valid: ddpm, ddim, dpmpp, unipc"):
+    with pytest.raises(UserError, match="valid: ddpm, ddim, dpmpp, dpmpp-sde, unipc"):
         check_sampler("euler")
 
 
@@ -219,7 +219,7 @@ class _NearOracle(torch.nn.Module):
         return (x_t - ab.sqrt() * 0.5) / (1 - ab).sqrt() + self.error * noise
 
 
-@pytest.mark.parametrize("name", ["dpmpp", "unipc", "ddim"])
+@pytest.mark.parametrize("name", ["dpmpp", "dpmpp-sde", "unipc", "ddim"])
 def test_x0_clipping_keeps_solvers_stable_on_cosine_schedule(name):
     """At t=999 of squaredcos_cap_v2 alpha_bar ~ 2e-9: an eps error of 0.02 means an x0 error of ~400 unless
     the predicted x0 is clipped; with clipping every sampler lands near the true image."""
