@@ -3,7 +3,7 @@
 The seed's sampler (reimplemented here as it was written): 1000 DDPM steps, TWO separate UNet forward
 passes per step (conditional, then null condition), fp32, one global random generator. Ours:
 iclevr.sampling.sample, one batched forward pass of 2B per step under autocast where the device supports
-it, with dpmpp at 10/20/25/50 steps and ddim at 50.
+it, with dpmpp-sde (the default) at 20 steps, dpmpp at 10/20/25/50 steps and ddim at 50.
 
     python benchmarks/sample_speed.py [CHECKPOINT] [--ddpm-steps 100] [--device auto] [--score]
 
@@ -27,7 +27,7 @@ import torch
 
 from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings
 
-OURS = [("dpmpp", 10), ("dpmpp", 20), ("dpmpp", 25), ("dpmpp", 50), ("ddim", 50)]
+OURS = [("dpmpp-sde", 20), ("dpmpp", 10), ("dpmpp", 20), ("dpmpp", 25), ("dpmpp", 50), ("ddim", 50)]
 RESULTS = Path(__file__).parent / "results" / "sample_speed.json"
 
 
