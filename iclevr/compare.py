@@ -141,11 +141,13 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
 
 
 def _evaluator_sha(settings: CompareSettings) -> str | None:
-    """SHA-256 of the evaluator a scoring would use now (a changed default evaluator invalidates the cache)."""
+    """SHA-256 of the evaluator file a scoring would use now (a changed default evaluator invalidates the cache)."""
     from iclevr.data.course import resolve_data_dir
-    from iclevr.evaluate import load_evaluator
+    from iclevr.evaluate import evaluator_file
+    from iclevr.evaluator import file_sha256
 
-    return load_evaluator(settings.evaluator, resolve_data_dir(settings.data.data_dir)).describe().get("sha256")
+    path = evaluator_file(settings.evaluator, resolve_data_dir(settings.data.data_dir))
+    return file_sha256(path) if path is not None and path.is_file() else None
 
 
 def _summarise(name: str, runs: list[dict]) -> dict:

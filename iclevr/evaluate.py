@@ -147,17 +147,30 @@ def score_split(evaluator, runs: dict, conditions: list[list[str]]) -> dict:
 
 # ---- evaluators, conditions and images ---------------------------------------------------------------
 
+def _chosen_file(path: Path | None, data_dir: Path | None) -> Path | None:
+    """`path`, else data_dir/checkpoint.pth when it exists, else None (the project's own evaluator)."""
+    if path is not None:
+        return Path(path)
+    if data_dir is not None and (Path(data_dir) / "checkpoint.pth").is_file():
+        return Path(data_dir) / "checkpoint.pth"
+    return None
+
+
 def load_evaluator(path: Path | None, data_dir: Path | None, device="cpu", console=None,
                    own: EvaluatorTrainSettings | None = None):
     """Pick the evaluator: `path`, else data_dir/checkpoint.pth, else the project's own (trained on first use)."""
     from iclevr.evaluator import load_file
     from iclevr.evaluator_train import ensure_own_evaluator
 
-    if path is not None:
-        return load_file(path, device)
-    if data_dir is not None and (Path(data_dir) / "checkpoint.pth").is_file():
-        return load_file(Path(data_dir) / "checkpoint.pth", device)
-    return ensure_own_evaluator(device, console, own)
+    chosen = _chosen_file(path, data_dir)
+    return load_file(chosen, device) if chosen is not None else ensure_own_evaluator(device, console, own)
+
+
+def evaluator_file(path: Path | None, data_dir: Path | None) -> Path | None:
+    """The file load_evaluator would read, without loading it; None while the own evaluator is still to train."""
+    from iclevr.evaluator_train import own_evaluator_file
+
+    return _chosen_file(path, data_dir) or own_evaluator_file()
 
 
 def load_conditions(data_dir: Path, splits: tuple[str, ...]) -> dict[str, list[list[str]]]:

@@ -317,6 +317,13 @@ def packaged_evaluator_path() -> Path | None:
     return path if path.is_file() and not os.environ.get("ICLEVR_NO_PACKAGED_EVALUATOR") else None
 
 
+def own_evaluator_file() -> Path | None:
+    """The own evaluator file ensure_own_evaluator would load: the cached one, else the packaged one (None: neither)."""
+    from iclevr.evaluator import own_default_path
+
+    return own_default_path() if own_default_path().is_file() else packaged_evaluator_path()
+
+
 def ensure_own_evaluator(device="cpu", console=None, settings: EvaluatorTrainSettings | None = None):
     """The cached default own evaluator; trained on first use (with a notice) when it is missing or damaged."""
     from iclevr.evaluator import load_own, own_default_path

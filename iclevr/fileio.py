@@ -41,7 +41,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def remove_stale_temps(path: Path) -> int:
-    """Delete the `.<name>.*.tmp` files a killed writer of `path` left; call only as its sole writer."""
+    """Delete the `.<name>.*.tmp` files a killed writer of `path` left (`name` may be a glob pattern such as
+    `step-*.pt`); call only as the sole writer of those files."""
     path = Path(path)
     stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
     for tmp in stale:

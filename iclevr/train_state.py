@@ -54,12 +54,11 @@ def set_rng_states(states: dict) -> None:
 
 def save_state(folder: Path, state: dict, keep: int) -> Path:
     """Write `state` (must contain 'step') atomically as folder/step-XXXXXXXX.pt; keep the newest `keep`."""
-    from iclevr.fileio import atomic_path
+    from iclevr.fileio import atomic_path, remove_stale_temps
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".step-*.tmp"):  # left by a killed writer; we are the only writer
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(folder / "step-*.pt")  # left by a killed writer; we are the only writer
     path = state_path(folder, int(state["step"]))
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)

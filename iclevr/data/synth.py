@@ -30,7 +30,7 @@ from pydantic import Field
 
 from iclevr import labels as L
 from iclevr.errors import UserError
-from iclevr.fileio import atomic_write_bytes, atomic_write_text, check_writable
+from iclevr.fileio import atomic_write_bytes, atomic_write_text, check_writable, remove_stale_temps
 from iclevr.settings import Section
 
 KIT_VERSION = 1
@@ -178,8 +178,7 @@ def write_kit(out: Path, scenes: int = 6003, max_objects: int = 3, size: tuple[i
     _claim(out, manifest)
     images_dir = out / "iclevr"
     images_dir.mkdir(exist_ok=True)
-    for stale in images_dir.glob(".CLEVR_train_*.tmp"):  # left by a killed render (never a named PNG)
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(images_dir / "CLEVR_train_*.png")  # left by a killed render (never a named PNG)
     plan = label_plan(scenes, max_objects, seed)
     total = scenes * max_objects
     have = {p.name for p in images_dir.glob("CLEVR_train_*.png")}
