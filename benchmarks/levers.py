@@ -7,8 +7,9 @@ before the preset switched to a cosine decay; a constant lr makes a fixed step b
 longer run), trained from the same seed on the embedded kit
 for a fixed number of optimizer steps (the CPU budget: 600 steps of 32 images is what `tiny` does in about
 ten minutes on the 2-core development machine; variants with another batch size get the same number of
-images), then scored like `iclevr eval`: the EMA weights, dpmpp 20 steps, guidance 2, sampling seeds
-0/1/2, test and new_test, the project's own evaluator, the course metric. Steps rather than minutes make
+images), then scored like `iclevr eval`: the EMA weights, dpmpp-sde 20 steps, guidance 2, sampling seeds
+0/1/2, test and new_test, the project's own evaluator (the packaged v2 unless the kit has checkpoint.pth),
+the course metric. A finished run folder in --work is scored again without training. Steps rather than minutes make
 the comparison independent of machine load; each row also records its measured seconds per step, so the
 wall-clock cost of a lever that changes the step time (architecture, batch size) is visible.
 Results: a table on stdout and one JSON file per variant in benchmarks/results/levers/.
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "levers"
+SAMPLER = ("dpmpp-sde", 20)  # the default sampler since 2026-11-25 (the first rows used dpmpp 20)
 OLD_ARCH = {"block_out_channels": [32, 64, 128], "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
             "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
 
@@ -38,6 +40,7 @@ VARIANTS: dict[str, tuple[str, dict, int]] = {
     "lr_1e-3": ("peak lr 1e-3 instead of 2e-3", {"train.lr": 1e-3}, 1),
     "batch_64": ("batch 64 (half the steps, same images)", {"train.batch_size": 64}, 2),
     "p_uncond_0.2": ("label dropout 0.2 instead of 0.1", {"train.p_uncond": 0.2}, 1),
+    "ema_0.999": ("EMA decay 0.999 instead of 0.995", {"train.ema_decay": 0.999}, 1),
     "old_tiny": ("the previous tiny preset: 3 levels, additive, eps, no min-SNR, batch 64, cosine lr 1e-3, "
                  "p_uncond 0.2", {"model": {**OLD_ARCH, "resnet_time_scale_shift": "default"},
                                   "schedule.prediction_type": "epsilon", "train.snr_gamma": None,
@@ -67,7 +70,7 @@ def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds:
     run = train(settings, resume=(work / name / "state").is_dir())
     wall = time.perf_counter() - t0
     progress = json.loads((run / "progress.json").read_text())
-    sampler = SamplerSettings(sampler="dpmpp", steps=20, guidance_scale=2.0)
+    sampler = SamplerSettings(sampler=SAMPLER[0], steps=SAMPLER[1], guidance_scale=2.0)
     scores = score_run(run, data=DataSettings(data_dir=data_dir), sampler=sampler, seeds=seeds)
     means = scores["mean"]
     return {"variant": name, "change": what, "steps": progress["step"], "batch": settings.train.batch_size,
@@ -76,7 +79,8 @@ def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds:
             "threads": torch.get_num_threads(), "accuracy": scores["accuracy"],
             "test": round(means["test"], 4), "new_test": round(means["new_test"], 4),
             "mean": round((means["test"] + means["new_test"]) / 2, 4), "seeds": seeds,
-            "sampler": "dpmpp-20, guidance 2", "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "sampler": f"{SAMPLER[0]}-{SAMPLER[1]}, guidance 2", "evaluator": scores["evaluator"],
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ Both loops train the same ConditionalUNet of the preset (same initial weights, b
 The rounds alternate (seed, ours, seed, ours, ...) so that a change in machine load hits both; each
 figure is the median over rounds. Peak memory: the largest resident set of this process plus its
 DataLoader workers seen during the loop (sampled every 50 ms), and peak CUDA memory on a GPU.
+Each row also carries the step's floating-point work (torch's FlopCounterMode over one forward + backward),
+the GFLOP/s the loop achieved, and the machine's roof (an fp32 2048 x 2048 matrix product): a loop near the
+roof is compute-bound, and no change to the loop around the UNet can make it much faster.
 Results: a table on stdout and benchmarks/results/train_throughput.json (appended).
 """
 
@@ -169,6 +172,30 @@ def ours(model, images_u8, labels, settings, steps: int, device) -> dict:
     return {"images_per_s": steps * B / wall, "s_per_step": wall / steps, "peak_mem_MiB": mem.peak / 2**20}
 
 
+def step_gflop(model, settings, device) -> float:
+    """Floating-point work of one training step (UNet forward + backward at the preset's batch), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, S = settings.train.batch_size, settings.model.sample_size
+    x, y = torch.randn(B, 3, S, S, device=device), torch.zeros(B, 24, device=device)
+    t = torch.randint(0, 1000, (B,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t, y).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device, n: int = 2048, reps: int = 10) -> float:
+    """The machine's fp32 roof: GFLOP/s of an n x n matrix product (what the fastest kernels reach)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    t0 = _sync_time(device)
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (_sync_time(device) - t0) / 1e9
+
+
 def _sync_time(device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -188,6 +215,8 @@ def bench_preset(preset: str, args, kit, device) -> list[dict]:
     images_u8, labels = load_train_tensors(kit, settings.model.sample_size, True)
     torch.manual_seed(0)
     init = build_model(settings.model).state_dict()
+    gflop = step_gflop(build_model(settings.model).to(device), settings, device)
+    roof = matmul_gflops(device)
     variants = {f"seed-style, {w} workers": ("seed", w) for w in args.workers}
     variants.update({"ours": ("ours", {}), "ours +channels_last": ("ours", {"channels_last": True})})
     if args.compile:
@@ -213,6 +242,8 @@ def bench_preset(preset: str, args, kit, device) -> list[dict]:
                      "resolution": settings.model.sample_size, "batch": settings.train.batch_size,
                      "images_per_s": round(ips, 1), "s_per_step": round(statistics.median(r["s_per_step"] for r in runs), 3),
                      "ratio_vs_best_seed_style": round(ips / base, 2),
+                     "gflop_per_step": round(gflop, 1), "achieved_gflops": round(gflop * ips / settings.train.batch_size, 1),
+                     "matmul_gflops": round(roof, 1),
                      "peak_mem_MiB": round(max(r["peak_mem_MiB"] for r in runs)),
                      "rounds": args.rounds, "steps": args.steps, "device": str(device),
                      "threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2),
@@ -242,11 +273,12 @@ def main() -> None:
     kit = load_kit(resolve_data_dir(args.data_dir, Console(stderr=True)))
     rows = [r for preset in args.presets for r in bench_preset(preset, args, kit, device)]
     table = Table(title=f"training throughput on {device} ({os.cpu_count()} cores)")
-    for col in ("preset", "loop", "batch", "images/s", "s/step", "ratio", "peak MiB"):
+    for col in ("preset", "loop", "batch", "images/s", "s/step", "ratio", "GFLOP/s (matmul roof)", "peak MiB"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["preset"], r["loop"], str(r["batch"]), f"{r['images_per_s']:.1f}", f"{r['s_per_step']:.3f}",
-                      f"{r['ratio_vs_best_seed_style']:.2f}x", str(r["peak_mem_MiB"]))
+                      f"{r['ratio_vs_best_seed_style']:.2f}x", f"{r['achieved_gflops']:.0f} ({r['matmul_gflops']:.0f})",
+                      str(r["peak_mem_MiB"]))
     Console().print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
