@@ -8,9 +8,10 @@ Both loops train the same ConditionalUNet of the preset (same initial weights, b
   with PIL and applies Resize((S, S)) + ToTensor + Normalize, a shuffling DataLoader (--workers worker
   processes; each value is a row), diffusers DDPMScheduler.add_noise, MSE on eps, Adam (not foreach),
   `loss.item()` every step (the seed logs every step), fp32 on CPU; on CUDA torch.autocast fp16 + GradScaler.
-- ours: the step of `iclevr.train` — the uint8 training tensor decoded once (cache) and indexed in place,
-  `diffusion_loss`, gradient clipping, fused AdamW, the EMA update, no per-step host sync; bf16 autocast
-  on GPUs that support it. Variants: `+channels_last`, `+compile` (torch.compile of the UNet).
+- ours: `iclevr.train.train` itself with a step budget (timed from its own loss log, after 2 warm-up steps)
+  — the uint8 training tensor decoded once (cache) and indexed in place, `diffusion_loss`, gradient
+  clipping, fused AdamW, the LR schedule, the EMA update, no per-step host sync; bf16 autocast on GPUs
+  that support it. Variants: `+channels_last`, `+compile` (its --channels-last and --compile settings).
 
 The rounds alternate (seed, ours, seed, ours, ...) so that a change in machine load hits both; each
 figure is the median over rounds. Peak memory: the largest resident set of this process plus its
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,39 +138,21 @@ def seed_style(model, kit, settings, steps: int, workers: int, device) -> dict:
     return {"images_per_s": steps * B / wall, "s_per_step": wall / steps, "peak_mem_MiB": mem.peak / 2**20}
 
 
-def ours(model, images_u8, labels, settings, steps: int, device) -> dict:
-    """`steps` timed steps (after 2 warm-up steps) of iclevr's training step; images/s and peak memory."""
-    from iclevr.data.course import to_model_range
-    from iclevr.device import autocast
-    from iclevr.ema import EMA
-    from iclevr.schedules import make_scheduler
-    from iclevr.train import diffusion_loss, make_optimizer
+def ours(settings, data_dir: Path, steps: int, work: Path) -> dict:
+    """`steps` timed steps (after 2 warm-up steps) of `iclevr train` itself; images/s from its own log."""
+    from rich.console import Console
 
-    cfg, B = settings.train, settings.train.batch_size
-    net = torch.compile(model) if cfg.compile else model
-    ema = EMA(model, cfg.ema_decay)
-    opt = make_optimizer(model, cfg)
-    alpha_bar = make_scheduler(settings.schedule).alphas_cumprod.to(device, torch.float32)  # (T,)
-    images_u8, labels = images_u8.to(device), labels.to(device)  # moved once
-    g = torch.Generator(device).manual_seed(0)
-    perm = torch.randperm(len(images_u8), generator=torch.Generator().manual_seed(0)).to(device)
-    loss_sum, t0 = torch.zeros((), device=device), 0.0
+    from iclevr.train import train
+
+    train_cfg = settings.train.model_copy(update={"max_steps": steps + 2, "max_minutes": None, "epochs": None,
+                                                  "log_every": 2, "checkpoint_every": 0})
+    run_settings = settings.model_copy(update={"train": train_cfg, "out": work,
+                                               "data": settings.data.model_copy(update={"data_dir": data_dir})})
     with PeakMemory() as mem:
-        for i in range(steps + 2):
-            if i == 2:
-                t0 = _sync_time(device)
-            idx = perm[i * B:(i + 1) * B]
-            x0 = to_model_range(images_u8[idx])  # (B, 3, S, S)
-            with autocast(device, cfg.mixed_precision != "no"):
-                loss = diffusion_loss(net, x0, labels[idx], alpha_bar, settings, g)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(model, i)
-            loss_sum += loss.detach()  # logged every N steps, no sync here
-        float(loss_sum)
-        wall = _sync_time(device) - t0
+        run = train(run_settings, console=Console(quiet=True), overwrite=True)
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    wall = logs[-1]["wall_s"] - logs[0]["wall_s"]  # from the end of step 2 to the end of the last step
+    B = settings.train.batch_size
     return {"images_per_s": steps * B / wall, "s_per_step": wall / steps, "peak_mem_MiB": mem.peak / 2**20}
 
 
@@ -204,18 +188,18 @@ def _sync_time(device) -> float:
 
 def bench_preset(preset: str, args, kit, device) -> list[dict]:
     """All rows of one preset: seed-style per worker count, ours and its variants; medians over rounds."""
-    from iclevr.data.course import load_train_tensors
     from iclevr.model import build_model, count_parameters
     from iclevr.settings import TrainSettings, resolve
 
     over = {"train": {"batch_size": args.batch_size}} if args.batch_size else {}
+    over.setdefault("train", {})["device"] = str(device)
     if device.type == "cuda":
-        over.setdefault("train", {})["mixed_precision"] = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        over["train"]["mixed_precision"] = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     settings = resolve(TrainSettings, preset=preset, overrides=over)
-    images_u8, labels = load_train_tensors(kit, settings.model.sample_size, True)
-    torch.manual_seed(0)
-    init = build_model(settings.model).state_dict()
-    gflop = step_gflop(build_model(settings.model).to(device), settings, device)
+    torch.manual_seed(settings.train.seed)
+    model = build_model(settings.model)
+    init = model.state_dict()  # the initial weights `iclevr train` starts from too (same seed)
+    gflop = step_gflop(model.to(device), settings, device)
     roof = matmul_gflops(device)
     variants = {f"seed-style, {w} workers": ("seed", w) for w in args.workers}
     variants.update({"ours": ("ours", {}), "ours +channels_last": ("ours", {"channels_last": True})})
@@ -224,16 +208,13 @@ def bench_preset(preset: str, args, kit, device) -> list[dict]:
     results: dict[str, list[dict]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, (kind, extra) in variants.items():
-            model = build_model(settings.model)
-            model.load_state_dict(init)
-            model.to(device).train()
             if kind == "seed":
-                results[name].append(seed_style(model, kit, settings, args.steps, extra, device))
+                model.load_state_dict(init)
+                results[name].append(seed_style(model.train(), kit, settings, args.steps, extra, device))
             else:
                 s = settings.model_copy(update={"train": settings.train.model_copy(update=extra)})
-                if extra.get("channels_last"):
-                    model = model.to(memory_format=torch.channels_last)
-                results[name].append(ours(model, images_u8, labels, s, args.steps, device))
+                with tempfile.TemporaryDirectory() as work:
+                    results[name].append(ours(s, kit.data_dir, args.steps, Path(work) / "run"))
     base = max(statistics.median(r["images_per_s"] for r in results[k]) for k in results if k.startswith("seed"))
     rows = []
     for name, runs in results.items():
@@ -279,7 +260,7 @@ def main() -> None:
         table.add_row(r["preset"], r["loop"], str(r["batch"]), f"{r['images_per_s']:.1f}", f"{r['s_per_step']:.3f}",
                       f"{r['ratio_vs_best_seed_style']:.2f}x", f"{r['achieved_gflops']:.0f} ({r['matmul_gflops']:.0f})",
                       str(r["peak_mem_MiB"]))
-    Console().print(table)
+    Console(width=max(Console().width, 130)).print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     RESULTS.write_text(json.dumps(old + rows, indent=1) + "\n")

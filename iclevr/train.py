@@ -274,6 +274,7 @@ def train(settings: TrainSettings, console=None, resume: bool = False, overwrite
         mean_loss = (accelerator.reduce(loss_sum, "mean") / n).item()
         check_finite()
         last_loss = mean_loss
+        aim_time_horizon(cfg, plan, step, wall0 + now - t_session, (now - last_log[1]) / n, accelerator)
         metrics.log({"step": step, "epoch": step // plan.steps_per_epoch, "loss": mean_loss,
                      "lr": last_lr, "grad_norm": (norm_sum / n).item(),
                      "images_per_s": n * plan.global_batch / max(now - last_log[1], 1e-9),
@@ -398,13 +399,23 @@ def synced_time(device) -> float:
     return time.time()
 
 
+def aim_time_horizon(cfg: TrainLoopSettings, plan: Plan, step: int, wall_s: float, sec: float, accelerator) -> None:
+    """Time-only budget: point the cosine LR horizon at the steps the minutes left allow at `sec` s/step.
+
+    Re-aimed at every log, so the LR reaches 0 when the time runs out even if the speed measured on the first
+    steps was off (otherwise a faster machine would run its last steps at lr 0, a slower one stop early)."""
+    if cfg.max_steps or cfg.epochs or not cfg.max_minutes or sec <= 0:
+        return
+    left = torch.tensor(float(max(0, int((cfg.max_minutes * 60 - wall_s) / sec))), device=accelerator.device)
+    plan.total_steps = step + int(accelerator.reduce(left, "min").item() if plan.processes > 1 else left)
+
+
 def speed_notes(sec: float, step: int, wall_s: float, plan: Plan, settings: TrainSettings, accelerator,
                 console) -> None:
     """Once the speed is measured: fix the LR horizon of a time-only budget; estimate a CPU run of `seed`."""
     cfg = settings.train
     if plan.total_steps is None:  # time budget only: cosine over the steps the budget is expected to allow
-        left = torch.tensor(float(int((cfg.max_minutes * 60 - wall_s) / sec)), device=accelerator.device)
-        plan.total_steps = step + int(accelerator.reduce(left, "min").item() if plan.processes > 1 else left)
+        aim_time_horizon(cfg, plan, step, wall_s, sec, accelerator)
         console.print(f"[dim]{sec:.2f} s/step: the {cfg.max_minutes:g} min budget allows about "
                       f"{plan.total_steps} steps; the LR schedule spans them[/]")
     if accelerator.device.type == "cpu" and settings.preset != "tiny":

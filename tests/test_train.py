@@ -403,9 +403,33 @@ def test_speed_notes_fix_a_time_horizon_and_warn_about_seed_on_cpu():
 
     console = Console(record=True, width=200)
     accel = SimpleNamespace(device=torch.device("cpu"))
-    settings = resolve(TrainSettings, preset="seed", overrides={"train.epochs": None, "train.max_minutes": 10})
+    settings = resolve(TrainSettings, preset="seed", overrides={"train.max_minutes": 10})
+    settings = settings.model_copy(update={"train": settings.train.model_copy(update={"epochs": None})})  # time only
     plan = Plan(images=18009, batch=32, processes=1, accum=1, steps_per_epoch=562, total_steps=None)
     speed_notes(2.0, step=4, wall_s=60.0, plan=plan, settings=settings, accelerator=accel, console=console)
     assert plan.total_steps == 4 + 270  # (600 s - 60 s) / 2 s per step
     text = console.export_text()
     assert "about 274 steps" in text and "for a CPU run use --preset tiny" in text
+
+
+def test_time_horizon_is_re_aimed_so_the_lr_reaches_zero_when_the_minutes_run_out():
+    from types import SimpleNamespace
+
+    from iclevr.settings import TrainSettings, resolve
+    from iclevr.train import Plan, aim_time_horizon, lr_factor
+
+    accel = SimpleNamespace(device=torch.device("cpu"))
+    cfg = resolve(TrainSettings, preset="tiny", overrides={"train.max_minutes": 10}).train  # 600 s, time only
+    plan = Plan(images=18009, batch=32, processes=1, accum=1, steps_per_epoch=562, total_steps=None)
+    aim_time_horizon(cfg, plan, step=4, wall_s=6.0, sec=1.0, accelerator=accel)  # first steps: 1 s/step
+    assert plan.total_steps == 4 + 594
+    # the machine turns out faster (0.8 s/step): the horizon moves out instead of leaving steps at lr 0
+    aim_time_horizon(cfg, plan, step=500, wall_s=406.0, sec=0.8, accelerator=accel)
+    assert plan.total_steps == 500 + 242
+    assert lr_factor(600, cfg.warmup_steps, plan.total_steps, "cosine") > 0.05
+    aim_time_horizon(cfg, plan, step=742, wall_s=600.0, sec=0.8, accelerator=accel)  # time is up: lr 0 now
+    assert plan.total_steps == 742 and lr_factor(742, cfg.warmup_steps, plan.total_steps, "cosine") == 0.0
+    fixed = Plan(images=18009, batch=32, processes=1, accum=1, steps_per_epoch=562, total_steps=300)
+    aim_time_horizon(cfg.model_copy(update={"max_steps": 300}), fixed, step=10, wall_s=5.0, sec=0.1,
+                     accelerator=accel)
+    assert fixed.total_steps == 300  # a step budget is never re-aimed
