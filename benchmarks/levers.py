@@ -67,13 +67,14 @@ def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds:
         part = getattr(settings, section).model_copy(update={field: None})
         settings = settings.model_copy(update={section: part})
     done = work / name / "progress.json"
-    if done.is_file() and json.loads(done.read_text()).get("finished"):  # trained before: only score it again
-        run, wall = work / name, json.loads(done.read_text())["wall_s"]
+    progress = json.loads(done.read_text()) if done.is_file() else {}
+    if progress.get("finished"):  # trained before: only score it again
+        run, wall = work / name, progress["wall_s"]
     else:
         t0 = time.perf_counter()
         run = train(settings, resume=(work / name / "state").is_dir())
         wall = time.perf_counter() - t0
-    progress = json.loads((run / "progress.json").read_text())
+        progress = json.loads((run / "progress.json").read_text())
     sampler = SamplerSettings(sampler=SAMPLER[0], steps=SAMPLER[1], guidance_scale=2.0)
     scores = score_run(run, data=DataSettings(data_dir=data_dir), sampler=sampler, seeds=seeds)
     means = scores["mean"]

@@ -160,8 +160,10 @@ def step_gflop(model, settings, device) -> float:
     """Floating-point work of one training step (UNet forward + backward at the preset's batch), in GFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from iclevr.labels import NUM_CLASSES
+
     B, S = settings.train.batch_size, settings.model.sample_size
-    x, y = torch.randn(B, 3, S, S, device=device), torch.zeros(B, 24, device=device)
+    x, y = torch.randn(B, 3, S, S, device=device), torch.zeros(B, NUM_CLASSES, device=device)
     t = torch.randint(0, 1000, (B,), device=device)
     with FlopCounterMode(display=False) as counter:
         model(x, t, y).square().mean().backward()

@@ -274,7 +274,8 @@ def train(settings: TrainSettings, console=None, resume: bool = False, overwrite
         mean_loss = (accelerator.reduce(loss_sum, "mean") / n).item()
         check_finite()
         last_loss = mean_loss
-        aim_time_horizon(cfg, plan, step, wall0 + now - t_session, (now - last_log[1]) / n, accelerator)
+        if last_log[0] > start:  # not the session's first window: its step 0 carries warm-up (compile, allocation)
+            aim_time_horizon(cfg, plan, step, wall0 + now - t_session, (now - last_log[1]) / n, accelerator)
         metrics.log({"step": step, "epoch": step // plan.steps_per_epoch, "loss": mean_loss,
                      "lr": last_lr, "grad_norm": (norm_sum / n).item(),
                      "images_per_s": n * plan.global_batch / max(now - last_log[1], 1e-9),
