@@ -51,9 +51,9 @@ VARIANTS: dict[str, tuple[str, dict, int]] = {
 
 def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds: list[int]) -> dict:
     """Train one variant for its share of `steps` and score it; the result row."""
-    from iclevr.evaluate import score_run
+    from iclevr.evaluation.run import score_run
     from iclevr.settings import DataSettings, SamplerSettings, TrainSettings, resolve
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     what, overrides, factor = VARIANTS[name]
     over = {"train.lr_schedule": "constant", **overrides, "out": str(work / name),  # as the study was run

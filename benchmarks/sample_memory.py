@@ -5,7 +5,7 @@ depend on the weights) and a short sampler (ddim, 1 step, guidance 2, batches of
 intermediates are freed before the next, so the step count changes the time, not the peak):
 
   sample  iclevr.sampling.run_sample, the core of `iclevr sample --labels-file F --save-individual`
-  eval    iclevr.evaluate.evaluate, the core of `iclevr eval --split test` (one seed, the packaged evaluator)
+  eval    iclevr.evaluation.run.evaluate, the core of `iclevr eval --split test` (one seed, the packaged evaluator)
 
 Both draw through iclevr.sampling.sample_batches. Peak RSS is the kernel's high-water mark (VmHWM), reset just
 before the call (/proc/self/clear_refs), so imports do not hide it; growth = peak - RSS before the call, which
@@ -82,7 +82,7 @@ def prepare(work: Path, counts: list[int], args) -> None:
     """Write the random-init tiny weights, a conditions file and a data folder (test.json) per count."""
     import torch
 
-    from iclevr.checkpoint import save_weights
+    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings, load_preset
     from sample_speed import course_like_conditions
@@ -109,8 +109,8 @@ def child(command: str, n: int, work: Path, args) -> dict:
     import torchvision.models  # noqa: F401
     from PIL import Image  # noqa: F401
 
-    from iclevr.evaluate import EvalSettings, evaluate
-    from iclevr.evaluator_train import packaged_evaluator_path
+    from iclevr.evaluation.run import EvalSettings, evaluate
+    from iclevr.evaluation.fit import packaged_evaluator_path
     from iclevr.sampling import SampleSettings, run_sample
     from iclevr.settings import SamplerSettings
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from iclevr.checkpoint import write_json
+    from iclevr.weights import write_json
 
     with tempfile.TemporaryDirectory(prefix="iclevr-memory-") as tmp:
         work = Path(tmp)

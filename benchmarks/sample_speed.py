@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ddpm-steps", type=int, default=1000, help="Seed-sampler steps to time (extrapolated to 1000).")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="Guidance scale s (the seed's: 2).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--score", action="store_true", help="Also score the images with iclevr.evaluate (if present).")
+    p.add_argument("--score", action="store_true", help="Also score the images with iclevr.evaluation.run (if present).")
     p.add_argument("--evaluator", type=Path, help="Evaluator file for --score.")
     p.add_argument("--data-dir", type=Path, help="Course data folder: its test.json conditions (unless "
                    "--labels-file) and checkpoint.pth evaluator.")
@@ -62,7 +62,7 @@ def course_like_conditions(n: int = 32, seed: int = 0) -> list[list[str]]:
 
 def load_model(args, device):
     """(model, schedule, description): the checkpoint, the newest run, or a random-init preset model."""
-    from iclevr.checkpoint import load_weights, newest_run, resolve_checkpoint
+    from iclevr.weights import load_weights, newest_run, resolve_checkpoint
     from iclevr.model import build_model
     from iclevr.settings import load_preset
 
@@ -125,9 +125,9 @@ def score(images, y, args, device) -> float | None:
     """The course metric on (N, 3, 64, 64) images with `iclevr eval`'s evaluator (--evaluator, the data
     folder's checkpoint.pth, or the project's own evaluator)."""
     try:
-        from iclevr.evaluate import accuracy, load_evaluator
+        from iclevr.evaluation.run import accuracy, load_evaluator
     except ImportError:
-        print("--score: iclevr.evaluate is not available; accuracy column left empty")
+        print("--score: iclevr.evaluation.run is not available; accuracy column left empty")
         return None
     if "evaluator" not in args.cache:
         args.cache["evaluator"] = load_evaluator(args.evaluator, args.data_dir, device)
@@ -145,7 +145,7 @@ def machine(device) -> str:
 
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write the JSON."""
-    from iclevr.checkpoint import write_json
+    from iclevr.weights import write_json
     from iclevr.device import pick_device
     from iclevr.labels import encode_many
     from iclevr.sampling import load_conditions, sample, to_output_size

@@ -26,9 +26,9 @@ RESULTS = Path(__file__).parent / "results" / "sampler_accuracy"
 
 def main() -> None:
     """Parse arguments, sample and score with every sampler, write the rows."""
-    from iclevr.checkpoint import resolve_checkpoint
+    from iclevr.weights import resolve_checkpoint
     from iclevr.data.course import resolve_data_dir
-    from iclevr.evaluate import generate, load_conditions, load_evaluator, score_split
+    from iclevr.evaluation.run import generate, load_conditions, load_evaluator, score_split
     from iclevr.sampling import load_model
     from iclevr.settings import SamplerSettings
 

@@ -8,7 +8,7 @@ Both loops train the same ConditionalUNet of the preset (same initial weights, b
   with PIL and applies Resize((S, S)) + ToTensor + Normalize, a shuffling DataLoader (--workers worker
   processes; each value is a row), diffusers DDPMScheduler.add_noise, MSE on eps, Adam (not foreach),
   `loss.item()` every step (the seed logs every step), fp32 on CPU; on CUDA torch.autocast fp16 + GradScaler.
-- ours: `iclevr.train.train` itself with a step budget (timed from its own loss log, after 2 warm-up steps)
+- ours: `iclevr.training.loop.train` itself with a step budget (timed from its own loss log, after 2 warm-up steps)
   — the uint8 training tensor decoded once (cache) and indexed in place, `diffusion_loss`, gradient
   clipping, fused AdamW, the LR schedule, the EMA update, no per-step host sync; bf16 autocast on GPUs
   that support it. Variants: `+channels_last`, `+compile` (its --channels-last and --compile settings).
@@ -142,7 +142,7 @@ def ours(settings, data_dir: Path, steps: int, work: Path) -> dict:
     """`steps` timed steps (after 2 warm-up steps) of `iclevr train` itself; images/s from its own log."""
     from rich.console import Console
 
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     train_cfg = settings.train.model_copy(update={"max_steps": steps + 2, "max_minutes": None, "epochs": None,
                                                   "log_every": 2, "checkpoint_every": 0})

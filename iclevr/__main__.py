@@ -1,5 +1,5 @@
 """Allow `python -m iclevr`."""
 
-from iclevr.cli import main
+from iclevr.cli.app import main
 
 main()

@@ -50,7 +50,7 @@ def export(settings: ExportSettings) -> Path:
     """Write the diffusers folder for a checkpoint; returns the folder."""
     from safetensors.torch import save_file
 
-    from iclevr.checkpoint import load_weights, resolve_checkpoint
+    from iclevr.weights import load_weights, resolve_checkpoint
     from iclevr.fileio import atomic_write_text, check_writable
     from iclevr.labels import LABELS
     from iclevr.sampling import SAMPLERS, resolve_steps

@@ -316,7 +316,7 @@ def load_conditions(path: Path) -> list[list[str]]:
 
 def load_model(checkpoint: Path | None, device: str = "auto"):
     """Resolve and load weights for sampling: returns (model, WeightsInfo, torch.device)."""
-    from iclevr.checkpoint import load_weights, resolve_checkpoint
+    from iclevr.weights import load_weights, resolve_checkpoint
     from iclevr.device import pick_device
 
     path = resolve_checkpoint(checkpoint)

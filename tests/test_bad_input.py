@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from iclevr.cli import app
+from iclevr.cli.app import app
 
 runner = CliRunner()
 
@@ -19,7 +19,7 @@ runner = CliRunner()
 @pytest.fixture
 def world(tmp_path, course_kit, tiny_model_cfg):
     """A course kit, one tiny weights file, decoys of other formats and a user file to protect."""
-    from iclevr.checkpoint import save_weights
+    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
 

@@ -5,7 +5,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from iclevr.cli import app
+from iclevr.cli.app import app
 
 runner = CliRunner()
 
@@ -40,5 +40,5 @@ def test_version_and_help():
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; import iclevr.cli; assert 'torch' not in sys.modules, 'torch imported at start-up'"
+    code = "import sys; import iclevr.cli.app; assert 'torch' not in sys.modules, 'torch imported at start-up'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from iclevr.cli import app
+from iclevr.cli.app import app
 
 runner = CliRunner()
 
@@ -19,7 +19,7 @@ runner = CliRunner()
 @pytest.fixture
 def tiny_run(tiny_model_cfg) -> Path:
     """A run folder under $ICLEVR_CHECKPOINTS holding a tiny random-weight UNet."""
-    from iclevr.checkpoint import save_weights
+    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
 
@@ -34,7 +34,7 @@ def tiny_run(tiny_model_cfg) -> Path:
 @pytest.fixture
 def random_evaluator(tmp_path) -> Path:
     """A random-weight evaluator in our safetensors format."""
-    from iclevr.evaluator import build_evaluator, save_own
+    from iclevr.evaluation.evaluator import build_evaluator, save_own
 
     torch.manual_seed(0)
     return save_own(build_evaluator().eval(), tmp_path / "ev.safetensors", {"heldout": {}})
@@ -76,7 +76,7 @@ def test_eval_writes_images_grids_and_report(tiny_run, course_kit, random_evalua
 
 
 def test_eval_images_mode_with_course_checkpoint_in_data_dir(tiny_run, course_kit, tmp_path):
-    from iclevr.evaluator import build_evaluator
+    from iclevr.evaluation.evaluator import build_evaluator
 
     torch.save({"model": build_evaluator().state_dict()}, course_kit / "checkpoint.pth")
     flat = tmp_path / "flat"
@@ -105,7 +105,7 @@ def test_eval_default_out_and_first_use_own_evaluator(tiny_run, course_kit, tmp_
     text = _ok(runner.invoke(app, ["eval", "--data-dir", str(course_kit), "--split", "new_test", "--seeds", "3",
                                    "--steps", "1", "--config", str(config)]))
     assert "training the project's own evaluator" in text
-    from iclevr.evaluator import own_default_path
+    from iclevr.evaluation.evaluator import own_default_path
 
     assert own_default_path().is_file()
     report = json.loads((tiny_run / "eval" / "report.json").read_text())  # default: <run folder>/eval

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from iclevr.cli import app
+from iclevr.cli.app import app
 
 runner = CliRunner()
 
@@ -17,7 +17,7 @@ runner = CliRunner()
 @pytest.fixture
 def weights(tmp_path, tiny_model_cfg):
     """A random-weight tiny model saved with our metadata (stored sampler: ddim, 6 steps)."""
-    from iclevr.checkpoint import save_weights
+    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import TINY_MODEL
-from iclevr.cli import app
+from iclevr.cli.app import app
 
 runner = CliRunner()
 
@@ -33,7 +33,7 @@ def flat(text: str) -> str:
 
 
 def test_train_writes_the_run_folder_then_protects_and_resumes_it(course_kit, tmp_path, monkeypatch):
-    from iclevr.checkpoint import load_weights, read_info
+    from iclevr.weights import load_weights, read_info
 
     monkeypatch.setattr("iclevr.device.has_gpu", lambda: False)
     run = tmp_path / "run"

@@ -5,14 +5,14 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from iclevr.cli import app
+from iclevr.cli.app import app
 from conftest import TINY_MODEL
 
 runner = CliRunner()
 
 
 def _course_evaluator(path):
-    from iclevr.evaluator import build_evaluator
+    from iclevr.evaluation.evaluator import build_evaluator
 
     torch.manual_seed(0)
     torch.save({"model": build_evaluator().state_dict()}, path)
@@ -52,7 +52,7 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     assert (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns == stamp
     assert cache.stat().st_mtime_ns == scored  # same evaluator: the cached scores are reused
     # another evaluator in the same file: scored again (the cache is keyed by the file's sha256)
-    from iclevr.evaluator import build_evaluator
+    from iclevr.evaluation.evaluator import build_evaluator
 
     torch.manual_seed(1)
     torch.save({"model": build_evaluator().state_dict()}, evaluator)
@@ -73,7 +73,7 @@ def test_plot_only_is_fast_and_draws_one_curve_per_schedule(tmp_path):
     assert (tmp_path / "schedules.png").is_file() and not (tmp_path / "runs").exists()
     for name in ("linear", "sigmoid", "cosine"):
         assert name in r.stdout
-    from iclevr.compare import schedule_table
+    from iclevr.studies.compare import schedule_table
 
     rows = schedule_table(["linear", "squaredcos_cap_v2"])
     assert rows[0]["alpha_bar"][0] > rows[0]["alpha_bar"][500] > rows[0]["alpha_bar"][999] > 0
@@ -87,7 +87,7 @@ def test_plot_curves_match_schedules(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from iclevr import plots
+    from iclevr.studies import plots
 
     captured = {}
     real_save = plots._save

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from iclevr.errors import UserError
-from iclevr.evaluator import (build_evaluator, export_course, forward_logits, load_course, load_file, load_own,
+from iclevr.evaluation.evaluator import (build_evaluator, export_course, forward_logits, load_course, load_file, load_own,
                               own_default_path, save_own)
-from iclevr.evaluator_train import EvaluatorTrainSettings, augment, ensure_own_evaluator, preprocess
+from iclevr.evaluation.fit import EvaluatorTrainSettings, augment, ensure_own_evaluator, preprocess
 
 
 def _course_file(path, net=None):
@@ -124,8 +124,8 @@ def test_first_use_training_saves_heldout_metadata_and_caches():
 
 
 def test_training_pool_mixes_small_renders_deterministically():
-    from iclevr.data.render import render_examples
-    from iclevr.evaluator_train import training_pool
+    from iclevr.data.world.render import render_examples
+    from iclevr.evaluation.fit import training_pool
 
     settings = EvaluatorTrainSettings(pool=8, small_render_fraction=0.25, workers=1, max_objects=2)
     frames, y = training_pool(settings)
@@ -140,7 +140,7 @@ def test_training_pool_mixes_small_renders_deterministically():
 
 
 def test_fine_tuning_starts_from_the_init_weights(tmp_path):
-    from iclevr.evaluator_train import fit
+    from iclevr.evaluation.fit import fit
 
     start = build_evaluator()
     save_own(start, tmp_path / "start.safetensors", {"heldout": {}})

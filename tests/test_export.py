@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from iclevr.cli import app
+from iclevr.cli.app import app
 
 runner = CliRunner()
 
@@ -16,7 +16,7 @@ def test_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, ti
     from diffusers import DDPMScheduler, UNet2DModel
     from safetensors.torch import load_file
 
-    from iclevr.checkpoint import load_weights, save_weights
+    from iclevr.weights import load_weights, save_weights
     from iclevr.labels import LABELS, encode
     from iclevr.model import build_model
     from iclevr.sampling import image_seeds, sample
@@ -60,7 +60,7 @@ def test_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, ti
 
 
 def test_export_refuses_to_overwrite(tmp_path, tiny_model_cfg):
-    from iclevr.checkpoint import save_weights
+    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import ScheduleSettings
 

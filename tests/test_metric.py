@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iclevr import labels as L
-from iclevr.evaluate import accuracy, analyse, classify_wrong, full_swaps, image_hits, score_split, topk_predictions
+from iclevr.evaluation.run import accuracy, analyse, classify_wrong, full_swaps, image_hits, score_split, topk_predictions
 
 
 def _scores(*rows: dict[str, float]) -> torch.Tensor:

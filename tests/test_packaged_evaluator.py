@@ -2,12 +2,12 @@
 
 import torch
 
-from iclevr.evaluator_train import ensure_own_evaluator, packaged_evaluator_path, preprocess
+from iclevr.evaluation.fit import ensure_own_evaluator, packaged_evaluator_path, preprocess
 
 
 def test_packaged_evaluator_is_used_and_recognises_fresh_scenes(monkeypatch):
-    from iclevr.data.render import render_examples
-    from iclevr.evaluate import accuracy
+    from iclevr.data.world.render import render_examples
+    from iclevr.evaluation.run import accuracy
 
     monkeypatch.delenv("ICLEVR_NO_PACKAGED_EVALUATOR")
     path = packaged_evaluator_path()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from iclevr import labels as L
-from iclevr.data import scene as S
-from iclevr.data.render import (CAMERA, COLOUR_RGB, KEY_LIGHT, SceneObject, object_ids, render, render_examples,
+from iclevr.data.world import scene as S
+from iclevr.data.world.render import (CAMERA, COLOUR_RGB, KEY_LIGHT, SceneObject, object_ids, render, render_examples,
                                 visibility)
 
 W, H = 128, 96

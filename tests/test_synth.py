@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from iclevr import labels as L
-from iclevr.cli import app
+from iclevr.cli.app import app
 from iclevr.data import synth as Y
 from iclevr.data.course import check_images, load_kit, load_train_tensors
 from iclevr.errors import UserError

@@ -36,7 +36,7 @@ def fixed_batch_loss(model, settings, course_kit) -> float:
     """Mean loss of `model` on the whole test kit with fixed noise, timesteps and no label dropout."""
     from iclevr.data.course import load_kit, load_train_tensors, to_model_range
     from iclevr.schedules import make_scheduler
-    from iclevr.train import diffusion_loss
+    from iclevr.training.loop import diffusion_loss
 
     images, labels = load_train_tensors(load_kit(course_kit), settings.model.sample_size)
     s = settings.model_copy(deep=True)
@@ -49,7 +49,7 @@ def fixed_batch_loss(model, settings, course_kit) -> float:
 
 def test_loss_falls_on_a_fixed_batch(course_kit, tmp_path):
     from iclevr.model import build_model
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     settings = settings_for(course_kit, tmp_path / "run", max_steps=20, batch_size=12, p_uncond=0.0,
                             log_every=10, checkpoint_every=0)
@@ -71,7 +71,7 @@ def _weights(run: Path) -> dict:
 
 
 def test_resume_is_bit_identical(course_kit, tmp_path):
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     common = dict(warmup_steps=6, p_uncond=0.5, grad_accum=2, batch_size=2, ema_decay=0.9)
     straight = train(settings_for(course_kit, tmp_path / "a", max_steps=8, **common))
@@ -90,7 +90,7 @@ def test_resume_is_bit_identical(course_kit, tmp_path):
 
 
 def test_resume_survives_a_torn_metrics_line_and_cleans_stale_temp_files(course_kit, tmp_path):
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     run = tmp_path / "run"
     train(settings_for(course_kit, run, max_steps=3))
@@ -108,7 +108,7 @@ def test_resume_survives_a_torn_metrics_line_and_cleans_stale_temp_files(course_
 
 
 def test_existing_run_is_protected(course_kit, tmp_path):
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     settings = settings_for(course_kit, tmp_path / "run", max_steps=2)
     train(settings)
@@ -122,8 +122,8 @@ def test_existing_run_is_protected(course_kit, tmp_path):
 
 
 def test_state_rotation_and_time_budget(course_kit, tmp_path):
-    from iclevr.train import train
-    from iclevr.train_state import list_states, load_latest
+    from iclevr.training.loop import train
+    from iclevr.training.state import list_states, load_latest
 
     run = train(settings_for(course_kit, tmp_path / "run", max_minutes=0.02, keep_states=2,
                              checkpoint_every_steps=1))
@@ -136,8 +136,8 @@ def test_state_rotation_and_time_budget(course_kit, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_state(course_kit, tmp_path, monkeypatch):
-    import iclevr.train as T
-    from iclevr.train_state import load_latest
+    import iclevr.training.loop as T
+    from iclevr.training.state import load_latest
 
     calls = {"n": 0}
     real = T.diffusion_loss
@@ -157,7 +157,7 @@ def test_non_finite_loss_stops_and_keeps_last_state(course_kit, tmp_path, monkey
 
 
 def test_ctrl_c_saves_a_resumable_state(course_kit, tmp_path, monkeypatch):
-    import iclevr.train as T
+    import iclevr.training.loop as T
 
     calls = {"n": 0}
     real = T.diffusion_loss
@@ -179,7 +179,7 @@ def test_ctrl_c_saves_a_resumable_state(course_kit, tmp_path, monkeypatch):
 
 
 def test_second_ctrl_c_stops_mid_step_and_resumes_from_the_last_state(course_kit, tmp_path, monkeypatch):
-    import iclevr.train as T
+    import iclevr.training.loop as T
 
     calls = {"n": 0}
     real = T.diffusion_loss
@@ -204,7 +204,7 @@ def test_second_ctrl_c_stops_mid_step_and_resumes_from_the_last_state(course_kit
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time, torch
-    from iclevr import train_state
+    from iclevr.training import state as train_state
     folder = sys.argv[1]
     train_state.save_state(folder, {"step": 1, "w": torch.ones(1000)}, keep=2)
     real_save = torch.save
@@ -221,7 +221,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_sigkill_during_state_write_keeps_previous_state(tmp_path):
-    from iclevr.train_state import list_states, load_latest, save_state
+    from iclevr.training.state import list_states, load_latest, save_state
 
     folder = tmp_path / "state"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(folder)], stdout=subprocess.PIPE, text=True)
@@ -244,7 +244,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
     import io, sys, time, torch
     from rich.console import Console
     from iclevr.settings import TrainSettings
-    from iclevr.train import train
+    from iclevr.training.loop import train
     torch.set_num_threads(1)
     real_save = torch.save
     pause = float(sys.argv[3])
@@ -289,8 +289,8 @@ def test_sigkill_at_random_moments_then_resume(course_kit, tmp_path):
 
     from rich.console import Console
 
-    from iclevr.train import train
-    from iclevr.train_state import list_states, load_latest
+    from iclevr.training.loop import train
+    from iclevr.training.state import list_states, load_latest
 
     every, total = 2, 30
     run, state_dir = tmp_path / "run", tmp_path / "run" / "state"
@@ -344,7 +344,7 @@ def test_sigkill_at_random_moments_then_resume(course_kit, tmp_path):
 
 
 def test_damaged_newest_state_falls_back(tmp_path):
-    from iclevr.train_state import load_latest, save_state
+    from iclevr.training.state import load_latest, save_state
 
     save_state(tmp_path, {"step": 1, "w": torch.ones(3)}, keep=3)
     (tmp_path / "step-00000002.pt").write_bytes(b"PK\x03\x04 truncated")
@@ -354,7 +354,7 @@ def test_damaged_newest_state_falls_back(tmp_path):
 
 
 def test_budget_and_batch_checked_up_front(course_kit, tmp_path):
-    from iclevr.train import make_plan, train
+    from iclevr.training.loop import make_plan, train
 
     settings = settings_for(course_kit, tmp_path / "run", batch_size=13, max_steps=1)
     with pytest.raises(UserError, match="exceeds the 12 training images"):
@@ -365,7 +365,7 @@ def test_budget_and_batch_checked_up_front(course_kit, tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    from iclevr.train import lr_factor
+    from iclevr.training.loop import lr_factor
 
     f = [lr_factor(s, 10, 110, "cosine") for s in range(110)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
@@ -375,7 +375,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_compiled_model_trains_a_step(course_kit, tmp_path):
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     try:
         run = train(settings_for(course_kit, tmp_path / "run", max_steps=1, compile=True))
@@ -385,7 +385,7 @@ def test_compiled_model_trains_a_step(course_kit, tmp_path):
 
 
 def test_new_lr_takes_effect_on_resume(course_kit, tmp_path):
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     train(settings_for(course_kit, tmp_path / "run", max_steps=2, lr=2e-3))
     train(settings_for(course_kit, tmp_path / "run", max_steps=4, lr=5e-4), resume=True)
@@ -399,7 +399,7 @@ def test_speed_notes_fix_a_time_horizon_and_warn_about_seed_on_cpu():
     from rich.console import Console
 
     from iclevr.settings import TrainSettings, resolve
-    from iclevr.train import Plan, speed_notes
+    from iclevr.training.loop import Plan, speed_notes
 
     console = Console(record=True, width=200)
     accel = SimpleNamespace(device=torch.device("cpu"))
@@ -416,7 +416,7 @@ def test_time_horizon_is_re_aimed_so_the_lr_reaches_zero_when_the_minutes_run_ou
     from types import SimpleNamespace
 
     from iclevr.settings import TrainSettings, resolve
-    from iclevr.train import Plan, aim_time_horizon, lr_factor
+    from iclevr.training.loop import Plan, aim_time_horizon, lr_factor
 
     accel = SimpleNamespace(device=torch.device("cpu"))
     cfg = resolve(TrainSettings, preset="tiny", overrides={"train.max_minutes": 10}).train  # 600 s, time only

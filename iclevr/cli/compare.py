@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli import app, command, console
+from iclevr.cli.common import command, console
 from iclevr.cli.common import (ConfigOpt, DataDirOpt, GuidanceOpt, PresetOpt, PrintConfigOpt, SamplerOpt,
                                StepsOpt, print_settings)
 
@@ -23,7 +23,6 @@ def _ints(text: Optional[str], flag: str) -> Optional[list[int]]:
         raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
-@app.command("compare-schedules")
 @command
 def compare_schedules(
     schedules: Annotated[Optional[str], typer.Option(help="Comma-separated schedules.")] = None,
@@ -44,8 +43,8 @@ def compare_schedules(
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Train one model per noise schedule (all else identical), evaluate each, and compare them."""
-    from iclevr.compare import CompareSettings, check_names, run_study
-    from iclevr.compare_report import print_report
+    from iclevr.studies.compare import CompareSettings, check_names, run_study
+    from iclevr.studies.compare_report import print_report
     from iclevr.settings import resolve
 
     overrides = {"schedules": check_names(schedules) if schedules else None, "preset": preset, "epochs": epochs,

@@ -8,8 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli import command, console, data_app
+from iclevr.cli.common import command, console
 from iclevr.cli.common import DataDirOpt, SeedOpt
+
+
+data_app = typer.Typer(help="Check, render and preview course-layout data.", no_args_is_help=True)
 
 
 @data_app.command("check")

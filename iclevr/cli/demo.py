@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli import app, command, console
+from iclevr.cli.common import command, console
 from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, print_settings
 
 
-@app.command("demo")
 @command
 def demo(
     minutes: Annotated[Optional[float], typer.Option(help="Training budget of the tiny model, in minutes.")] = None,
@@ -22,7 +21,7 @@ def demo(
     print_config: PrintConfigOpt = False,
 ) -> None:
     """The whole story end to end on the embedded world; re-running reuses what is done."""
-    from iclevr.demo import DemoSettings, print_summary, run_demo
+    from iclevr.studies.demo import DemoSettings, print_summary, run_demo
     from iclevr.settings import resolve
 
     settings = resolve(DemoSettings, config=config, overrides={"minutes": minutes, "out": out, "device": device,

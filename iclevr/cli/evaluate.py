@@ -7,13 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli import app, command, console
+from iclevr.cli.common import command, console
 from iclevr.cli.common import (CheckpointOpt, ConfigOpt, DataDirOpt, DeviceOpt, GuidanceOpt, PrintConfigOpt,
                                SamplerOpt, SeedOpt, StepsOpt, print_settings)
 
 evaluator_app = typer.Typer(help="Train the project's own evaluator, or export it in the course format.",
                             no_args_is_help=True)
-app.add_typer(evaluator_app, name="evaluator")
 
 EvaluatorOpt = Annotated[Optional[Path], typer.Option("--evaluator", help="Evaluator file: the course "
                                                       "checkpoint.pth or our .safetensors.")]
@@ -34,7 +33,6 @@ def _seeds(text: Optional[str]) -> Optional[list[int]]:
     return seeds
 
 
-@app.command("eval")
 @command
 def eval_cmd(
     checkpoint: CheckpointOpt = None,
@@ -53,8 +51,8 @@ def eval_cmd(
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Generate each split's conditions, score them with the course evaluator metric, write images and report."""
-    from iclevr.evaluate import EvalSettings, evaluate
-    from iclevr.evaluate_report import print_report
+    from iclevr.evaluation.run import EvalSettings, evaluate
+    from iclevr.evaluation.report import print_report
     from iclevr.settings import resolve
 
     overrides = {"checkpoint": checkpoint, "split": split, "data_dir": data_dir, "evaluator": evaluator,
@@ -87,8 +85,8 @@ def evaluator_train_cmd(
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Train the project's own evaluator (resnet18, 24 sigmoid outputs) and report its held-out accuracy."""
-    from iclevr.evaluate_report import print_trained
-    from iclevr.evaluator_train import EvaluatorTrainSettings, train_evaluator
+    from iclevr.evaluation.report import print_trained
+    from iclevr.evaluation.fit import EvaluatorTrainSettings, train_evaluator
     from iclevr.settings import resolve
 
     overrides = {"data_dir": data_dir, "out": out, "minutes": minutes, "max_steps": max_steps, "pool": pool,
@@ -107,7 +105,7 @@ def evaluator_export_cmd(
     evaluator: EvaluatorOpt = None,
 ) -> None:
     """Write an evaluator (default: the project's own, cached) as a course checkpoint.pth ({"model": state_dict})."""
-    from iclevr.evaluator import export_course, load_file, own_default_path
+    from iclevr.evaluation.evaluator import export_course, load_file, own_default_path
     from iclevr.errors import UserError
 
     source = evaluator or own_default_path()

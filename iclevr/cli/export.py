@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from iclevr.cli import app, command, console
+from iclevr.cli.common import command, console
 from iclevr.cli.common import CheckpointOpt
 
 
-@app.command("export")
 @command
 def export_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder to write (unet/, scheduler/, label embedding).")],

@@ -31,7 +31,7 @@ def _param_row(p) -> str:
 
 def generate() -> str:
     """Markdown reference of every command: usage line, help text and options."""
-    from iclevr.cli import app
+    from iclevr.cli.app import app
 
     root = typer.main.get_command(app)
     parts = []

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli import app, command, console
+from iclevr.cli.common import command, console
 from iclevr.cli.common import (CheckpointOpt, ConfigOpt, DeviceOpt, GuidanceOpt, PrintConfigOpt, SamplerOpt,
                                SeedOpt, StepsOpt, print_settings)
 
@@ -26,7 +26,7 @@ def _finish(settings, print_config: bool) -> bool:
     """Apply the weights' sampler defaults for --print-config; True when the command should stop here."""
     if not print_config:
         return False
-    from iclevr.checkpoint import read_info, resolve_checkpoint
+    from iclevr.weights import read_info, resolve_checkpoint
     from iclevr.sampling import with_weights_defaults
 
     info = read_info(resolve_checkpoint(settings.checkpoint))
@@ -35,7 +35,6 @@ def _finish(settings, print_config: bool) -> bool:
     return True
 
 
-@app.command("sample")
 @command
 def sample_cmd(
     checkpoint: CheckpointOpt = None,
@@ -74,7 +73,6 @@ def sample_cmd(
                                           if r["folder"] else ""))
 
 
-@app.command("denoise-trace")
 @command
 def denoise_trace_cmd(
     checkpoint: CheckpointOpt = None,

@@ -1,4 +1,4 @@
-"""`iclevr train`: build TrainSettings from preset < config < flags and call iclevr.train.train."""
+"""`iclevr train`: build TrainSettings from preset < config < flags and call iclevr.training.loop.train."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli import app, command, console
+from iclevr.cli.common import command, console
 from iclevr.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, PresetOpt, PrintConfigOpt, SeedOpt, print_settings
 
 Opt = typer.Option
 
 
-@app.command("train")
 @command
 def train_cmd(
     preset: PresetOpt = None,
@@ -43,7 +42,7 @@ def train_cmd(
     from iclevr.errors import UserError
     from iclevr.schedules import check_name
     from iclevr.settings import TrainSettings, resolve
-    from iclevr.train import train
+    from iclevr.training.loop import train
 
     if resume is not None and config is None and (resume / "settings.json").is_file():
         config = resume / "settings.json"  # the run's own settings; flags still override them

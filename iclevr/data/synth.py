@@ -102,8 +102,8 @@ def render_scene(images_dir: str, scene: int, labels: list[str], seed: int, size
     """Place and render one scene's prefixes; write the missing PNGs atomically; return how many were written."""
     from PIL import Image
 
-    from iclevr.data.render import render_sequence
-    from iclevr.data.scene import place_sequence
+    from iclevr.data.world.render import render_sequence
+    from iclevr.data.world.scene import place_sequence
 
     folder = Path(images_dir)
     todo = [k for k in range(len(labels)) if not (folder / image_name(scene, k)).is_file()]

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from iclevr import labels as L
 from iclevr.errors import UserError
-from iclevr.evaluator_train import EvaluatorTrainSettings
+from iclevr.evaluation.fit import EvaluatorTrainSettings
 from iclevr.settings import SamplerSettings, Section
 
 SPLITS = ("test", "new_test")
@@ -159,8 +159,8 @@ def _chosen_file(path: Path | None, data_dir: Path | None) -> Path | None:
 def load_evaluator(path: Path | None, data_dir: Path | None, device="cpu", console=None,
                    own: EvaluatorTrainSettings | None = None):
     """Pick the evaluator: `path`, else data_dir/checkpoint.pth, else the project's own (trained on first use)."""
-    from iclevr.evaluator import load_file
-    from iclevr.evaluator_train import ensure_own_evaluator
+    from iclevr.evaluation.evaluator import load_file
+    from iclevr.evaluation.fit import ensure_own_evaluator
 
     chosen = _chosen_file(path, data_dir)
     return load_file(chosen, device) if chosen is not None else ensure_own_evaluator(device, console, own)
@@ -168,7 +168,7 @@ def load_evaluator(path: Path | None, data_dir: Path | None, device="cpu", conso
 
 def evaluator_file(path: Path | None, data_dir: Path | None) -> Path | None:
     """The file load_evaluator would read, without loading it; None while the own evaluator is still to train."""
-    from iclevr.evaluator_train import own_evaluator_file
+    from iclevr.evaluation.fit import own_evaluator_file
 
     return _chosen_file(path, data_dir) or own_evaluator_file()
 
@@ -265,7 +265,7 @@ def _sampling_task(bar, sampler: SamplerSettings, info, conditions: dict, seeds:
 def evaluate(settings: EvalSettings, console=None) -> dict:
     """Generate (or read) each split's images, score them with the course metric, write the PNGs, grids and
     report.json into the output folder; returns the report."""
-    from iclevr.checkpoint import write_json
+    from iclevr.weights import write_json
     from iclevr.data.course import resolve_data_dir
     from iclevr.device import pick_device
     from iclevr.fileio import check_writable

@@ -1,6 +1,6 @@
 """Training the project's own evaluator for the embedded world (`iclevr evaluator train`).
 
-Data: a fixed pool of freshly rendered scenes with 1 to 5 objects (iclevr.data.render.render_examples),
+Data: a fixed pool of freshly rendered scenes with 1 to 5 objects (iclevr.data.world.render.render_examples),
 kept in memory as uint8 4:3 frames (a share of them drawn at half size and upsampled back, as a 32x32
 generator draws them), or the training images of a course-layout folder (`data_dir`); `init` fine-tunes an
 existing evaluator instead of starting from random weights.
@@ -73,7 +73,7 @@ class EvaluatorTrainSettings(Section):
 
 
 def _render_chunk(job: tuple):
-    from iclevr.data.render import render_examples
+    from iclevr.data.world.render import render_examples
 
     n, seed, lo, hi, size = job
     return render_examples(n, seed, lo, hi, size=size)
@@ -186,8 +186,8 @@ def heldout_sets(settings: EvaluatorTrainSettings, progress=None) -> dict:
 
 def score_sets(net, sets: dict) -> dict:
     """Course-metric accuracy of `net` on each held-out set: {name: accuracy}."""
-    from iclevr.evaluate import accuracy
-    from iclevr.evaluator import Evaluator
+    from iclevr.evaluation.run import accuracy
+    from iclevr.evaluation.evaluator import Evaluator
 
     ev = Evaluator(net, None, "own")
     out = {}
@@ -224,13 +224,13 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
     import torch
     import torch.nn.functional as F
 
-    from iclevr.evaluator import build_evaluator, forward_logits
+    from iclevr.evaluation.evaluator import build_evaluator, forward_logits
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     net = build_evaluator()
     if settings.init is not None:
-        from iclevr.evaluator import load_own
+        from iclevr.evaluation.evaluator import load_own
 
         net.load_state_dict(load_own(settings.init).net.state_dict())
     net = net.to(device, memory_format=torch.channels_last).train()
@@ -271,7 +271,7 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from iclevr.device import pick_device
-    from iclevr.evaluator import own_default_path, save_own
+    from iclevr.evaluation.evaluator import own_default_path, save_own
     from iclevr.fileio import check_writable
 
     out = Path(settings.out) if settings.out else own_default_path()
@@ -319,14 +319,14 @@ def packaged_evaluator_path() -> Path | None:
 
 def own_evaluator_file() -> Path | None:
     """The own evaluator file ensure_own_evaluator would load: the cached one, else the packaged one (None: neither)."""
-    from iclevr.evaluator import own_default_path
+    from iclevr.evaluation.evaluator import own_default_path
 
     return own_default_path() if own_default_path().is_file() else packaged_evaluator_path()
 
 
 def ensure_own_evaluator(device="cpu", console=None, settings: EvaluatorTrainSettings | None = None):
     """The cached default own evaluator; trained on first use (with a notice) when it is missing or damaged."""
-    from iclevr.evaluator import load_own, own_default_path
+    from iclevr.evaluation.evaluator import load_own, own_default_path
 
     path = own_default_path()
     if path.is_file():

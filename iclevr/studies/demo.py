@@ -60,7 +60,7 @@ def run_demo(settings: DemoSettings, console) -> dict:
 
 def _evaluator(settings: DemoSettings, data_dir: Path, console) -> Path | None:
     """The course checkpoint.pth if the data folder has one, else the project's own (trained once, cached)."""
-    from iclevr.evaluator_train import ensure_own_evaluator
+    from iclevr.evaluation.fit import ensure_own_evaluator
 
     course = data_dir / "checkpoint.pth"
     if course.is_file():
@@ -70,7 +70,7 @@ def _evaluator(settings: DemoSettings, data_dir: Path, console) -> Path | None:
 
 def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> Path:
     from iclevr.settings import TrainSettings, resolve
-    from iclevr.train import is_finished, train
+    from iclevr.training.loop import is_finished, train
 
     ts = resolve(TrainSettings, preset=settings.preset,
                  overrides={"data.data_dir": str(data_dir), "out": str(run_dir), "train.device": settings.device,
@@ -84,7 +84,7 @@ def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> Pa
 
 def _evaluate(settings: DemoSettings, data_dir: Path, run_dir: Path, evaluator: Path | None, out: Path,
               console) -> dict:
-    from iclevr.evaluate import EvalSettings, evaluate
+    from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.settings import SamplerSettings
 
     es = EvalSettings(checkpoint=run_dir, split="all", data_dir=data_dir, evaluator=evaluator,

@@ -69,7 +69,7 @@ def schedule_table(names: list[str], T: int = PLOT_T) -> list[dict]:
 def run_study(settings: CompareSettings, console) -> dict:
     """Train (or reuse) one run per schedule and seed, evaluate each, and write figures and the report."""
     from iclevr.fileio import check_writable
-    from iclevr.plots import plot_accuracy, plot_schedules
+    from iclevr.studies.plots import plot_accuracy, plot_schedules
 
     out = check_writable(settings.out)
     plot_schedules(settings.schedules, PLOT_T, out / "schedules.png")
@@ -82,7 +82,7 @@ def run_study(settings: CompareSettings, console) -> dict:
         rows.append(_summarise(name, runs))
     report["runs"] = rows
     plot_accuracy(rows, out / "accuracy.png")
-    from iclevr.checkpoint import write_json
+    from iclevr.weights import write_json
 
     write_json(out / "report.json", report)
     return report
@@ -105,7 +105,7 @@ def _train_settings(settings: CompareSettings, name: str, seed: int):
 
 def _train_and_score(settings: CompareSettings, name: str, seed: int, console) -> dict:
     """One run: train unless finished (resume if interrupted), then score it on test and new_test."""
-    from iclevr.train import is_finished, train
+    from iclevr.training.loop import is_finished, train
 
     ts = _train_settings(settings, name, seed)
     run_dir = Path(ts.out)
@@ -122,7 +122,7 @@ def _train_and_score(settings: CompareSettings, name: str, seed: int, console) -
 
 def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, console) -> dict:
     """Accuracy per split and eval seed (cached in the run folder for these evaluation settings)."""
-    from iclevr.evaluate import score_run
+    from iclevr.evaluation.run import score_run
 
     cache = run_dir / "compare-eval.json"
     key = {"eval_seeds": settings.eval_seeds, "sampler": json.loads(settings.sampler.model_dump_json()),
@@ -134,7 +134,7 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
     scores = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
                        evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
                        console=console)
-    from iclevr.checkpoint import write_json
+    from iclevr.weights import write_json
 
     write_json(cache, {"key": key, "scores": scores})
     return scores
@@ -143,8 +143,8 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
 def _evaluator_sha(settings: CompareSettings) -> str | None:
     """SHA-256 of the evaluator file a scoring would use now (a changed default evaluator invalidates the cache)."""
     from iclevr.data.course import resolve_data_dir
-    from iclevr.evaluate import evaluator_file
-    from iclevr.evaluator import file_sha256
+    from iclevr.evaluation.run import evaluator_file
+    from iclevr.evaluation.evaluator import file_sha256
 
     path = evaluator_file(settings.evaluator, resolve_data_dir(settings.data.data_dir))
     return file_sha256(path) if path is not None and path.is_file() else None

@@ -1,8 +1,8 @@
 """The run folder side of `iclevr train`: protection, metrics (jsonl + TensorBoard), snapshots, grids, progress bar.
 
-Layout (see iclevr.checkpoint): settings.json, metrics.jsonl, progress.json, tb/, samples/epoch-XXXX.png,
+Layout (see iclevr.weights): settings.json, metrics.jsonl, progress.json, tb/, samples/epoch-XXXX.png,
 weights/{ema,model}.safetensors (inference weights with settings in the metadata) and state/step-XXXXXXXX.pt
-(resumable training state, newest K kept, see iclevr.train_state).
+(resumable training state, newest K kept, see iclevr.training.state).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ TB_SCALARS = ("loss", "lr", "grad_norm", "images_per_s")
 
 def default_run_dir(settings: TrainSettings) -> Path:
     """settings.out, or checkpoints_root()/<preset>-<schedule>-s<seed>."""
-    from iclevr.checkpoint import checkpoints_root
+    from iclevr.weights import checkpoints_root
 
     if settings.out:
         return Path(settings.out)
@@ -36,7 +36,7 @@ def default_run_dir(settings: TrainSettings) -> Path:
 def prepare_run_dir(settings: TrainSettings, resume: bool, overwrite: bool) -> Path:
     """The run folder, protected: an existing run is only continued with resume or cleared with overwrite."""
     from iclevr.fileio import check_writable
-    from iclevr.train_state import list_states
+    from iclevr.training.state import list_states
 
     run = default_run_dir(settings)
     if resume and overwrite:
@@ -110,10 +110,10 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
                   reason: str | None = None) -> Path:
     """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
     so a kill between the writes leaves the weights at or behind the newest state, never ahead of it."""
-    from iclevr.checkpoint import save_weights, write_json
+    from iclevr.weights import save_weights, write_json
     from iclevr.fileio import remove_stale_temps
     from iclevr.settings import to_json
-    from iclevr.train_state import rng_states, save_state
+    from iclevr.training.state import rng_states, save_state
 
     state = {"step": step, "wall_s": wall_s, "total_steps": total_steps, "settings": to_json(settings),
              "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),

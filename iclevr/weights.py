@@ -2,7 +2,7 @@
 
 Inference weights are safetensors files whose metadata carries everything needed to rebuild the model
 and its noise schedule (`format`, `model`, `schedule`, `sampler`, `preset`, `step`), so
-`load_weights(path)` needs nothing else. Resumable training state lives elsewhere (see iclevr.train_state).
+`load_weights(path)` needs nothing else. Resumable training state lives elsewhere (see iclevr.training.state).
 
 Run folder layout (`checkpoints/<run-name>/`):
   settings.json              resolved settings

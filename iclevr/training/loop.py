@@ -10,7 +10,7 @@ Determinism by construction: the data order of epoch e is a permutation seeded f
 reseeds its noise, timesteps, label-dropout and flip draws from (seed, step, process), so a run resumed from any
 saved state follows exactly the path of an uninterrupted one (bit-identical on CPU).
 
-Run folder: see iclevr.checkpoint. `accelerate launch --multi_gpu -m iclevr train ...` runs it data-parallel.
+Run folder: see iclevr.weights. `accelerate launch --multi_gpu -m iclevr train ...` runs it data-parallel.
 """
 
 from __future__ import annotations
@@ -185,9 +185,9 @@ def train(settings: TrainSettings, console=None, resume: bool = False, overwrite
     from iclevr.model import build_model, count_parameters
     from iclevr.schedules import make_scheduler
     from iclevr.settings import write_settings
-    from iclevr.train_io import (MetricsLog, check_same_run, default_run_dir, interrupt_flag, prepare_run_dir,
+    from iclevr.training.run_folder import (MetricsLog, check_same_run, default_run_dir, interrupt_flag, prepare_run_dir,
                                  progress_bar, save_progress_grid, save_snapshot)
-    from iclevr.train_state import list_states, load_latest
+    from iclevr.training.state import list_states, load_latest
 
     cfg = settings.train
     accelerator, note = make_accelerator(cfg)
@@ -367,7 +367,7 @@ def train(settings: TrainSettings, console=None, resume: bool = False, overwrite
 
 def restore_optimizer(state: dict, optimizer, lr_sched, scaler, lr: float, console) -> None:
     """Load optimizer, LR schedule, grad scaler and RNG states; a changed peak `lr` takes effect from here."""
-    from iclevr.train_state import set_rng_states
+    from iclevr.training.state import set_rng_states
 
     optimizer.load_state_dict(state["optimizer"])
     lr_sched.load_state_dict(state["lr_scheduler"])

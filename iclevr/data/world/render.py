@@ -1,6 +1,6 @@
 """A CLEVR-like scene renderer: vectorised analytic ray casting in numpy (no Blender, no OpenGL).
 
-Geometry (objects, camera, intersections) lives in iclevr.data.geometry. Here: materials and light.
+Geometry (objects, camera, intersections) lives in iclevr.data.world.geometry. Here: materials and light.
 Rubber is matte (Lambert); metal is shiny (dim diffuse + a colour-tinted reflection of a bright sky over a
 dark floor + a sharp white highlight). Light: a key light that casts shadows (softened by jittering its
 direction over the supersamples), a fill light and an ambient term. Shading is done in linear light,
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from iclevr.data.geometry import (CAMERA, CUBE_HALF, MATERIALS, SIZES, Camera, SceneObject,  # noqa: F401
+from iclevr.data.world.geometry import (CAMERA, CUBE_HALF, MATERIALS, SIZES, Camera, SceneObject,  # noqa: F401
                                   unit, intersect, normals, outline)
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {  # the CLEVR palette (sRGB)
@@ -230,7 +230,7 @@ def render_examples(n: int, seed: int, min_objects: int = 1, max_objects: int = 
                     size: tuple[int, int] = (64, 48), supersample: int = 2) -> tuple[np.ndarray, list[list[str]]]:
     """n independent random honest scenes: (uint8 (n, H, W, 3), label names per image); example i is
     seeded from (seed, i), so it does not depend on n."""
-    from iclevr.data.scene import place_sequence, random_labels
+    from iclevr.data.world.scene import place_sequence, random_labels
 
     images = np.zeros((n, size[1], size[0], 3), dtype=np.uint8)
     names: list[list[str]] = []

@@ -15,8 +15,8 @@ import math
 import numpy as np
 
 from iclevr import labels as L
-from iclevr.data.geometry import CAMERA, MATERIALS, SIZES, SceneObject, outline
-from iclevr.data.render import visibility
+from iclevr.data.world.geometry import CAMERA, MATERIALS, SIZES, SceneObject, outline
+from iclevr.data.world.render import visibility
 
 CHECK_SIZE = (64, 64)  # the model resolution: the 4:3 frame squashed like the course loader does
 MIN_VISIBLE_PIXELS = 60  # at 64x64; the smallest whole object covers ~90 px, so this bounds occlusion
