@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "levers"
-SAMPLER = ("dpmpp-sde", 20)  # the default sampler since 2026-11-25 (the first rows used dpmpp 20)
+SAMPLER = ("dpmpp-sde", 20)  # iclevr's default sampler: the rows score what a user would get
 OLD_ARCH = {"block_out_channels": [32, 64, 128], "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
             "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
 
@@ -41,7 +41,7 @@ VARIANTS: dict[str, tuple[str, dict, int]] = {
     "batch_64": ("batch 64 (half the steps, same images)", {"train.batch_size": 64}, 2),
     "p_uncond_0.2": ("label dropout 0.2 instead of 0.1", {"train.p_uncond": 0.2}, 1),
     "ema_0.999": ("EMA decay 0.999 instead of 0.995", {"train.ema_decay": 0.999}, 1),
-    "old_tiny": ("the previous tiny preset: 3 levels, additive, eps, no min-SNR, batch 64, cosine lr 1e-3, "
+    "old_tiny": ("the design the study started from: 3 levels, additive, eps, no min-SNR, batch 64, cosine lr 1e-3, "
                  "p_uncond 0.2", {"model": {**OLD_ARCH, "resnet_time_scale_shift": "default"},
                                   "schedule.prediction_type": "epsilon", "train.snr_gamma": None,
                                   "train.batch_size": 64, "train.lr": 1e-3, "train.lr_schedule": "cosine",
@@ -53,7 +53,9 @@ def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds:
     """Train one variant for its share of `steps` and score it; the result row."""
     from iclevr.evaluation.run import score_run
     from iclevr.settings import DataSettings, SamplerSettings, TrainSettings, resolve
+    from iclevr.fileio import read_json
     from iclevr.training.loop import train
+    from iclevr.training.run_folder import is_finished
 
     what, overrides, factor = VARIANTS[name]
     over = {"train.lr_schedule": "constant", **overrides, "out": str(work / name),  # as the study was run
@@ -62,19 +64,15 @@ def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds:
     if data_dir:
         over["data.data_dir"] = str(data_dir)
     settings = resolve(TrainSettings, preset="tiny", overrides=over)
-    for key in [k for k, v in over.items() if v is None]:  # resolve() drops None; unset those fields here
-        section, field = key.split(".")
-        part = getattr(settings, section).model_copy(update={field: None})
-        settings = settings.model_copy(update={section: part})
-    done = work / name / "progress.json"
-    progress = json.loads(done.read_text()) if done.is_file() else {}
-    if progress.get("finished"):  # trained before: only score it again
-        run, wall = work / name, progress["wall_s"]
+    if is_finished(work / name, settings):  # trained before: only score it again
+        run = work / name
+        progress = read_json(run / "progress.json", "progress file")
+        wall = progress["wall_s"]
     else:
         t0 = time.perf_counter()
         run = train(settings, resume=(work / name / "state").is_dir())
         wall = time.perf_counter() - t0
-        progress = json.loads((run / "progress.json").read_text())
+        progress = read_json(run / "progress.json", "progress file")
     sampler = SamplerSettings(sampler=SAMPLER[0], steps=SAMPLER[1], guidance_scale=2.0)
     scores = score_run(run, data=DataSettings(data_dir=data_dir), sampler=sampler, seeds=seeds)
     means = scores["mean"]

@@ -4,7 +4,7 @@ Each case runs in a fresh subprocess on the CPU with a randomly initialised `tin
 depend on the weights) and a short sampler (ddim, 1 step, guidance 2, batches of 64 by default; a step's UNet
 intermediates are freed before the next, so the step count changes the time, not the peak):
 
-  sample  iclevr.sampling.run_sample, the core of `iclevr sample --labels-file F --save-individual`
+  sample  iclevr.generate.run_sample, the core of `iclevr sample --labels-file F --save-individual`
   eval    iclevr.evaluation.run.evaluate, the core of `iclevr eval --split test` (one seed, the packaged evaluator)
 
 Both draw through iclevr.sampling.sample_batches. Peak RSS is the kernel's high-water mark (VmHWM), reset just
@@ -110,8 +110,8 @@ def child(command: str, n: int, work: Path, args) -> dict:
     from PIL import Image  # noqa: F401
 
     from iclevr.evaluation.run import EvalSettings, evaluate
-    from iclevr.evaluation.fit import packaged_evaluator_path
-    from iclevr.sampling import SampleSettings, run_sample
+    from iclevr.evaluation.evaluator import packaged_evaluator_path
+    from iclevr.generate import SampleSettings, run_sample
     from iclevr.settings import SamplerSettings
 
     sampler = SamplerSettings(sampler=args.sampler, steps=args.steps, guidance_scale=2.0,
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from iclevr.weights import write_json
+    from iclevr.fileio import write_json
 
     with tempfile.TemporaryDirectory(prefix="iclevr-memory-") as tmp:
         work = Path(tmp)

@@ -125,9 +125,10 @@ def score(images, y, args, device) -> float | None:
     """The course metric on (N, 3, 64, 64) images with `iclevr eval`'s evaluator (--evaluator, the data
     folder's checkpoint.pth, or the project's own evaluator)."""
     try:
-        from iclevr.evaluation.run import accuracy, load_evaluator
+        from iclevr.evaluation.fit import load_evaluator
+        from iclevr.evaluation.metric import accuracy
     except ImportError:
-        print("--score: iclevr.evaluation.run is not available; accuracy column left empty")
+        print("--score: iclevr.evaluation is not available; accuracy column left empty")
         return None
     if "evaluator" not in args.cache:
         args.cache["evaluator"] = load_evaluator(args.evaluator, args.data_dir, device)
@@ -145,16 +146,18 @@ def machine(device) -> str:
 
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write the JSON."""
-    from iclevr.weights import write_json
+    from iclevr.fileio import write_json
     from iclevr.device import pick_device
     from iclevr.labels import encode_many
-    from iclevr.sampling import load_conditions, sample, to_output_size
+    from iclevr.generate import read_label_file
+    from iclevr.images import to_output_size
+    from iclevr.sampling import sample
 
     args = parse_args(argv)
     device = pick_device(args.device)
     model, schedule, what = load_model(args, device)
     if args.labels_file or args.data_dir:
-        conditions = load_conditions(args.labels_file or args.data_dir / "test.json")
+        conditions = read_label_file(args.labels_file or args.data_dir / "test.json")
     else:
         conditions = course_like_conditions()
         print("conditions: 32 fixed ones shaped like test.json (pass --labels-file or --data-dir for the real ones)")

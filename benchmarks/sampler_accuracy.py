@@ -27,9 +27,10 @@ RESULTS = Path(__file__).parent / "results" / "sampler_accuracy"
 def main() -> None:
     """Parse arguments, sample and score with every sampler, write the rows."""
     from iclevr.weights import resolve_checkpoint
-    from iclevr.data.course import resolve_data_dir
-    from iclevr.evaluation.run import generate, load_conditions, load_evaluator, score_split
-    from iclevr.sampling import load_model
+    from iclevr.data.course import load_conditions
+    from iclevr.evaluation.fit import load_evaluator
+    from iclevr.evaluation.run import generate, score_split
+    from iclevr.generate import load_model
     from iclevr.settings import SamplerSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,7 +50,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, info, device = load_model(resolve_checkpoint(args.run), "cpu")
-    data_dir = resolve_data_dir(args.data_dir)
+    data_dir = args.data_dir  # None: the embedded default kit's lists (nothing rendered)
     conditions = load_conditions(data_dir, ("test", "new_test"))
     evaluators = {path.stem: load_evaluator(path, data_dir, device) for path in args.evaluators} \
         if args.evaluators else {"": load_evaluator(None, data_dir, device)}

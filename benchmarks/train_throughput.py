@@ -4,7 +4,7 @@
 
 Both loops train the same ConditionalUNet of the preset (same initial weights, batch size, data, machine):
 
-- seed-style (written here after the seed's description in SPEC §7): a torch Dataset that opens every PNG
+- seed-style (written here after the seed's description in docs/reference-config.md): a torch Dataset that opens every PNG
   with PIL and applies Resize((S, S)) + ToTensor + Normalize, a shuffling DataLoader (--workers worker
   processes; each value is a row), diffusers DDPMScheduler.add_noise, MSE on eps, Adam (not foreach),
   `loss.item()` every step (the seed logs every step), fp32 on CPU; on CUDA torch.autocast fp16 + GradScaler.
@@ -142,15 +142,16 @@ def ours(settings, data_dir: Path, steps: int, work: Path) -> dict:
     """`steps` timed steps (after 2 warm-up steps) of `iclevr train` itself; images/s from its own log."""
     from rich.console import Console
 
+    from iclevr.fileio import read_jsonl
     from iclevr.training.loop import train
 
-    train_cfg = settings.train.model_copy(update={"max_steps": steps + 2, "max_minutes": None, "epochs": None,
-                                                  "log_every": 2, "checkpoint_every": 0})
+    train_cfg = settings.train.model_copy(update={"max_steps": steps + 2, "log_every": 2, "checkpoint_every": 0,
+                                                  "sample_grids": "off"})
     run_settings = settings.model_copy(update={"train": train_cfg, "out": work,
                                                "data": settings.data.model_copy(update={"data_dir": data_dir})})
     with PeakMemory() as mem:
         run = train(run_settings, console=Console(quiet=True), overwrite=True)
-    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logs = read_jsonl(run / "metrics.jsonl")
     wall = logs[-1]["wall_s"] - logs[0]["wall_s"]  # from the end of step 2 to the end of the last step
     B = settings.train.batch_size
     return {"images_per_s": steps * B / wall, "s_per_step": wall / steps, "peak_mem_MiB": mem.peak / 2**20}
@@ -194,7 +195,7 @@ def bench_preset(preset: str, args, kit, device) -> list[dict]:
     from iclevr.settings import TrainSettings, resolve
 
     over = {"train": {"batch_size": args.batch_size}} if args.batch_size else {}
-    over.setdefault("train", {})["device"] = str(device)
+    over.setdefault("train", {}).update(device=str(device), max_minutes=None, epochs=None)  # a step budget only
     if device.type == "cuda":
         over["train"]["mixed_precision"] = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     settings = resolve(TrainSettings, preset=preset, overrides=over)
@@ -239,7 +240,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from iclevr.data.course import load_kit, resolve_data_dir
+    from iclevr.data.course import load_kit
+    from iclevr.data.kits import resolve_data_dir
     from iclevr.device import pick_device
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

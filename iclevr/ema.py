@@ -2,7 +2,7 @@
 
 decay_t = min(decay, (1 + t) / (10 + t)) with warm-up (the schedule of TensorFlow's ExponentialMovingAverage
 with num_updates, also used by diffusers' EMAModel), so early in training the average follows the weights
-closely instead of holding on to the random initialisation (SPEC §8: otherwise EMA samples pure noise).
+closely instead of holding on to the random initialisation (docs/diffusers-notes.md: otherwise EMA samples pure noise).
 """
 
 from __future__ import annotations

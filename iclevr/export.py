@@ -51,7 +51,7 @@ def export(settings: ExportSettings) -> Path:
     from safetensors.torch import save_file
 
     from iclevr.weights import load_weights, resolve_checkpoint
-    from iclevr.fileio import atomic_write_text, check_writable
+    from iclevr.fileio import atomic_write_text, check_writable, writing
     from iclevr.labels import LABELS
     from iclevr.sampling import SAMPLERS, resolve_steps
 
@@ -60,10 +60,11 @@ def export(settings: ExportSettings) -> Path:
     if out.exists() and any(out.iterdir()) and not settings.overwrite:
         raise UserError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
     check_writable(out)
-    model.unet.save_pretrained(out / "unet", safe_serialization=True)
-    SAMPLERS["ddpm"].build_scheduler(info.schedule).save_pretrained(out / "scheduler")
-    embed = model.label_embed.state_dict()
-    save_file({k: v.contiguous() for k, v in embed.items()}, str(out / "label_embed.safetensors"))
+    with writing(out, "the export"):  # diffusers and safetensors write these files themselves
+        model.unet.save_pretrained(out / "unet", safe_serialization=True)
+        SAMPLERS["ddpm"].build_scheduler(info.schedule).save_pretrained(out / "scheduler")
+        embed = model.label_embed.state_dict()
+        save_file({k: v.contiguous() for k, v in embed.items()}, str(out / "label_embed.safetensors"))
     meta = {"labels": list(LABELS), "model": info.model.model_dump(mode="json"),
             "schedule": info.schedule.model_dump(mode="json"), "sampler": info.sampler.model_dump(mode="json"),
             "preset": info.preset, "step": info.step, "source": str(info.path),

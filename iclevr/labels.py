@@ -1,6 +1,7 @@
-"""The 24-class i-CLEVR vocabulary (SPEC §2): index = shape_index * 8 + colour_index.
+"""The 24-class i-CLEVR vocabulary (docs/labels.md): index = shape_index * 8 + colour_index.
 
 Conditions are parsed from comma-separated strings or JSON lists into (24,) multi-hot vectors and back.
+The course's constants live here too: its two scored splits (plus our val list) and its denoising-trace condition.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ COLOURS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "
 NUM_CLASSES = len(SHAPES) * len(COLOURS)  # 24
 LABELS: tuple[str, ...] = tuple(f"{c} {s}" for s in SHAPES for c in COLOURS)
 LABEL_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
+SPLITS: tuple[str, ...] = ("test", "new_test")  # the course's scored condition lists: <split>.json in a kit
+VAL_SPLIT = "val"  # val.json: design choices are tuned on it, so SPLITS are only reported (disjoint from both)
+ALL_SPLITS: tuple[str, ...] = SPLITS + (VAL_SPLIT,)  # every condition list a kit has
+TRACE_LABELS: tuple[str, ...] = ("red sphere", "cyan cylinder", "cyan cube")  # the course's denoising-trace condition
 
 
 def normalise(name: str) -> str:

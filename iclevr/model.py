@@ -1,4 +1,4 @@
-"""The conditional noise predictor: diffusers UNet2DModel + a label embedding (SPEC §7).
+"""The conditional noise predictor: diffusers UNet2DModel + a label embedding (docs/reference-config.md).
 
 The (24,) multi-hot condition y goes through nn.Linear(24, time_embed_dim) and is added to the time
 embedding as `class_labels` (class_embed_type="identity"). The null condition is all zeros.
@@ -66,3 +66,15 @@ def build_model(cfg: ModelSettings) -> ConditionalUNet:
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain ConditionalUNet under DDP / Accelerate (.module) and torch.compile (._orig_mod) wrappers."""
+    # the wrappers nest (a compiled model inside DDP), so peel until neither attribute is left
+    while True:
+        # `is not None`, not truthiness: bool() of a compiled module calls its len(), which a UNet lacks
+        inner = getattr(model, "module", None)
+        inner = inner if inner is not None else getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner

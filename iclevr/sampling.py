@@ -1,4 +1,4 @@
-"""The one sampling loop, the sampler registry, and output helpers (grids, individual PNGs).
+"""The one sampling loop and the sampler registry: conditions in, images in [-1, 1] out.
 
 Notation (see iclevr.schedules): x_t is the noisy image at timestep t, eps the predicted noise (or v under
 v-prediction), alpha_bar_t the cumulative signal fraction, x0 the clean image in [-1, 1].
@@ -11,18 +11,13 @@ noise, so image i is the same whatever the batch size or the images around it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from iclevr.errors import UserError
 from iclevr.settings import SamplerSettings, ScheduleSettings
-
-OUTPUT_SIZE = 64  # the course's image size: outputs are resized to 64x64 when the model runs lower
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,8 @@ def _kwargs(schedule: ScheduleSettings) -> dict:
 def _ddpm(schedule: ScheduleSettings):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**_kwargs(schedule), timestep_spacing="trailing")  # = the seed's 999..0 at 1000 steps
+    # trailing: 999..0 at 1000 steps, the reference configuration's (docs/reference-config.md)
+    return DDPMScheduler(**_kwargs(schedule), timestep_spacing="trailing")
 
 
 def _ddim(schedule: ScheduleSettings):
@@ -103,10 +99,10 @@ def resolve_steps(sampler: SamplerSettings, schedule: ScheduleSettings | None = 
 
 
 def image_seeds(seed: int, n: int) -> list[int]:
-    """Per-image generator seeds derived from (seed, i) with numpy's SeedSequence (well mixed, 63-bit)."""
-    import numpy as np
+    """Per-image generator seeds derived from (seed, i) by mix_seed (well mixed, 63-bit)."""
+    from iclevr.seeding import mix_seed
 
-    return [int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1) for i in range(n)]
+    return [mix_seed(seed, i) for i in range(n)]
 
 
 def predict_x0(x_t: torch.Tensor, out: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str):
@@ -210,149 +206,3 @@ def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: Sampl
                                         seeds=seeds, device=device)]
     S = model.cfg.sample_size
     return torch.cat(out) if out else torch.zeros(0, 3, S, S)
-
-
-def to_output_size(x: torch.Tensor, size: int = OUTPUT_SIZE) -> torch.Tensor:
-    """Bilinear resize of (B, 3, S, S) to (B, 3, size, size) when the model runs at another resolution."""
-    import torch.nn.functional as F
-
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=x.shape[-1] > size).clamp(-1, 1)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 in [0, 255], same shape (4x smaller to keep); uint8 input is returned as is."""
-    if x.dtype == torch.uint8:
-        return x
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def to_pil(x: torch.Tensor):
-    """One image (3, H, W), float in [-1, 1] or uint8 -> PIL RGB image."""
-    from PIL import Image
-
-    return Image.fromarray(to_uint8(x).permute(1, 2, 0).numpy())
-
-
-def save_png(image, path: Path) -> Path:
-    """Save a PIL image as PNG atomically."""
-    from iclevr.fileio import atomic_path
-
-    with atomic_path(Path(path)) as tmp:
-        image.save(tmp, format="PNG")
-    return Path(path)
-
-
-def save_grid(x: torch.Tensor, path: Path, nrow: int = 8) -> Path:
-    """Save images (B, 3, H, W) (float in [-1, 1] or uint8) as one PNG grid (nrow per row, black padding, atomic)."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid(to_uint8(x), nrow=nrow, padding=2, pad_value=0)  # (3, H', W') uint8
-    return save_png(to_pil(grid), path)
-
-
-def save_images(x: torch.Tensor, folder: Path, first: int = 0) -> list[Path]:
-    """Save each image of (B, 3, H, W) as folder/<first>.png, <first + 1>.png, ... (numbered in order)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return [save_png(to_pil(img), folder / f"{first + i}.png") for i, img in enumerate(x)]
-
-
-# ---- the `iclevr sample` command's core -------------------------------------------------------------
-
-class SampleSettings(BaseModel):
-    """Settings of `iclevr sample`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run.")
-    labels: list[list[str]] | None = Field(None, description="Conditions to draw (lists of label names).")
-    labels_file: Path | None = Field(None, description="JSON file holding a list of conditions, like test.json.")
-    num: int = Field(1, ge=1, le=10000, description="Images per condition.")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler; unset fields "
-                                     "(sampler, steps, guidance_scale) come from the weights' metadata.")
-    out: Path = Field(Path("samples.png"), description="Grid PNG (8 images per row).")
-    save_individual: bool = Field(False, description="Also write one PNG per image into a folder next to "
-                                  "the grid (named after it).")
-
-
-def with_weights_defaults(sampler: SamplerSettings, stored: SamplerSettings) -> SamplerSettings:
-    """Fill the sampler, steps and guidance scale the user left unset from the weights' stored settings."""
-    chosen = sampler.model_fields_set
-    update = {}
-    if "sampler" not in chosen:
-        update["sampler"] = stored.sampler
-    if "guidance_scale" not in chosen:
-        update["guidance_scale"] = stored.guidance_scale
-    name = update.get("sampler", sampler.sampler)
-    if "steps" not in chosen and name == stored.sampler:
-        update["steps"] = stored.steps
-    merged = sampler.model_copy(update=update)
-    check_sampler(merged.sampler)
-    return merged
-
-
-def load_conditions(path: Path) -> list[list[str]]:
-    """Read a JSON list of conditions (lists of label names, like test.json) with clear errors."""
-    from iclevr.data.course import read_json
-    from iclevr.labels import LABELS, parse_names
-
-    raw = read_json(Path(path), "labels file")
-    if not isinstance(raw, list) or not raw or not all(isinstance(c, list) for c in raw):
-        raise UserError(f"{path} must hold a non-empty JSON list of conditions, e.g. "
-                        '[["red sphere", "cyan cube"], ["gray cylinder"]]')
-    conditions = []
-    for i, cond in enumerate(raw):
-        if not all(isinstance(n, str) for n in cond):
-            raise UserError(f"{path} condition {i}: every label must be a string")
-        try:
-            conditions.append([LABELS[k] for k in parse_names(cond)])
-        except UserError as e:
-            raise UserError(f"{path} condition {i}: {e}") from None
-    return conditions
-
-
-def load_model(checkpoint: Path | None, device: str = "auto"):
-    """Resolve and load weights for sampling: returns (model, WeightsInfo, torch.device)."""
-    from iclevr.weights import load_weights, resolve_checkpoint
-    from iclevr.device import pick_device
-
-    path = resolve_checkpoint(checkpoint)
-    dev = pick_device(device)
-    model, info = load_weights(path, dev)
-    return model, info, dev
-
-
-def run_sample(settings: SampleSettings, console=None) -> dict:
-    """Load weights, draw `num` images per condition batch by batch, write the grid (and each batch's PNGs as it
-    is drawn); returns a summary dict."""
-    from iclevr.fileio import check_writable
-    from iclevr.labels import encode_many
-
-    if settings.labels and settings.labels_file:
-        raise UserError("--labels and --labels-file conflict: give one of them")
-    if settings.labels_file:
-        conditions = load_conditions(settings.labels_file)
-    elif settings.labels:
-        conditions = settings.labels
-    else:
-        raise UserError('name what to draw: --labels "red sphere,cyan cube" or --labels-file test.json')
-    y = encode_many(conditions).repeat_interleave(settings.num, dim=0)  # (N * num, 24)
-    check_writable(settings.out.parent)
-    model, info, device = load_model(settings.checkpoint, settings.sampler.device)
-    sampler = with_weights_defaults(settings.sampler, info.sampler)
-    folder = settings.out.with_suffix("") if settings.save_individual else None
-    kept = torch.empty((len(y), 3, OUTPUT_SIZE, OUTPUT_SIZE), dtype=torch.uint8)  # all the grid needs, one block
-    seconds, began = 0.0, time.perf_counter()
-    for start, x0 in sample_batches(model, y, schedule=info.schedule, sampler=sampler, device=device):
-        seconds += time.perf_counter() - began  # sampling time only, not PNG writing
-        kept[start:start + len(x0)] = to_uint8(to_output_size(x0))  # (b, 3, 64, 64)
-        if folder is not None:
-            save_images(kept[start:start + len(x0)], folder, first=start)  # each batch's PNGs as it is drawn
-        began = time.perf_counter()
-    grid = save_grid(kept, settings.out)
-    return {"grid": grid, "folder": folder, "images": len(y), "seconds": seconds, "checkpoint": info.path,
-            "sampler": sampler.sampler, "steps": resolve_steps(sampler, info.schedule),
-            "guidance_scale": sampler.guidance_scale, "device": str(device)}

@@ -1,7 +1,9 @@
 """Settings: pydantic sections composed into one model per command.
 
 Values are resolved as defaults < preset < config file (JSON or TOML) < command-line flags, and the
-resolved settings are written into every run folder (`settings.json`).
+resolved settings are written into every run folder (`settings.json`). Overrides name only what was given:
+None is a value like any other (a config file's null, a flag's `none`); a key that is absent, or whose
+value is `UNSET`, leaves the setting to the layers below.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ class ScheduleSettings(Section):
 class SamplerSettings(Section):
     """How images are drawn from a trained model."""
 
-    sampler: str = Field("dpmpp-sde", description="Sampler: ddpm, ddim, dpmpp, dpmpp-sde or unipc (dpmpp-sde 20 "
-                         "steps matched 1000 DDPM steps on tiny; README 'Sampling speed and accuracy').")
+    sampler: str = Field("dpmpp-sde", description="Sampler: ddpm, ddim, dpmpp, dpmpp-sde or unipc (README "
+                         "'Sampling speed and accuracy' compares them).")
     steps: int | None = Field(None, gt=0, description="Sampling steps; empty = the sampler's default.")
     guidance_scale: float = Field(2.0, ge=0.0, le=50.0, description="Classifier-free guidance scale s "
                                   "(eps = eps_uncond + s * (eps_cond - eps_uncond)); 1 = conditional only.")
@@ -87,9 +89,10 @@ class TrainLoopSettings(Section):
     lr: float = Field(1e-5, gt=0, description="Peak learning rate.")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="Adam (the seed's) or AdamW.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (AdamW).")
-    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR after warm-up: cosine annealing "
-                                                        "to 0 over the run, or constant.")
-    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up steps.")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="LR over the run's progress (steps "
+                                                        "of a step budget, else elapsed time of a time budget): "
+                                                        "cosine annealing to 0, or constant.")
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up steps (a ramp that multiplies the schedule).")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; empty = no clipping.")
     p_uncond: float = Field(0.2, ge=0, le=1, description="Probability of dropping the condition (CFG training).")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Maximum EMA decay of the sampling weights.")
@@ -104,6 +107,9 @@ class TrainLoopSettings(Section):
     channels_last: bool = Field(False, description="Use channels_last memory format.")
     log_every: int = Field(25, gt=0, description="Steps between loss logs (the only host sync).")
     sample_every: int = Field(0, ge=0, description="Epochs between sample grids from fixed noise; 0 = at the end.")
+    sample_grids: Literal["fast", "run", "off"] = Field(
+        "fast", description="Sample grids during training: fast = drawn with the default sampler at its default "
+        "steps; run = with this run's [sampler] settings; off = no grids at all.")
     checkpoint_every: int = Field(1, ge=0, description="Epochs between resumable states; 0 = at the end only.")
     checkpoint_every_steps: int = Field(0, ge=0, description="Also save a state every N steps; 0 = off.")
     keep_states: int = Field(2, ge=1, description="Resumable training states kept (oldest deleted).")
@@ -117,11 +123,23 @@ class TrainSettings(Section):
     model: ModelSettings = Field(default_factory=ModelSettings, description="The UNet.")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="Noise schedule.")
     train: TrainLoopSettings = Field(default_factory=TrainLoopSettings, description="Training loop.")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler of progress grids.")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler stored with the "
+                                     "weights (what `iclevr sample` uses unless told otherwise); sample grids use "
+                                     "it with train.sample_grids = run.")
     out: Path | None = Field(None, description="Run folder; empty = checkpoints/<preset>-<schedule>-s<seed>.")
 
 
 PRESETS: tuple[str, ...] = ("seed", "small", "tiny")
+
+
+class _Unset:
+    """The type of UNSET: an override that was not given (unlike None, which sets a setting to None)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # compared by identity: `value is UNSET`
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -136,16 +154,14 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
-    """{'train.lr': 1e-4, 'out': 'x'} -> {'train': {'lr': 1e-4}, 'out': 'x'}; None values are dropped."""
+    """{'train.lr': 1e-4, 'out': None} -> {'train': {'lr': 1e-4}, 'out': None}; UNSET values are dropped."""
     nested: dict = {}
     for key, value in flat.items():
-        if value is None:
+        if value is UNSET:
             continue
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        nested = deep_merge(nested, value)  # never writes into a dict the caller passed in
     return nested
 
 
@@ -175,7 +191,7 @@ def read_config(path: Path) -> dict:
 
 def resolve(cls: type[BaseModel], *, preset: str | None = None, config: Path | None = None,
             overrides: dict[str, Any] | None = None) -> BaseModel:
-    """Build settings `cls` from defaults < preset < config file < flags (dotted keys, None = unset)."""
+    """Build settings `cls` from defaults < preset < config file < overrides (dotted keys; None is a value)."""
     file_values = read_config(config) if config else {}
     preset = preset or file_values.get("preset")
     merged: dict = {}

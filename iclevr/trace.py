@@ -16,9 +16,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from iclevr.errors import UserError
+from iclevr.labels import TRACE_LABELS
 from iclevr.settings import SamplerSettings
 
-DEFAULT_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]  # the course's denoising-process condition
 GIF_FRAMES = 40  # states shown in the animation (the final image is held longer)
 CAPTION_H = 14  # pixels of the caption strip above each column
 
@@ -100,7 +100,7 @@ def trace_figure(trace: Trace, x0_row: bool = False, size: int = 64):
     from PIL import Image, ImageDraw, ImageFont
     from torchvision.utils import make_grid
 
-    from iclevr.sampling import to_output_size, to_pil
+    from iclevr.images import to_output_size, to_pil
 
     rows = [to_output_size(trace.x_t.clamp(-1, 1), size)]
     if x0_row:
@@ -120,7 +120,7 @@ def trace_figure(trace: Trace, x0_row: bool = False, size: int = 64):
 def write_gif(trace: Trace, path: Path, x0_row: bool = False, size: int = 64, ms: int = 80) -> Path:
     """Write the animation (x_t, and predicted x0 beside it with x0_row) as a looping GIF, atomically."""
     from iclevr.fileio import atomic_path
-    from iclevr.sampling import to_output_size, to_pil
+    from iclevr.images import to_output_size, to_pil
 
     x_t = to_output_size(trace.gif_x_t.clamp(-1, 1), size)  # (G, 3, 64, 64)
     if x0_row:
@@ -138,7 +138,7 @@ class TraceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run.")
-    labels: list[str] = Field(DEFAULT_LABELS, min_length=1, description="The condition (label names).")
+    labels: list[str] = Field(list(TRACE_LABELS), min_length=1, description="The condition (label names).")
     frames: int = Field(10, ge=2, description="Frames in the row, from pure noise to the final image (course: >= 8).")
     x0_row: bool = Field(False, description="Add a second row with the predicted x0 at each frame.")
     gif: bool = Field(False, description="Also write an animated GIF next to the PNG.")
@@ -151,7 +151,9 @@ def run_trace(settings: TraceSettings, console=None) -> dict:
     """Load weights, record the trace of one image and write the PNG (and GIF); returns a summary dict."""
     from iclevr.fileio import check_writable
     from iclevr.labels import encode
-    from iclevr.sampling import load_model, resolve_steps, save_png, with_weights_defaults
+    from iclevr.generate import load_model, with_weights_defaults
+    from iclevr.images import save_png
+    from iclevr.sampling import resolve_steps
 
     y = encode(settings.labels)[None]  # (1, 24)
     check_writable(settings.out.parent)

@@ -1,4 +1,4 @@
-"""Weights and run folders.
+"""Inference weights (the safetensors file format) and the run finder (which weights --checkpoint means).
 
 Inference weights are safetensors files whose metadata carries everything needed to rebuild the model
 and its noise schedule (`format`, `model`, `schedule`, `sampler`, `preset`, `step`), so
@@ -16,12 +16,11 @@ Run folder layout (`checkpoints/<run-name>/`):
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from iclevr.errors import UserError
+from iclevr.paths import checkpoints_root
 
 FORMAT = "iclevr-unet"
 FORMAT_VERSION = "1"
@@ -39,17 +38,13 @@ class WeightsInfo:
     step: int
 
 
-def checkpoints_root() -> Path:
-    """Default home of run folders: $ICLEVR_CHECKPOINTS or ./checkpoints."""
-    return Path(os.environ.get("ICLEVR_CHECKPOINTS", "checkpoints"))
-
-
 def save_weights(model, path: Path, *, model_cfg, schedule_cfg, sampler_cfg=None, preset: str = "",
                  step: int = 0) -> Path:
     """Save a ConditionalUNet's state_dict as safetensors with our settings in the metadata (atomic)."""
     from safetensors.torch import save_file
 
     from iclevr.fileio import atomic_path
+    from iclevr.model import unwrap
     from iclevr.settings import SamplerSettings
 
     meta = {
@@ -61,14 +56,10 @@ def save_weights(model, path: Path, *, model_cfg, schedule_cfg, sampler_cfg=None
         "preset": preset,
         "step": str(step),
     }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
-    with atomic_path(Path(path)) as tmp:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    with atomic_path(Path(path), size=sum(v.nbytes for v in state.values()), what="weights") as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
-
-
-def _unwrap(model):
-    return getattr(model, "_orig_mod", getattr(model, "module", model))
 
 
 def read_info(path: Path) -> WeightsInfo:
@@ -140,18 +131,13 @@ def resolve_checkpoint(path: Path | None) -> Path:
         for name in ("ema.safetensors", "model.safetensors"):
             if (path / "weights" / name).is_file():
                 return path / "weights" / name
-        raise UserError(f"{path} is not a run folder with weights (no weights/ema.safetensors); "
-                        "has its training saved a checkpoint yet?")
+        from iclevr.training.lock import no_weights_line
+
+        raise UserError(no_weights_line(path) or f"{path} is not a run folder with weights (no "
+                        "weights/ema.safetensors); pass a run folder or an iclevr .safetensors weights file")
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix != ".safetensors":
         raise UserError(f"{path} is not a .safetensors file; pass a run folder or iclevr weights "
                         "(training states and .pth pickles are not loaded for sampling)")
     return path
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically."""
-    from iclevr.fileio import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")

@@ -79,7 +79,9 @@ def one_thread():
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Keep caches and the default checkpoints folder inside the test's temporary area."""
+    """Keep caches, the default checkpoints folder and any relative output path (./eval, ./demo, ...) inside
+    the test's temporary area, so no test writes into the repository it runs from."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     home = tmp_path_factory.mktemp("iclevr-home")
     monkeypatch.setenv("ICLEVR_HOME", str(home))
     monkeypatch.setenv("ICLEVR_CHECKPOINTS", str(home / "checkpoints"))

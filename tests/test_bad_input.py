@@ -35,6 +35,8 @@ def world(tmp_path, course_kit, tiny_model_cfg):
     (tmp_path / "afile.txt").write_text("precious")
     (tmp_path / "labels_bad.json").write_text('[["red sphere"], ["pink cube"]]')
     (tmp_path / "labels_malformed.json").write_text('[["red sphere"')
+    (tmp_path / "synth_16x9.json").write_text('{"size": [160, 90]}')
+    (tmp_path / "unknown_key.json").write_text('{"sampler": {"stepz": 3}}')
     return {"tmp": tmp_path, "kit": course_kit, "w": weights}
 
 
@@ -77,6 +79,8 @@ CASES = [
     ("trace: one frame", ["denoise-trace", "--checkpoint", "{w}", "--frames", "1"], "frames"),
     ("trace: bad label", ["denoise-trace", "--checkpoint", "{w}", "--labels", "red spere,blue cube,blue cube"],
      "red sphere"),
+    ("trace: unknown key in the config", ["denoise-trace", "--checkpoint", "{w}", "--config",
+                                          "{tmp}/unknown_key.json"], "settings.sampler.stepz: unknown setting"),
     # train
     ("train: zero batch size", ["train", "--preset", "tiny", "--data-dir", "{kit}", "--batch-size", "0",
                                 "--out", "{tmp}/run"], "batch_size"),
@@ -87,19 +91,26 @@ CASES = [
     ("train: missing data folder", ["train", "--preset", "tiny", "--data-dir", "{tmp}/nodata", "--max-steps",
                                     "1", "--out", "{tmp}/run"], "data folder not found"),
     ("train: unknown preset", ["train", "--preset", "huge"], "unknown preset"),
+    ("train: a word for a number", ["train", "--preset", "tiny", "--max-minutes", "soon"], "--max-minutes"),
     # eval
-    ("eval: bad split", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--split", "val"], "split"),
+    ("eval: bad split", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--split", "train"], "split"),
     ("eval: missing checkpoint", ["eval", "--checkpoint", "{tmp}/nope", "--data-dir", "{kit}"], "not found"),
     ("eval: evaluator with wrong keys", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--evaluator",
                                          "{tmp}/bad_evaluator.pth", "--seeds", "0"], "bad_evaluator.pth"),
+    ("eval: seeds not integers", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--seeds", "0,x"],
+     "--seeds must be comma-separated integers"),
     # data
     ("data check: missing folder", ["data", "check", "--data-dir", "{tmp}/nodata"], "data folder not found"),
     ("data synth: bad size", ["data", "synth", "--out", "{tmp}/synth", "--size", "12x"], "size"),
     ("data synth: zero scenes", ["data", "synth", "--out", "{tmp}/synth", "--scenes", "0"], "scenes"),
+    ("data synth: 16:9 size from a config", ["data", "synth", "--out", "{tmp}/synth", "--config",
+                                             "{tmp}/synth_16x9.json"], "not 4:3"),
     # compare-schedules and demo
     ("compare: unknown schedule", ["compare-schedules", "--schedules", "linear,quadratic", "--max-steps", "1",
                                    "--out", "{tmp}/cmp"], "quadratic"),
     ("compare: no fixed budget", ["compare-schedules", "--out", "{tmp}/cmp"], "--max-steps"),
+    ("compare: negative seed", ["compare-schedules", "--seeds", "-1", "--max-steps", "1", "--out", "{tmp}/cmp"],
+     "--seeds needs at least one non-negative integer"),
     ("demo: zero minutes", ["demo", "--minutes", "0", "--out", "{tmp}/demo"], "minutes"),
 ]
 

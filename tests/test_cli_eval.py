@@ -1,4 +1,5 @@
-"""`iclevr eval` on a tiny random-weight model, `--images` mode, and `iclevr evaluator train|export`."""
+"""`iclevr eval` end to end with stand-in evaluators whose answers are known (so the hits it reports are
+predicted exactly), `--images` mode, failing fast, and `iclevr evaluator train|export`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from evaluator_standin import (colour_reader, colour_reader_topk, expected_hits, fixed_ranking, fixed_topk,
+                               paint)
 from iclevr.cli.app import app
 
 runner = CliRunner()
@@ -31,23 +34,53 @@ def tiny_run(tiny_model_cfg) -> Path:
     return run
 
 
-@pytest.fixture
-def random_evaluator(tmp_path) -> Path:
-    """A random-weight evaluator in our safetensors format."""
-    from iclevr.evaluation.evaluator import build_evaluator, save_own
-
-    torch.manual_seed(0)
-    return save_own(build_evaluator().eval(), tmp_path / "ev.safetensors", {"heldout": {}})
-
-
 def _ok(result):
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def test_eval_writes_images_grids_and_report(tiny_run, course_kit, random_evaluator, tmp_path):
+def _painted(folder: Path, conditions: list[list[str]]) -> list[list[str]]:
+    """Write folder/0.png.. painted in a reference colour each; returns what the colour reader will answer.
+
+    Even images take their condition's first colour (at least one hit), odd ones the next colour word
+    (a hit only when the condition happens to name it)."""
+    from iclevr import labels as L
+
+    folder.mkdir(parents=True, exist_ok=True)
+    predicted = []
+    for i, condition in enumerate(conditions):
+        colour = condition[0].split()[0]
+        if i % 2:
+            colour = L.COLOURS[(L.COLOURS.index(colour) + 1) % len(L.COLOURS)]
+        paint(colour).save(folder / f"{i}.png")
+        predicted.append(colour_reader_topk(colour, len(condition)))
+    return predicted
+
+
+def _assert_scored(split: dict, conditions: list[list[str]], predicted: list[list[str]]) -> None:
+    """The report's split equals what an evaluator answering `predicted` must give, run by run."""
+    hits = expected_hits(conditions, predicted)
+    objects = sum(len(c) for c in conditions)
+    assert 0 < sum(hits) < objects  # neither all nor nothing: the numbers below can tell right from wrong
+    assert split["conditions"] == conditions and split["objects"] == objects
+    for run in split["runs"]:
+        assert run["predicted"] == predicted and run["per_condition"] == hits
+        assert (run["hits"], run["total"]) == (sum(hits), objects)
+        assert run["accuracy"] == pytest.approx(sum(hits) / objects)
+    assert split["mean"] == pytest.approx(sum(hits) / objects) and split["std"] == 0.0
+
+
+def test_eval_scores_sampled_images_with_a_known_evaluator(tiny_run, course_kit, tmp_path):
+    """A stand-in that ranks fixed classes first, whatever the image: the hits follow from the conditions."""
+    from iclevr.evaluation.evaluator import load_file, save_own
+
+    tests = json.loads((course_kit / "test.json").read_text())
+    new_tests = json.loads((course_kit / "new_test.json").read_text())
+    order = list(dict.fromkeys(c[0] for c in tests[:6]))  # the first objects of the first test conditions
+    course = fixed_ranking(tmp_path / "fixed.pth", order)
+    own = save_own(load_file(course).net, tmp_path / "fixed.safetensors", {"heldout": {}})  # our format too
     out = tmp_path / "eval"
-    text = _ok(runner.invoke(app, ["eval", "--data-dir", str(course_kit), "--evaluator", str(random_evaluator),
+    text = _ok(runner.invoke(app, ["eval", "--data-dir", str(course_kit), "--evaluator", str(own),
                                    "--seeds", "0,1", "--steps", "2", "--out", str(out), "--device", "cpu"]))
     for split in ("test", "new_test"):
         names = sorted(p.name for p in (out / "images" / split).iterdir())
@@ -60,45 +93,105 @@ def test_eval_writes_images_grids_and_report(tiny_run, course_kit, random_evalua
     with Image.open(out / "test_grid.png") as img:
         assert img.size == (8 * 66 + 2, 4 * 66 + 2)  # make_grid: 8 per row, 4 rows, padding 2
     report = json.loads((out / "report.json").read_text())
-    tests = json.loads((course_kit / "test.json").read_text())
-    for split in ("test", "new_test"):
+    for split, conditions in (("test", tests), ("new_test", new_tests)):
         r = report["splits"][split]
-        assert [run["seed"] for run in r["runs"]] == [0, 1] and len(r["accuracy"]) == 2
-        assert r["total"] == 2 * r["objects"] and 0 <= r["hits"] <= r["total"]
-        assert all(len(run["per_condition"]) == 32 for run in r["runs"])
-        assert set(r["per_class_recall"]) >= {"gray cube", "yellow cylinder"} and "binding" in r
-        assert f"{r['mean']:.4f} ± {r['std']:.4f}" in text
-    assert report["splits"]["test"]["conditions"] == tests
-    assert report["splits"]["test"]["objects"] == sum(len(c) for c in tests)
+        assert [run["seed"] for run in r["runs"]] == [0, 1]
+        _assert_scored(r, conditions, [fixed_topk(order, c) for c in conditions])
+        assert (r["hits"], r["total"]) == (2 * r["runs"][0]["hits"], 2 * r["objects"])
+        assert f"{r['mean']:.4f} ± {r['std']:.4f}" in text and f"{r['hits']} / {r['total']}" in text
     assert report["evaluator"]["kind"] == "own" and report["checkpoint"].endswith("ema.safetensors")
     assert report["sampler"]["sampler"] == "ddim" and report["sampler"]["steps"] == 2
+    assert report["data_dir"] == str(course_kit)
     assert "most often missed" in text and "binding" in text
+    _assert_report_page(out, report)
+
+
+def _assert_report_page(out: Path, report: dict) -> None:
+    """report.html shows report.json's numbers, one annotated grid per split whose green marks are the hits."""
+    from PIL import Image
+    from test_html import Page, decode, lookup
+
+    from iclevr.evaluation.annotate import FOUND, annotate_split
+    from iclevr.images import to_uint8
+
+    page = Page((out / "report.html").read_text())
+    assert page.errors == [] and len(page.images) == len(report["splits"])
+    assert page.numbers and all(lookup(report, key) == value for key, value, _ in page.numbers)
+    for img, (split, r) in zip(page.images, report["splits"].items()):
+        seed = r["runs"][0]["seed"]
+        title = f"{split}, " + ("images" if seed == "images" else f"sampling seed {seed}")
+        grid = annotate_split(to_uint8(torch.zeros(len(r["conditions"]), 3, 64, 64)), r, title=title)  # marks' places
+        with Image.open(out / f"{split}_annotated.png") as png:
+            png = png.convert("RGB")
+            assert decode(img["src"]).size == png.size == grid.image.size
+            drawn = [png.getpixel(((m.box[0] + m.box[2]) // 2, (m.box[1] + m.box[3]) // 2)) for m in grid.marks]
+        found = [sum(c == FOUND for c, m in zip(drawn, grid.marks) if m.image == i and m.kind != "wrong")
+                 for i in range(len(r["conditions"]))]
+        assert found == r["runs"][0]["per_condition"]  # the green squares in the written PNG are the hits
 
 
 def test_eval_images_mode_with_course_checkpoint_in_data_dir(tiny_run, course_kit, tmp_path):
-    from iclevr.evaluation.evaluator import build_evaluator
-
-    torch.save({"model": build_evaluator().state_dict()}, course_kit / "checkpoint.pth")
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    from PIL import Image
-
-    for i in range(32):
-        Image.new("RGB", (128, 96), (10 * (i % 20), 100, 50)).save(flat / f"{i}.png")
+    """The colour reader, found as <data-dir>/checkpoint.pth, judges painted images as predicted."""
+    colour_reader(course_kit / "checkpoint.pth")
+    conditions = json.loads((course_kit / "test.json").read_text())
+    predicted = _painted(tmp_path / "flat", conditions)
     out = tmp_path / "ev-out"
-    text = _ok(runner.invoke(app, ["eval", "--images", str(flat), "--split", "test", "--data-dir", str(course_kit),
-                                   "--out", str(out)]))
+    text = _ok(runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test",
+                                   "--data-dir", str(course_kit), "--out", str(out)]))
     report = json.loads((out / "report.json").read_text())
     assert list(report["splits"]) == ["test"] and report["evaluator"]["kind"] == "course"
-    assert report["evaluator"]["path"].endswith("checkpoint.pth") and report["checkpoint"] is None
+    assert report["evaluator"]["path"] == str(course_kit / "checkpoint.pth") and report["checkpoint"] is None
     assert [run["seed"] for run in report["splits"]["test"]["runs"]] == ["images"]
+    _assert_scored(report["splits"]["test"], conditions, predicted)
     assert (out / "test_grid.png").is_file() and not (out / "images").exists()
-    assert "hits / total" in text
-    (flat / "31.png").unlink()
-    result = runner.invoke(app, ["eval", "--images", str(flat), "--split", "test", "--data-dir", str(course_kit)])
+    _assert_report_page(out, report)
+    split = report["splits"]["test"]
+    assert f"{split['hits']} / {split['total']}" in text
+    (tmp_path / "flat" / "31.png").unlink()
+    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test",
+                                 "--data-dir", str(course_kit)])
     assert result.exit_code == 2 and "31.png" in result.output
 
 
+def test_eval_images_mode_needs_no_training_images(tmp_path):
+    """No --data-dir: the embedded kit's condition lists are used, and nothing is rendered for them."""
+    from iclevr.data.course import load_conditions
+    from iclevr.paths import iclevr_home
+
+    conditions = load_conditions(None, ("new_test",))["new_test"]
+    predicted = _painted(tmp_path / "imgs" / "new_test", conditions)
+    evaluator = colour_reader(tmp_path / "reader.pth")
+    out = tmp_path / "out"
+    _ok(runner.invoke(app, ["eval", "--images", str(tmp_path / "imgs"), "--split", "new_test",
+                            "--evaluator", str(evaluator), "--out", str(out)]))
+    report = json.loads((out / "report.json").read_text())
+    _assert_scored(report["splits"]["new_test"], conditions, predicted)
+    assert report["data_dir"] is None and report["evaluator"]["path"] == str(evaluator)
+    assert not list(iclevr_home().rglob("*.png"))  # no kit rendered, no training image read
+
+
+def test_eval_fails_fast_without_a_trained_model(tmp_path):
+    """A fresh machine: the missing model is reported before any kit is rendered or evaluator trained."""
+    import time
+
+    from iclevr.evaluation.evaluator import own_default_path
+    from iclevr.paths import iclevr_home
+
+    began = time.perf_counter()
+    result = runner.invoke(app, ["eval", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no trained model found" in result.output, result.output
+    assert time.perf_counter() - began < 30  # the embedded kit alone took minutes to render
+    assert not (iclevr_home() / "kits").exists() and not own_default_path().exists()
+    result = runner.invoke(app, ["eval", "--images", str(tmp_path), "--split", "test",
+                                 "--evaluator", str(tmp_path / "missing.pth")])
+    assert result.exit_code == 2 and "0.png" in result.output  # the image folder is checked first
+    _painted(tmp_path / "flat", [["red cube"]] * 32)
+    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test",
+                                 "--evaluator", str(tmp_path / "missing.pth")])
+    assert result.exit_code == 2 and "evaluator file not found" in result.output, result.output
+
+
+@pytest.mark.slow
 def test_eval_default_out_and_first_use_own_evaluator(tiny_run, course_kit, tmp_path):
     config = tmp_path / "eval.toml"
     config.write_text("[own_evaluator]\npool = 16\nmax_steps = 1\nheldout = 4\nbatch_size = 8\nworkers = 1\n")
@@ -129,11 +222,13 @@ def test_malicious_evaluator_is_refused_and_never_runs(course_kit, tmp_path):
     assert result.exit_code == 2 and "refused" in result.output
     assert not (tmp_path / "pwned.txt").exists() and not (tmp_path / "copy.pth").exists()
     shutil.copy(tmp_path / "checkpoint.pth", course_kit / "checkpoint.pth")
-    result = runner.invoke(app, ["eval", "--images", str(tmp_path), "--split", "test", "--data-dir",
+    _painted(tmp_path / "flat", json.loads((course_kit / "test.json").read_text()))  # images that would score
+    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test", "--data-dir",
                                  str(course_kit)])
-    assert result.exit_code == 2 and not (tmp_path / "pwned.txt").exists()
+    assert result.exit_code == 2 and "refused" in result.output and not (tmp_path / "pwned.txt").exists()
 
 
+@pytest.mark.slow
 def test_evaluator_train_and_export(tmp_path):
     out = tmp_path / "own.safetensors"
     text = _ok(runner.invoke(app, ["evaluator", "train", "--pool", "16", "--steps", "1", "--heldout", "4",

@@ -63,6 +63,7 @@ def test_sample_labels_file_flags_and_newest_run(weights, tmp_path):
 
 def test_sample_writes_each_batch_of_pngs_before_drawing_the_next(weights, tmp_path, monkeypatch):
     import iclevr.sampling as S
+    from iclevr.generate import SampleSettings, run_sample
     from iclevr.settings import SamplerSettings
 
     real, seen = S.sample_batches, []
@@ -75,9 +76,9 @@ def test_sample_writes_each_batch_of_pngs_before_drawing_the_next(weights, tmp_p
     monkeypatch.setattr(S, "sample_batches", watching)
     conds = tmp_path / "c.json"
     conds.write_text(json.dumps([["red sphere"], ["cyan cube", "gray cylinder"]] * 3))
-    r = S.run_sample(S.SampleSettings(checkpoint=weights, labels_file=conds, out=tmp_path / "grid.png",
-                                      save_individual=True, sampler=SamplerSettings(steps=2, batch_size=4,
-                                                                                    device="cpu")))
+    r = run_sample(SampleSettings(checkpoint=weights, labels_file=conds, out=tmp_path / "grid.png",
+                                  save_individual=True, sampler=SamplerSettings(steps=2, batch_size=4,
+                                                                                device="cpu")))
     assert seen == [[], [0, 1, 2, 3]] and r["images"] == 6
     assert sorted(int(p.stem) for p in (tmp_path / "grid").glob("*.png")) == list(range(6))
     assert Image.open(tmp_path / "grid.png").size == (6 * 66 + 2, 66 + 2)

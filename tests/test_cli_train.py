@@ -95,6 +95,7 @@ def test_bad_flags_are_one_line_errors(course_kit, tmp_path, args, message):
     assert "Traceback" not in r.output + r.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_through_accelerate(course_kit, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 ... --device cpu`: DDP over gloo on the CPU."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -2,28 +2,33 @@
 
 import json
 
-import torch
+import pytest
 from typer.testing import CliRunner
 
 from iclevr.cli.app import app
 from conftest import TINY_MODEL
+from evaluator_standin import expected_hits, fixed_ranking, fixed_topk
 
 runner = CliRunner()
 
 
-def _course_evaluator(path):
-    from iclevr.evaluation.evaluator import build_evaluator
-
-    torch.manual_seed(0)
-    torch.save({"model": build_evaluator().state_dict()}, path)
-    return path
+def _expected_accuracy(kit, order: list[str]) -> dict[str, float]:
+    """Per split, the accuracy of a `fixed_ranking(order)` evaluator, whatever the images."""
+    out = {}
+    for split in ("test", "new_test"):
+        conditions = json.loads((kit / f"{split}.json").read_text())
+        hits = expected_hits(conditions, [fixed_topk(order, c) for c in conditions])
+        out[split] = sum(hits) / sum(len(c) for c in conditions)
+    return out
 
 
 def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 4, "warmup_steps": 0,
                                                               "log_every": 1, "sample_every": 0}}))
-    evaluator = _course_evaluator(tmp_path / "checkpoint.pth")
+    order = [c[0] for c in json.loads((course_kit / "new_test.json").read_text())[:4]]
+    evaluator = fixed_ranking(tmp_path / "checkpoint.pth", order)
+    expected = _expected_accuracy(course_kit, order)
     out = tmp_path / "study"
     args = ["compare-schedules", "--schedules", "linear,cosine", "--preset", "tiny", "--max-steps", "3",
             "--data-dir", str(course_kit), "--evaluator", str(evaluator), "--eval-seeds", "0,1",
@@ -35,7 +40,8 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     report = json.loads((out / "report.json").read_text())
     assert [row["name"] for row in report["runs"]] == ["linear", "cosine"]
     for row in report["runs"]:
-        assert len(row["splits"]["test"]["values"]) == 2 and 0 <= row["splits"]["new_test"]["mean"] <= 1
+        for split in ("test", "new_test"):  # the stand-in's answers are known: the accuracies are too
+            assert row["splits"][split]["values"] == pytest.approx([expected[split]] * 2)
     assert "│ linear" in r.stdout and "│ cosine" in r.stdout
     # same initial weights and data order: only the schedule differs between the two runs
     runs = {n: json.loads((out / "runs" / f"{n}-s0" / "settings.json").read_text()) for n in ("linear", "cosine")}
@@ -52,15 +58,16 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     assert (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns == stamp
     assert cache.stat().st_mtime_ns == scored  # same evaluator: the cached scores are reused
     # another evaluator in the same file: scored again (the cache is keyed by the file's sha256)
-    from iclevr.evaluation.evaluator import build_evaluator
-
-    torch.manual_seed(1)
-    torch.save({"model": build_evaluator().state_dict()}, evaluator)
+    fixed_ranking(evaluator, order[::-1][:2])
     third = runner.invoke(app, args)
     assert third.exit_code == 0, third.stdout + third.stderr
     assert cache.stat().st_mtime_ns != scored
     shas = {row["runs"][0]["evaluator"]["sha256"] for row in json.loads((out / "report.json").read_text())["runs"]}
     assert shas != {report["runs"][0]["runs"][0]["evaluator"]["sha256"]} and len(shas) == 1
+    again = _expected_accuracy(course_kit, order[::-1][:2])
+    assert again != expected  # the new evaluator answers differently, and the report shows its scores
+    for row in json.loads((out / "report.json").read_text())["runs"]:
+        assert row["splits"]["new_test"]["values"] == pytest.approx([again["new_test"]] * 2)
 
 
 def test_plot_only_is_fast_and_draws_one_curve_per_schedule(tmp_path):
@@ -71,6 +78,8 @@ def test_plot_only_is_fast_and_draws_one_curve_per_schedule(tmp_path):
                             "--out", str(tmp_path)])
     assert r.exit_code == 0, r.stdout + r.stderr
     assert (tmp_path / "schedules.png").is_file() and not (tmp_path / "runs").exists()
+    table = json.loads((tmp_path / "report.json").read_text())["table"]
+    assert [row["name"] for row in table] == ["linear", "sigmoid", "cosine"]
     for name in ("linear", "sigmoid", "cosine"):
         assert name in r.stdout
     from iclevr.studies.compare import schedule_table

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from iclevr.data.course import (cache_dir_for, check_images, load_image, load_kit, load_train_tensors,
-                                summarise, to_model_range)
+from iclevr.data.course import (cache_dir_for, check_images, load_conditions, load_image, load_kit,
+                                load_train_tensors, summarise, to_model_range)
 from iclevr.errors import UserError
 
 
@@ -56,6 +56,8 @@ def test_missing_and_corrupt_images(course_kit):
     ("train.json", '{"../evil.png": ["red sphere"]}', "not a plain file name"),
     ("test.json", '[["red sphere"], "cyan cube"]', "test.json must be a list of lists"),
     ("new_test.json", '[["red sphere", "red sphere"]]', "duplicate label"),
+    ("val.json", '[["red sphere", "red sphere"]]', "val.json condition 0: duplicate label"),
+    ("val.json", '{"a": 1}', "val.json must be a list of lists"),
     ("objects.json", json.dumps({"gray cube": 1, "red cube": 0}), "disagrees with the built-in"),
 ])
 def test_bad_json_gives_clear_errors(course_kit, filename, content, match):
@@ -90,3 +92,27 @@ def test_cache_is_reused_and_rebuilt_when_files_change(course_kit):
     c, y = load_train_tensors(load_kit(course_kit), 16)
     assert c.shape[0] == 11 and c.sum() > 0 and y.shape == (11, 24)
     assert len(list(cache_dir_for(kit).glob("train-16px-*.safetensors"))) == 2
+
+
+def test_load_conditions_reads_and_checks_the_split_lists(course_kit, tmp_path):
+    assert load_conditions(course_kit) == load_kit(course_kit).splits
+    assert list(load_conditions(course_kit, ("new_test",))) == ["new_test"]
+    (course_kit / "iclevr").rename(tmp_path / "elsewhere")  # the lists need no training images
+    assert len(load_conditions(course_kit)["test"]) == 32
+    (course_kit / "objects.json").write_text(json.dumps({"gray cube": 1, "red cube": 0}))
+    with pytest.raises(UserError, match="disagrees with the built-in"):
+        load_conditions(course_kit)
+    with pytest.raises(UserError, match="data folder not found"):
+        load_conditions(tmp_path / "nope")
+
+
+def test_an_empty_iclevr_home_means_unset(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from iclevr.paths import checkpoints_root, iclevr_home
+
+    monkeypatch.setenv("ICLEVR_HOME", str(tmp_path))
+    assert iclevr_home() == tmp_path
+    monkeypatch.setenv("ICLEVR_HOME", "")
+    monkeypatch.setenv("ICLEVR_CHECKPOINTS", "")
+    assert iclevr_home() == Path.home() / ".cache" / "iclevr" and checkpoints_root() == Path("checkpoints")

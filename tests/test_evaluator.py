@@ -1,4 +1,5 @@
-"""Evaluator files: the course checkpoint.pth (safe loading, key checks), our safetensors, tiny training."""
+"""Evaluator files: the course checkpoint.pth (safe loading, key checks), our safetensors, which evaluator is
+chosen, and tiny training."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import pytest
 import torch
 
 from iclevr.errors import UserError
-from iclevr.evaluation.evaluator import (build_evaluator, export_course, forward_logits, load_course, load_file, load_own,
-                              own_default_path, save_own)
-from iclevr.evaluation.fit import EvaluatorTrainSettings, augment, ensure_own_evaluator, preprocess
+from iclevr.evaluation.evaluator import (PACKAGED, build_evaluator, choose_evaluator_file, export_course,
+                                         forward_logits, load_course, load_file, load_own, own_default_path,
+                                         save_own)
+from iclevr.evaluation.fit import EvaluatorTrainSettings, augment, load_evaluator, preprocess
 
 
 def _course_file(path, net=None):
@@ -95,36 +97,82 @@ def test_own_format_round_trip_and_course_export(tmp_path):
         load_own(tmp_path / "foreign.safetensors")
 
 
-def test_preprocess_and_augment_keep_shape_and_range():
+def test_preprocess_maps_uint8_to_the_model_range():
     frames = torch.randint(0, 256, (4, 3, 48, 64), dtype=torch.uint8)
+    frames[2], frames[3] = 0, 255
     low = torch.tensor([True, False, True, False])
     x = preprocess(frames, low)
-    assert x.shape == (4, 3, 64, 64) and x.min() >= -1.01 and x.max() <= 1.01
+    assert x.shape == (4, 3, 64, 64)
+    assert torch.equal(x[2], torch.full_like(x[2], -1.0)) and torch.equal(x[3], torch.full_like(x[3], 1.0))
+    assert x.min() >= -1 and x.max() <= 1  # bilinear weights are non-negative: no overshoot, no clamp needed
     full = preprocess(frames, torch.zeros(4, dtype=torch.bool))
     assert torch.allclose(x[1], full[1]) and not torch.allclose(x[0], full[0])  # the 32x32 path blurs
-    y = augment(x, torch.Generator().manual_seed(0))
+
+
+def test_augment_stays_in_range_keeps_hues_and_moves_objects_little():
+    gen = torch.Generator().manual_seed(0)
+    # saturated inputs: contrast, brightness and noise push them past +-1, so only the final clamp keeps them in
+    x = torch.where(torch.rand(8, 1, 64, 64, generator=gen) < 0.5, 1.0, -1.0).expand(8, 3, 64, 64)
+    y = augment(x, gen)
     assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    red = torch.tensor([0.8, -0.8, -0.8])[None, :, None, None].expand(8, 3, 64, 64)
+    y = augment(red, gen)  # (8, 3, 64, 64): brightness/contrast act on all channels alike, so red stays red
+    assert (y[:, 0] > y[:, 1] + 1).all() and (y[:, 0] > y[:, 2] + 1).all()
+    dot = torch.full((8, 3, 64, 64), -1.0)
+    dot[:, :, 31:34, 19:22] = 1.0  # a 3x3 object centred at row 32, column 20
+    y = augment(dot, gen).mean(1)  # (8, 64, 64)
+    for image in y:
+        row, col = divmod(int(image.argmax()), 64)
+        assert abs(row - 32) <= 4 and min(abs(col - 20), abs(col - 43)) <= 4  # shift <= 3 px, maybe mirrored
+
+
+def test_the_evaluator_choice_and_its_order(tmp_path, monkeypatch):
+    data = tmp_path / "kit"
+    data.mkdir()
+    assert choose_evaluator_file(None, data) is None  # nothing anywhere (packaged one disabled): train one
+    assert choose_evaluator_file(tmp_path / "mine.pth", data) == tmp_path / "mine.pth"  # named: used, even unmade
+    monkeypatch.delenv("ICLEVR_NO_PACKAGED_EVALUATOR")
+    assert PACKAGED.is_file() and choose_evaluator_file(None, None) == PACKAGED  # shipped in iclevr/assets
+    save_own(build_evaluator(), own_default_path(), {"heldout": {}})
+    assert choose_evaluator_file(None, data) == own_default_path()  # the cached own one beats the packaged
+    _course_file(data / "checkpoint.pth")
+    assert choose_evaluator_file(None, data) == data / "checkpoint.pth"  # the course's beats the own
+    assert choose_evaluator_file(None, None) == own_default_path()
+    assert choose_evaluator_file(tmp_path / "mine.pth", data) == tmp_path / "mine.pth"
+
+
+def test_a_damaged_cached_evaluator_is_removed_and_the_next_choice_used(monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.delenv("ICLEVR_NO_PACKAGED_EVALUATOR")
+    own_default_path().parent.mkdir(parents=True)
+    own_default_path().write_bytes(b"half a file")
+    console = Console(record=True, width=200)
+    ev = load_evaluator(console=console)
+    assert ev.path == PACKAGED and ev.kind == "own" and not own_default_path().exists()
+    assert "unusable" in console.export_text()
 
 
 TINY = {"pool": 24, "max_steps": 2, "minutes": None, "heldout": 6, "batch_size": 8, "workers": 1}
 
 
+@pytest.mark.slow
 def test_first_use_training_saves_heldout_metadata_and_caches():
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    ev = ensure_own_evaluator(console=console, settings=EvaluatorTrainSettings(**TINY))
+    ev = load_evaluator(console=console, own=EvaluatorTrainSettings(**TINY))
     assert ev.path == own_default_path() and own_default_path().is_file() and ev.kind == "own"
     assert "training the project's own evaluator" in console.export_text()
     assert len(ev.info["heldout"]) == 4 and all(0 <= a <= 1 for a in ev.info["heldout"].values())
     assert ev.info["train"]["steps"] == 2 and ev.info["train"]["pool"] == 24
     mtime = own_default_path().stat().st_mtime_ns
-    again = ensure_own_evaluator(console=console, settings=EvaluatorTrainSettings(**TINY))
+    again = load_evaluator(console=console, own=EvaluatorTrainSettings(**TINY))
     assert own_default_path().stat().st_mtime_ns == mtime and again.info == ev.info  # cached, not retrained
 
 
 def test_training_pool_mixes_small_renders_deterministically():
-    from iclevr.data.world.render import render_examples
+    from iclevr.data.world.scene import render_examples
     from iclevr.evaluation.fit import training_pool
 
     settings = EvaluatorTrainSettings(pool=8, small_render_fraction=0.25, workers=1, max_objects=2)
@@ -139,6 +187,7 @@ def test_training_pool_mixes_small_renders_deterministically():
     assert sharp[1] < sharp[0]  # drawn at 32x24 and upsampled: smoother than native 64x48 renders
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_init_weights(tmp_path):
     from iclevr.evaluation.fit import fit
 

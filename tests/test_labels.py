@@ -7,8 +7,8 @@ from iclevr import labels as L
 from iclevr.errors import UserError
 
 
-def test_vocabulary_order_matches_spec():
-    assert len(L.LABELS) == 24
+def test_vocabulary_order_matches_the_course_kit():
+    assert len(L.LABELS) == L.NUM_CLASSES == 24
     assert L.LABEL_TO_INDEX["gray cube"] == 0
     assert L.LABEL_TO_INDEX["yellow cube"] == 7
     assert L.LABEL_TO_INDEX["gray sphere"] == 8
@@ -61,3 +61,8 @@ def test_objects_mapping_check():
         L.check_objects_mapping(swapped)
     with pytest.raises(UserError, match='unknown "pink cube"'):
         L.check_objects_mapping(dict(L.LABEL_TO_INDEX, **{"pink cube": 24}))
+
+
+def test_course_constants():
+    assert L.SPLITS == ("test", "new_test")
+    assert L.decode(L.encode(list(L.TRACE_LABELS))) == ["cyan cube", "red sphere", "cyan cylinder"]

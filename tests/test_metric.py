@@ -1,4 +1,4 @@
-"""The course metric (SPEC §6) against hand-computed cases, and the error analysis."""
+"""The course metric (docs/metric.md) against hand-computed cases, and the error analysis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from iclevr import labels as L
-from iclevr.evaluation.run import accuracy, analyse, classify_wrong, full_swaps, image_hits, score_split, topk_predictions
+from iclevr.evaluation.metric import accuracy, analyse, classify_wrong, full_swaps, image_hits, topk_predictions
+from iclevr.evaluation.run import score_split
 
 
 def _scores(*rows: dict[str, float]) -> torch.Tensor:
@@ -49,28 +50,62 @@ def test_top_k_uses_the_highest_scores_not_a_threshold():
     assert accuracy(scores, y) == (2, 2)
 
 
+def test_tied_scores_go_to_the_lower_class_index():
+    """The course script's out[i].topk(k) runs on CUDA, whose top-k fills the places left at the k-th value
+    in index order (the CPU's torch.topk picks other tied classes, so it is not what the metric uses)."""
+    i = L.LABEL_TO_INDEX
+    y = L.encode_many([["gray cube", "red cube"], ["yellow cylinder", "gray cube"], ["red cube", "cyan sphere"]])
+    scores = torch.full((3, 24), 0.5)  # row 0: all 24 tied
+    scores[1, i["yellow cylinder"]] = 0.9  # row 1: one clear winner, then 23 tied
+    scores[2, [i["red cube"], i["blue cube"], i["cyan cube"]]] = 0.8  # row 2: three tied above the rest
+    assert topk_predictions(scores, y) == [[i["gray cube"], i["red cube"]], [i["yellow cylinder"], i["gray cube"]],
+                                           [i["red cube"], i["blue cube"]]]
+    assert image_hits(scores, y) == [2, 2, 1] and accuracy(scores, y) == (5, 6)
+
+    def higher_index_first(row: torch.Tensor, k: int) -> list[int]:
+        return sorted(range(24), key=lambda c: (-float(row[c]), -c))[:k]
+
+    other = [sum(int(y[n, c]) for c in higher_index_first(scores[n], 2)) for n in range(3)]
+    assert other == [0, 1, 0]  # another tie rule scores these rows differently: each row tests the rule
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         accuracy(torch.zeros(2, 24), torch.zeros(3, 24))
 
 
 def test_binding_errors_and_most_missed():
-    red_sphere, blue_cube = L.LABEL_TO_INDEX["red sphere"], L.LABEL_TO_INDEX["blue cube"]
-    blue_sphere, red_cube = L.LABEL_TO_INDEX["blue sphere"], L.LABEL_TO_INDEX["red cube"]
-    assert classify_wrong(blue_sphere, [red_sphere, blue_cube]) == "binding"
-    assert classify_wrong(L.LABEL_TO_INDEX["red cylinder"], [red_sphere, blue_cube]) == "colour"
-    assert classify_wrong(L.LABEL_TO_INDEX["green sphere"], [red_sphere, blue_cube]) == "shape"
-    assert classify_wrong(L.LABEL_TO_INDEX["green cylinder"], [red_sphere, blue_cube]) == "other"
-    assert full_swaps([red_sphere, blue_cube], [blue_sphere, red_cube]) == 1
-    assert full_swaps([red_sphere, blue_cube], [blue_sphere, blue_cube]) == 0
-    a = analyse([[red_sphere, blue_cube], [red_sphere]], [[blue_sphere, red_cube], [red_sphere]])
+    assert classify_wrong("blue sphere", ["red sphere", "blue cube"]) == "binding"
+    assert classify_wrong("red cylinder", ["red sphere", "blue cube"]) == "colour"
+    assert classify_wrong("green sphere", ["red sphere", "blue cube"]) == "shape"
+    assert classify_wrong("green cylinder", ["red sphere", "blue cube"]) == "other"
+    assert full_swaps(["red sphere", "blue cube"], ["blue sphere", "red cube"]) == 1
+    assert full_swaps(["red sphere", "blue cube"], ["blue sphere", "blue cube"]) == 0
+    assert full_swaps(["red sphere", "red cube"], ["red cube", "red sphere"]) == 0  # same colour: nothing swapped
+    a = analyse([["red sphere", "blue cube"], ["red sphere"]], [["blue sphere", "red cube"], ["red sphere"]],
+                L.LABELS)
     assert a["binding"] == {"wrong_predictions": 2, "share_of_wrong": 1.0, "images": 1, "images_total": 2,
                             "full_swaps": 1}
+    assert a["wrong_predictions"] == {"total": 2, "binding": 2, "colour": 0, "shape": 0, "other": 0}
+    assert list(a["per_class_recall"]) == list(L.LABELS)
     assert a["per_class_recall"]["red sphere"] == 0.5 and a["per_class_recall"]["blue cube"] == 0.0
     assert a["per_class_recall"]["gray cube"] is None
-    assert a["most_missed"][0] == {"label": "red sphere", "missed": 1, "requested": 2} or \
-        a["most_missed"][0] == {"label": "blue cube", "missed": 1, "requested": 1}
-    assert {m["label"] for m in a["most_missed"]} == {"red sphere", "blue cube"}
+    # both missed once; red sphere (index 9) was asked twice, blue cube (index 2) once: ties go in class order
+    assert a["most_missed"] == [{"label": "blue cube", "missed": 1, "requested": 1},
+                                {"label": "red sphere", "missed": 1, "requested": 2}]
+    by_index = analyse([L.parse_names(["red sphere", "blue cube"]), L.parse_names(["red sphere"])],
+                       [L.parse_names(["blue sphere", "red cube"]), L.parse_names(["red sphere"])], L.LABELS)
+    assert by_index == a  # indices into the vocabulary read the same as names
+
+
+def test_analysis_counts_each_kind_of_wrong_prediction():
+    requested = [["red sphere", "blue cube"]] * 4
+    predicted = [["red cylinder", "blue cube"], ["green sphere", "blue cube"], ["green cylinder", "blue cube"],
+                 ["red sphere", "blue cube"]]
+    a = analyse(requested, predicted, L.LABELS)
+    assert a["wrong_predictions"] == {"total": 3, "binding": 0, "colour": 1, "shape": 1, "other": 1}
+    assert a["binding"]["images"] == 0 and a["binding"]["share_of_wrong"] == 0.0
+    assert a["most_missed"] == [{"label": "red sphere", "missed": 3, "requested": 4}]
 
 
 class _FixedEvaluator:

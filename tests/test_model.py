@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from iclevr.errors import UserError
-from iclevr.model import build_model, count_parameters
+from iclevr.model import build_model, count_parameters, unwrap
 from iclevr.settings import ModelSettings, TrainSettings, resolve
 
 
 def test_seed_preset_is_the_reference_architecture():
     model = build_model(resolve(TrainSettings, preset="seed").model)
-    assert count_parameters(model) == 113_686_019  # SPEC section 7: about 113.7 M
+    assert count_parameters(model) == 113_686_019  # docs/reference-config.md: about 113.7 M
     unet = model.unet
     assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"]
     assert [type(b).__name__ for b in unet.up_blocks] == ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4
@@ -60,3 +60,16 @@ def test_forward_shape_and_the_condition_matters(tiny_model_cfg):
 def test_inconsistent_model_settings_are_user_errors(tiny_model_cfg, change, match):
     with pytest.raises(UserError, match=match):
         build_model(ModelSettings(**{**tiny_model_cfg.model_dump(), **change}))
+
+
+def test_unwrap_peels_nested_wrappers(tiny_model_cfg):
+    model = build_model(tiny_model_cfg)
+
+    class DataParallelLike(torch.nn.Module):  # DDP and Accelerate keep the wrapped model in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    compiled = torch.compile(model)  # compiles lazily, on the first call: cheap to build
+    assert unwrap(compiled) is model and unwrap(DataParallelLike(compiled)) is model
+    assert unwrap(model) is model

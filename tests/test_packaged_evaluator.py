@@ -1,18 +1,21 @@
-"""The own evaluator shipped in iclevr/assets: it loads, and it really recognises freshly rendered scenes."""
+"""The own evaluator shipped in iclevr/assets: it is the default choice, and it really recognises freshly
+rendered scenes."""
 
 import torch
 
-from iclevr.evaluation.fit import ensure_own_evaluator, packaged_evaluator_path, preprocess
+from iclevr.evaluation.evaluator import packaged_evaluator_path
+from iclevr.evaluation.fit import load_evaluator, preprocess
 
 
 def test_packaged_evaluator_is_used_and_recognises_fresh_scenes(monkeypatch):
-    from iclevr.data.world.render import render_examples
-    from iclevr.evaluation.run import accuracy
+    from iclevr.data.world.scene import render_examples
+    from iclevr.evaluation.metric import accuracy
+    from iclevr.labels import encode_many
 
     monkeypatch.delenv("ICLEVR_NO_PACKAGED_EVALUATOR")
     path = packaged_evaluator_path()
     assert path is not None and path.is_file(), "iclevr/assets/own-evaluator-v2.safetensors is missing"
-    evaluator = ensure_own_evaluator("cpu")
+    evaluator = load_evaluator(device="cpu")  # no --evaluator, no data folder, nothing cached
     assert evaluator.path == path and evaluator.kind == "own"
     heldout = evaluator.info["heldout"]
     assert min(heldout.values()) >= 0.9, heldout
@@ -20,7 +23,5 @@ def test_packaged_evaluator_is_used_and_recognises_fresh_scenes(monkeypatch):
     # fresh kit-like scenes (a seed far from the training and held-out pools), squashed to 64x64
     frames, names = render_examples(48, seed=424242, min_objects=1, max_objects=3, size=(128, 96))
     x = preprocess(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), torch.zeros(48, dtype=torch.bool))
-    from iclevr.labels import encode_many
-
     hits, total = accuracy(evaluator.scores(x), encode_many(names))
     assert hits / total >= 0.9, (hits, total)

@@ -10,8 +10,9 @@ import pytest
 
 from iclevr import labels as L
 from iclevr.data.world import scene as S
-from iclevr.data.world.render import (CAMERA, COLOUR_RGB, KEY_LIGHT, SceneObject, object_ids, render, render_examples,
-                                visibility)
+from iclevr.data.world.geometry import CAMERA, SceneObject
+from iclevr.data.world.render import COLOUR_RGB, KEY_LIGHT, object_ids, render, visibility
+from iclevr.data.world.scene import render_examples
 
 W, H = 128, 96
 

@@ -1,10 +1,12 @@
-"""The kit writer: course layout, sequences, balance, splits, determinism, resume, CLI."""
+"""The kit writer and the embedded kits: course layout, sequences, balance, splits, determinism, resume, CLI,
+and the embedded default's condition lists produced without rendering."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from typer.testing import CliRunner
 
 from iclevr import labels as L
 from iclevr.cli.app import app
+from iclevr.data import kits as K
+from iclevr.data import plan as P
 from iclevr.data import synth as Y
-from iclevr.data.course import check_images, load_kit, load_train_tensors
+from iclevr.data.course import check_images, load_conditions, load_kit, load_train_tensors
 from iclevr.errors import UserError
 
 SMALL = dict(scenes=6, max_objects=3, size=(64, 48), seed=5)
@@ -50,12 +54,12 @@ def test_sequences_are_prefixes_without_duplicates(kit):
 
 
 def test_label_plan_is_balanced_and_duplicate_free():
-    plan = Y.label_plan(6003, 3, 0)
+    plan = P.label_plan(6003, 3, 0)
     assert all(len(set(p)) == 3 for p in plan)
     for k in range(3):
         counts = Counter(p[k] for p in plan)
         assert len(counts) == 24 and max(counts.values()) - min(counts.values()) <= 1
-    assert Y.label_plan(6003, 3, 0) == plan and Y.label_plan(6003, 3, 1) != plan
+    assert P.label_plan(6003, 3, 0) == plan and P.label_plan(6003, 3, 1) != plan
 
 
 def test_split_sizes(kit):
@@ -110,12 +114,13 @@ def test_parse_size():
 
 
 def test_mini_kit_is_rendered_once_under_iclevr_home(monkeypatch):
-    monkeypatch.setattr(Y, "MINI_KIT", {**Y.MINI_KIT, "scenes": 4})  # the real one is 200 scenes
-    first = Y.ensure_mini_kit()
+    monkeypatch.setattr(P, "MINI_KIT", {**P.MINI_KIT, "scenes": 4})  # the real one is 200 scenes
+    first = K.ensure_mini_kit()
     assert first == Path(os.environ["ICLEVR_HOME"]) / "kits" / "mini-v1"
     assert Y.is_complete(first) and len(load_kit(first).train) == 12
+    assert json.loads((first / "val.json").read_text()) == P.kit_conditions(P.MINI_KIT)[L.VAL_SPLIT]
     stamp = (first / "train.json").stat().st_mtime_ns
-    assert Y.ensure_mini_kit() == first and (first / "train.json").stat().st_mtime_ns == stamp
+    assert K.ensure_mini_kit() == first and (first / "train.json").stat().st_mtime_ns == stamp
 
 
 def test_cli_synth_preview_and_check(tmp_path):
@@ -135,9 +140,10 @@ def test_cli_synth_preview_and_check(tmp_path):
 
     with Image.open(tmp_path / "full.png") as sheet:
         assert sheet.width >= 6 * 64
-    for bad in (["--size", "100x30"], ["--max-objects", "0"], ["--scenes", "3"]):
+    for bad, why in ((["--size", "100x30"], "not 4:3"), (["--max-objects", "0"], "max[-_]objects"),
+                     (["--scenes", "3"], "other settings")):  # the folder holds the 4-scene kit
         r = runner.invoke(app, ["data", "synth", "--out", str(out), *bad])
-        assert r.exit_code == 2
+        assert r.exit_code == 2 and re.search(why, r.output), r.output
     r = runner.invoke(app, ["data", "preview", "--data-dir", str(out), "--size", "32"])
     assert r.exit_code == 2
 
@@ -147,15 +153,51 @@ def test_default_kit_is_announced_and_used_when_no_data_dir(monkeypatch):
 
     from rich.console import Console
 
-    from iclevr.data.course import resolve_data_dir
-
-    monkeypatch.setattr(Y, "DEFAULT_KIT", {**Y.DEFAULT_KIT, "scenes": 3, "size": (64, 48)})
+    monkeypatch.setattr(P, "DEFAULT_KIT", {**P.DEFAULT_KIT, "scenes": 3, "size": (64, 48)})
     text = StringIO()
-    path = resolve_data_dir(None, Console(file=text, width=200))
+    path = K.resolve_data_dir(None, Console(file=text, width=200))
     assert path == Path(os.environ["ICLEVR_HOME"]) / "kits" / "default-v1" and Y.is_complete(path)
     assert "rendering the embedded kit 'default-v1' (9 images" in text.getvalue()
     text.truncate(0)
-    assert resolve_data_dir(None, Console(file=text)) == path and text.getvalue() == ""  # reused silently
+    assert K.resolve_data_dir(None, Console(file=text)) == path and text.getvalue() == ""  # reused silently
+    # the lists eval scores against, produced without rendering, are the ones the rendered kit holds
+    assert load_conditions(None, L.ALL_SPLITS) == {s: json.loads((path / f"{s}.json").read_text())
+                                                   for s in L.ALL_SPLITS}
+    assert load_conditions(None, L.ALL_SPLITS) == load_conditions(path, L.ALL_SPLITS)
+
+
+def test_cli_synth_three_scenes_into_a_fresh_folder(tmp_path):
+    out = tmp_path / "three"
+    r = CliRunner().invoke(app, ["data", "synth", "--out", str(out), "--scenes", "3", "--size", "64x48",
+                                 "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 9 images (64x48)" in r.output and Y.is_complete(out)
+    train = json.loads((out / "train.json").read_text())
+    assert sorted(train) == sorted(Y.image_name(i, k) for i in range(3) for k in range(3))
+    assert sorted(p.name for p in (out / "iclevr").glob("*.png")) == sorted(train)
+    assert [len(train[Y.image_name(i, 2)]) for i in range(3)] == [3, 3, 3]
+    assert len(json.loads((out / "val.json").read_text())) == P.VAL_SIZE
+
+
+# sha256 of each list of the embedded default kit (json.dumps of test.json / new_test.json as the kit holds them):
+# a change here means every cached default-v1 kit on disk disagrees with what eval scores against
+DEFAULT_LISTS_SHA256 = {"test": "5a64d18fc91b", "new_test": "9c1501905090"}
+
+
+def test_default_kit_conditions_need_no_rendering():
+    lists = load_conditions(None)
+    assert {s: hashlib.sha256(json.dumps(c).encode()).hexdigest()[:12] for s, c in lists.items()} == \
+        DEFAULT_LISTS_SHA256
+    assert not (Path(os.environ["ICLEVR_HOME"]) / "kits").exists()  # nothing rendered, nothing written
+    assert load_conditions(None, ("new_test",)) == {"new_test": lists["new_test"]}
+    with pytest.raises(UserError, match='unknown split "train"'):
+        load_conditions(None, ("train",))
+
+
+def test_kit_conditions_equal_what_write_kit_writes(kit):
+    assert P.kit_conditions(SMALL) == {s: json.loads((kit / f"{s}.json").read_text()) for s in L.ALL_SPLITS}
+    assert load_kit(kit).splits == P.kit_conditions(SMALL)  # val.json is read and checked with the others
+    assert load_conditions(kit, (L.VAL_SPLIT,))[L.VAL_SPLIT] == json.loads((kit / "val.json").read_text())
 
 
 def test_longer_sequences(tmp_path):

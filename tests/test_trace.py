@@ -5,7 +5,7 @@ import torch
 
 import iclevr.sampling as sampling
 from iclevr.errors import UserError
-from iclevr.labels import encode
+from iclevr.labels import TRACE_LABELS, encode
 from iclevr.settings import SamplerSettings, ScheduleSettings
 from iclevr.trace import frame_states, record_trace, trace_figure, write_gif
 
@@ -35,7 +35,7 @@ def test_frame_states_span_noise_to_final():
 
 @pytest.mark.parametrize("name", ["ddpm", "dpmpp"])
 def test_trace_has_the_frames_and_ends_at_the_sampled_image(model, name, monkeypatch):
-    y = encode(["red sphere", "cyan cylinder", "cyan cube"])[None]
+    y = encode(list(TRACE_LABELS))[None]
     sampler = SamplerSettings(sampler=name, steps=12, seed=5)
     calls = []
     real = sampling.sample

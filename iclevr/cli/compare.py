@@ -7,28 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console
-from iclevr.cli.common import (ConfigOpt, DataDirOpt, GuidanceOpt, PresetOpt, PrintConfigOpt, SamplerOpt,
-                               StepsOpt, print_settings)
-
-
-def _ints(text: Optional[str], flag: str) -> Optional[list[int]]:
-    from iclevr.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+from iclevr.cli.common import command, console, optional_int, parse_int_list, print_settings, typed_overrides
+from iclevr.cli.common import ConfigOpt, DataDirOpt, GuidanceOpt, PresetOpt, PrintConfigOpt, SamplerOpt, StepsOpt
 
 
 @command
 def compare_schedules(
+    ctx: typer.Context,
     schedules: Annotated[Optional[str], typer.Option(help="Comma-separated schedules.")] = None,
     preset: PresetOpt = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per run.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps per run.")] = None,
+    epochs: Annotated[Optional[int], optional_int(help="Training epochs per run.")] = None,
+    max_steps: Annotated[Optional[int], optional_int(help="Optimizer steps per run.")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Training seeds, e.g. 0,1.")] = None,
     eval_seeds: Annotated[Optional[str], typer.Option(help="Sampling seeds of the evaluation, e.g. 0,1,2.")] = None,
     data_dir: DataDirOpt = None,
@@ -38,7 +27,8 @@ def compare_schedules(
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
     train_config: Annotated[Optional[Path], typer.Option(help="Training settings file for every run.")] = None,
-    plot_only: Annotated[bool, typer.Option("--plot-only", help="Only the schedules figure and table.")] = False,
+    plot_only: Annotated[bool, typer.Option("--plot-only/--no-plot-only", help="Only the schedules figure and "
+                                            "table.")] = False,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
@@ -47,12 +37,13 @@ def compare_schedules(
     from iclevr.studies.compare_report import print_report
     from iclevr.settings import resolve
 
-    overrides = {"schedules": check_names(schedules) if schedules else None, "preset": preset, "epochs": epochs,
-                 "max_steps": max_steps, "seeds": _ints(seeds, "--seeds"),
-                 "eval_seeds": _ints(eval_seeds, "--eval-seeds"), "data.data_dir": data_dir,
-                 "evaluator": evaluator, "out": out, "sampler.sampler": sampler, "sampler.steps": steps,
-                 "sampler.guidance_scale": guidance_scale, "train_config": train_config,
-                 "plot_only": plot_only or None}
+    overrides = typed_overrides(ctx, {
+        "schedules": ("schedules", check_names), "preset": "preset", "epochs": "epochs", "max_steps": "max_steps",
+        "seeds": ("seeds", lambda text: parse_int_list(text, "--seeds")),
+        "eval_seeds": ("eval_seeds", lambda text: parse_int_list(text, "--eval-seeds")),
+        "data_dir": "data.data_dir", "evaluator": "evaluator", "out": "out", "sampler": "sampler.sampler",
+        "steps": "sampler.steps", "guidance_scale": "sampler.guidance_scale", "train_config": "train_config",
+        "plot_only": "plot_only"})
     settings = resolve(CompareSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

@@ -1,4 +1,4 @@
-"""`iclevr data check` (and the data sub-commands added by the renderer: synth, preview)."""
+"""`iclevr data check|synth|preview`: check, render and preview course-layout data."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console
-from iclevr.cli.common import DataDirOpt, SeedOpt
+from iclevr.cli.common import command, console, optional_int, print_settings, typed_overrides
+from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, SeedOpt
 
 
 data_app = typer.Typer(help="Check, render and preview course-layout data.", no_args_is_help=True)
@@ -24,7 +24,8 @@ def check(
     quick: Annotated[bool, typer.Option("--quick", help="Only open image headers instead of decoding.")] = False,
 ) -> None:
     """Validate a course data folder and summarise it; exit code 2 if it is unusable."""
-    from iclevr.data.course import check_images, load_kit, resolve_data_dir, summarise
+    from iclevr.data.course import check_images, load_kit, summarise
+    from iclevr.data.kits import resolve_data_dir
     from iclevr.data.report import print_check_report
 
     kit = load_kit(resolve_data_dir(data_dir, console), images_dir)
@@ -37,30 +38,31 @@ def check(
 @data_app.command("synth")
 @command
 def synth(
+    ctx: typer.Context,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: the embedded default "
                                                 "kit under $ICLEVR_HOME/kits).")] = None,
     scenes: Annotated[int, typer.Option("--scenes", help="Scenes; each gives max-objects images.")] = 6003,
     max_objects: Annotated[int, typer.Option("--max-objects", help="Objects in a finished scene.")] = 3,
     size: Annotated[str, typer.Option("--size", help="Frame WIDTHxHEIGHT, 4:3 (course: 320x240).")] = "128x96",
     seed: SeedOpt = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes (default: all cores).")] = None,
+    workers: Annotated[Optional[int], optional_int("--workers", help="Processes (default and none: all "
+                                                   "cores).")] = None,
     preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG.")] = None,
+    config: ConfigOpt = None,
+    print_config: PrintConfigOpt = False,
 ) -> None:
     """Render CLEVR-like scenes into the course layout (resumable; same seed -> same bytes)."""
     import time
 
-    from pydantic import ValidationError
-
     from iclevr.data.preview import contact_sheet
-    from iclevr.data.synth import SynthSettings, parse_size
+    from iclevr.data.synth import SynthSettings
     from iclevr.data.synth import synth as run_synth
-    from iclevr.errors import UserError, format_validation_error
+    from iclevr.settings import resolve
 
-    try:
-        settings = SynthSettings(out=out, scenes=scenes, max_objects=max_objects, size=parse_size(size),
-                                 seed=seed or 0, workers=workers)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e, "synth")) from None
+    names = ("out", "scenes", "max_objects", "size", "seed", "workers")
+    settings = resolve(SynthSettings, config=config, overrides=typed_overrides(ctx, {n: n for n in names}))
+    if print_config:
+        return print_settings(settings)
     start = time.perf_counter()
     with _bar("rendering") as update:
         folder = run_synth(settings, progress=update)
@@ -80,7 +82,7 @@ def preview(
     size: Annotated[str, typer.Option("--size", help="64 (what the model sees, shown 2x) or full.")] = "64",
 ) -> None:
     """Write a labelled contact sheet of a data folder's training images."""
-    from iclevr.data.course import resolve_data_dir
+    from iclevr.data.kits import resolve_data_dir
     from iclevr.data.preview import contact_sheet
 
     path = contact_sheet(resolve_data_dir(data_dir, console), out, n=n, size=size)
@@ -90,10 +92,9 @@ def preview(
 @contextmanager
 def _bar(description: str):
     """A Rich progress bar shown from its first update (so errors before any work print no empty bar)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from iclevr.progress import progress_bar
 
-    bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=console)
+    bar = progress_bar(console)
     task = bar.add_task(description, total=None)
 
     def update(done: int, total: int) -> None:

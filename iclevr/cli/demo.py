@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console
+from iclevr.cli.common import command, console, typed_overrides
 from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, print_settings
 
 
 @command
 def demo(
+    ctx: typer.Context,
     minutes: Annotated[Optional[float], typer.Option(help="Training budget of the tiny model, in minutes.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Demo folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
@@ -24,8 +25,9 @@ def demo(
     from iclevr.studies.demo import DemoSettings, print_summary, run_demo
     from iclevr.settings import resolve
 
-    settings = resolve(DemoSettings, config=config, overrides={"minutes": minutes, "out": out, "device": device,
-                                                               "data_dir": data_dir})
+    overrides = typed_overrides(ctx, {"minutes": "minutes", "out": "out", "device": "device",
+                                      "data_dir": "data_dir"})
+    settings = resolve(DemoSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)
     print_summary(console, run_demo(settings, console))

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console
+from iclevr.cli.common import (command, console, optional_float, optional_int, parse_int_list, print_settings,
+                               typed_overrides)
 from iclevr.cli.common import (CheckpointOpt, ConfigOpt, DataDirOpt, DeviceOpt, GuidanceOpt, PrintConfigOpt,
-                               SamplerOpt, SeedOpt, StepsOpt, print_settings)
+                               SamplerOpt, SeedOpt, StepsOpt)
 
 evaluator_app = typer.Typer(help="Train the project's own evaluator, or export it in the course format.",
                             no_args_is_help=True)
@@ -18,25 +19,12 @@ EvaluatorOpt = Annotated[Optional[Path], typer.Option("--evaluator", help="Evalu
                                                       "checkpoint.pth or our .safetensors.")]
 
 
-def _seeds(text: Optional[str]) -> Optional[list[int]]:
-    """'0,1,2' -> [0, 1, 2] with a clear error."""
-    from iclevr.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise UserError(f"--seeds needs at least one non-negative integer, got {text!r}")
-    return seeds
-
-
 @command
 def eval_cmd(
+    ctx: typer.Context,
     checkpoint: CheckpointOpt = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="test, new_test or all.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="test, new_test, val (tune "
+                                                               "on this one) or all (test and new_test).")] = None,
     data_dir: DataDirOpt = None,
     evaluator: EvaluatorOpt = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Sampling seeds, e.g. 0,1,2.")] = None,
@@ -46,18 +34,24 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default <run>/eval).")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Score the PNGs in this folder "
                                                    "(<dir>/<split>/0.png..) instead of sampling.")] = None,
+    annotate_all_seeds: Annotated[bool, typer.Option("--annotate-all-seeds/--no-annotate-all-seeds",
+                                                     help="An annotated grid for every sampling seed, not only "
+                                                     "the first.")] = False,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
-    """Generate each split's conditions, score them with the course evaluator metric, write images and report."""
+    """Generate each split's conditions, score them with the course evaluator metric, write images, annotated
+    grids, report.json and a self-contained report.html."""
     from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.evaluation.report import print_report
     from iclevr.settings import resolve
 
-    overrides = {"checkpoint": checkpoint, "split": split, "data_dir": data_dir, "evaluator": evaluator,
-                 "seeds": _seeds(seeds), "sampler.sampler": sampler, "sampler.steps": steps,
-                 "sampler.guidance_scale": guidance_scale, "sampler.device": device, "out": out, "images": images}
+    overrides = typed_overrides(ctx, {
+        "checkpoint": "checkpoint", "split": "split", "data_dir": "data_dir", "evaluator": "evaluator",
+        "seeds": ("seeds", lambda text: parse_int_list(text, "--seeds")), "sampler": "sampler.sampler",
+        "steps": "sampler.steps", "guidance_scale": "sampler.guidance_scale", "device": "sampler.device",
+        "out": "out", "images": "images", "annotate_all_seeds": "annotate_all_seeds"})
     settings = resolve(EvalSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)
@@ -67,12 +61,14 @@ def eval_cmd(
 @evaluator_app.command("train")
 @command
 def evaluator_train_cmd(
+    ctx: typer.Context,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Train on this course-layout folder's "
                                                      "images instead of freshly rendered scenes.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output .safetensors (default: the cached "
                                                 "$ICLEVR_HOME/evaluator/own-v1.safetensors).")] = None,
-    minutes: Annotated[Optional[float], typer.Option("--minutes", help="Training wall-clock budget.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (stops at whichever "
+    minutes: Annotated[Optional[float], optional_float("--minutes", help="Training wall-clock budget (none = "
+                                                       "no time limit; then give --steps).")] = None,
+    max_steps: Annotated[Optional[int], optional_int("--steps", help="Optimizer steps (stops at whichever "
                                                      "of steps and minutes comes first).")] = None,
     pool: Annotated[Optional[int], typer.Option("--pool", help="Rendered training scenes.")] = None,
     heldout: Annotated[Optional[int], typer.Option("--heldout", help="Fresh scenes per held-out set.")] = None,
@@ -89,8 +85,8 @@ def evaluator_train_cmd(
     from iclevr.evaluation.fit import EvaluatorTrainSettings, train_evaluator
     from iclevr.settings import resolve
 
-    overrides = {"data_dir": data_dir, "out": out, "minutes": minutes, "max_steps": max_steps, "pool": pool,
-                 "heldout": heldout, "init": init, "lr": lr, "seed": seed, "device": device}
+    names = ("data_dir", "out", "minutes", "max_steps", "pool", "heldout", "init", "lr", "seed", "device")
+    overrides = typed_overrides(ctx, {name: name for name in names})
     settings = resolve(EvaluatorTrainSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

@@ -7,19 +7,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console
+from iclevr.cli.common import command, console, print_settings, typed_overrides
 from iclevr.cli.common import (CheckpointOpt, ConfigOpt, DeviceOpt, GuidanceOpt, PrintConfigOpt, SamplerOpt,
-                               SeedOpt, StepsOpt, print_settings)
+                               SeedOpt, StepsOpt)
 
 LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help='One condition: "red sphere,cyan cube" '
                                                   '(or a JSON list of names).')]
+# The sampler flags both commands share: parameter name -> settings key.
+SAMPLER_FLAGS = {"sampler": "sampler.sampler", "steps": "sampler.steps", "guidance_scale": "sampler.guidance_scale",
+                 "seed": "sampler.seed", "device": "sampler.device"}
 
 
-def _condition(text: Optional[str]) -> Optional[list[str]]:
+def _condition(text: str) -> list[str]:
     """Parse --labels into canonical label names (clear error for unknown names)."""
     from iclevr.labels import LABELS, parse_condition
 
-    return None if text is None else [LABELS[i] for i in parse_condition(text)]
+    return [LABELS[i] for i in parse_condition(text)]
 
 
 def _finish(settings, print_config: bool) -> bool:
@@ -27,7 +30,7 @@ def _finish(settings, print_config: bool) -> bool:
     if not print_config:
         return False
     from iclevr.weights import read_info, resolve_checkpoint
-    from iclevr.sampling import with_weights_defaults
+    from iclevr.generate import with_weights_defaults
 
     info = read_info(resolve_checkpoint(settings.checkpoint))
     settings.sampler = with_weights_defaults(settings.sampler, info.sampler)
@@ -37,6 +40,7 @@ def _finish(settings, print_config: bool) -> bool:
 
 @command
 def sample_cmd(
+    ctx: typer.Context,
     checkpoint: CheckpointOpt = None,
     labels: LabelsOpt = None,
     labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="JSON list of conditions, "
@@ -48,20 +52,20 @@ def sample_cmd(
     seed: SeedOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per UNet batch.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Grid PNG (8 per row).")] = None,
-    save_individual: Annotated[bool, typer.Option("--save-individual", help="Also one PNG per image, in a "
-                                                  "folder named after the grid.")] = False,
+    save_individual: Annotated[bool, typer.Option("--save-individual/--no-save-individual", help="Also one PNG "
+                                                  "per image, in a folder named after the grid.")] = False,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Draw images for conditions (--labels or --labels-file) and save them as a PNG grid."""
-    from iclevr.sampling import SampleSettings, run_sample
+    from iclevr.generate import SampleSettings, run_sample
     from iclevr.settings import resolve
 
-    overrides = {"checkpoint": checkpoint, "labels": [_condition(labels)] if labels is not None else None,
-                 "labels_file": labels_file, "num": num, "sampler.sampler": sampler, "sampler.steps": steps,
-                 "sampler.guidance_scale": guidance_scale, "sampler.seed": seed, "sampler.batch_size": batch_size,
-                 "sampler.device": device, "out": out, "save_individual": save_individual or None}
+    overrides = typed_overrides(ctx, {
+        "checkpoint": "checkpoint", "labels": ("labels", lambda text: [_condition(text)]),
+        "labels_file": "labels_file", "num": "num", "batch_size": "sampler.batch_size", "out": "out",
+        "save_individual": "save_individual", **SAMPLER_FLAGS})
     settings = resolve(SampleSettings, config=config, overrides=overrides)
     if _finish(settings, print_config):
         return
@@ -75,13 +79,14 @@ def sample_cmd(
 
 @command
 def denoise_trace_cmd(
+    ctx: typer.Context,
     checkpoint: CheckpointOpt = None,
     labels: LabelsOpt = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Frames from noise to image (>= 2; the "
                                                   "course asks for >= 8).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Trace PNG.")] = None,
-    x0_row: Annotated[bool, typer.Option("--x0-row", help="Add a row of predicted x0.")] = False,
-    gif: Annotated[bool, typer.Option("--gif", help="Also write an animated GIF beside the PNG.")] = False,
+    x0_row: Annotated[bool, typer.Option("--x0-row/--no-x0-row", help="Add a row of predicted x0.")] = False,
+    gif: Annotated[bool, typer.Option("--gif/--no-gif", help="Also write an animated GIF beside the PNG.")] = False,
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
@@ -94,9 +99,9 @@ def denoise_trace_cmd(
     from iclevr.settings import resolve
     from iclevr.trace import TraceSettings, run_trace
 
-    overrides = {"checkpoint": checkpoint, "labels": _condition(labels), "frames": frames, "out": out,
-                 "x0_row": x0_row or None, "gif": gif or None, "sampler.sampler": sampler, "sampler.steps": steps,
-                 "sampler.guidance_scale": guidance_scale, "sampler.seed": seed, "sampler.device": device}
+    overrides = typed_overrides(ctx, {"checkpoint": "checkpoint", "labels": ("labels", _condition),
+                                      "frames": "frames", "out": "out", "x0_row": "x0_row", "gif": "gif",
+                                      **SAMPLER_FLAGS})
     settings = resolve(TraceSettings, config=config, overrides=overrides)
     if _finish(settings, print_config):
         return

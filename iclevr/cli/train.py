@@ -1,4 +1,4 @@
-"""`iclevr train`: build TrainSettings from preset < config < flags and call iclevr.training.loop.train."""
+"""`iclevr train`: build TrainSettings from preset < config < typed flags and call iclevr.training.loop.train."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console
-from iclevr.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, PresetOpt, PrintConfigOpt, SeedOpt, print_settings
+from iclevr.cli.common import command, console, optional_float, optional_int, print_settings, typed_overrides
+from iclevr.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, PresetOpt, PrintConfigOpt, SeedOpt
 
 Opt = typer.Option
 
 
 @command
 def train_cmd(
+    ctx: typer.Context,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
@@ -23,9 +24,11 @@ def train_cmd(
     out: Annotated[Optional[Path], Opt(help="Run folder (default checkpoints/<preset>-<schedule>-s<seed>).")] = None,
     resume: Annotated[Optional[Path], Opt(help="Continue the run in this folder from its newest state.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Start over in an existing run folder.")] = False,
-    epochs: Annotated[Optional[int], Opt(help="Epochs to train.")] = None,
-    max_steps: Annotated[Optional[int], Opt(help="Optimizer steps to train (wins over --epochs).")] = None,
-    max_minutes: Annotated[Optional[float], Opt(help="Wall-clock budget; saves and stops cleanly.")] = None,
+    epochs: Annotated[Optional[int], optional_int(help="Epochs to train (none = no epoch budget).")] = None,
+    max_steps: Annotated[Optional[int], optional_int(help="Optimizer steps to train (wins over --epochs; "
+                                                     "none = no step budget).")] = None,
+    max_minutes: Annotated[Optional[float], optional_float(help="Wall-clock budget; saves and stops cleanly "
+                                                           "(none = no time budget).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Images per step and process.")] = None,
     lr: Annotated[Optional[float], Opt(help="Peak learning rate.")] = None,
     schedule: Annotated[Optional[str], Opt(help="Noise schedule: linear, scaled_linear, sigmoid, "
@@ -36,9 +39,16 @@ def train_cmd(
     device: DeviceOpt = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the UNet.")] = None,
     sample_every: Annotated[Optional[int], Opt(help="Epochs between sample grids (0 = at the end).")] = None,
+    sample_grids: Annotated[Optional[str], Opt(help="Progress grids: fast (the default sampler), run (the "
+                                               "run's own sampler settings) or off.")] = None,
     p_uncond: Annotated[Optional[float], Opt(help="Probability of dropping the condition (CFG).")] = None,
 ) -> None:
-    """Train the conditional diffusion model; re-run with --resume RUN_DIR to continue a run."""
+    """Train the conditional diffusion model; re-run with --resume RUN_DIR to continue a run.
+
+    Ctrl-C, SIGTERM or SIGUSR1 finish the step in flight, save the state and exit with code 3 (resumable:
+    --resume RUN_DIR continues it); a second Ctrl-C stops at once (130). Exit code 2: bad input, a full disk or
+    a permission problem, or a run folder another process is training (one writer per run folder).
+    """
     from iclevr.errors import UserError
     from iclevr.schedules import check_name
     from iclevr.settings import TrainSettings, resolve
@@ -49,12 +59,13 @@ def train_cmd(
     if resume is not None and out is not None and resume != out:
         raise UserError(f"--resume {resume} and --out {out} name different run folders; give one of them")
     preset, why = default_preset(preset, config)
-    overrides = {"data.data_dir": data_dir, "out": resume or out, "train.epochs": epochs,
-                 "train.max_steps": max_steps, "train.max_minutes": max_minutes, "train.batch_size": batch_size,
-                 "train.lr": lr, "schedule.name": schedule and check_name(schedule),
-                 "schedule.prediction_type": prediction_type, "train.seed": seed,
-                 "train.mixed_precision": mixed_precision, "train.device": device, "train.compile": compile,
-                 "train.sample_every": sample_every, "train.p_uncond": p_uncond}
+    overrides = typed_overrides(ctx, {
+        "data_dir": "data.data_dir", "out": "out", "resume": "out", "epochs": "train.epochs",
+        "max_steps": "train.max_steps", "max_minutes": "train.max_minutes", "batch_size": "train.batch_size",
+        "lr": "train.lr", "schedule": ("schedule.name", check_name), "prediction_type": "schedule.prediction_type",
+        "seed": "train.seed", "mixed_precision": "train.mixed_precision", "device": "train.device",
+        "compile": "train.compile", "sample_every": "train.sample_every",
+        "sample_grids": "train.sample_grids", "p_uncond": "train.p_uncond"})
     settings = resolve(TrainSettings, preset=preset, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

@@ -1,19 +1,20 @@
-"""The course data layout (SPEC §3): reading, validating, preprocessing and caching.
+"""The course data layout (docs/course-kit.md): reading, validating, preprocessing and caching a kit.
 
 <data-dir>/train.json      {"CLEVR_train_001032_0.png": ["gray cube"], ...}
 <data-dir>/objects.json    {"gray cube": 0, ...}   (must equal the built-in order)
 <data-dir>/test.json       [["gray cube"], ["red sphere", "cyan cube"], ...]   (32 conditions)
 <data-dir>/new_test.json   32 conditions
+<data-dir>/val.json        optional: the list to tune on; when absent it is derived from test and new_test
 <data-dir>/iclevr/*.png    the training images (RGB or RGBA, any size)
 
 Preprocessing equals the reference: PIL bilinear Resize((R, R)) (the 4:3 frame is squashed), ToTensor,
 Normalize(0.5, 0.5) -> pixels in [-1, 1]. The decoded training set is cached as uint8 (N, 3, R, R).
+This room only reads: which folder to read, and rendering the embedded kit, is data/kits.py's job.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from iclevr import labels as L
 from iclevr.errors import UserError
+from iclevr.fileio import read_json
+from iclevr.labels import ALL_SPLITS, SPLITS, VAL_SPLIT
 
 CACHE_VERSION = 1
-SPLITS = ("test", "new_test")
 _TRAIN_SCHEMA = TypeAdapter(dict[str, list[str]])
 _SPLIT_SCHEMA = TypeAdapter(list[list[str]])
 
@@ -39,25 +41,6 @@ class CourseKit:
     images_dir: Path
     train: dict[str, list[str]]
     splits: dict[str, list[list[str]]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def evaluator_path(self) -> Path | None:
-        """The course evaluator checkpoint.pth in the data folder, if there is one."""
-        p = self.data_dir / "checkpoint.pth"
-        return p if p.is_file() else None
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Read a JSON file with a clear one-line error when it is missing or malformed."""
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
 
 
 def _validated(adapter: TypeAdapter, value: Any, path: Path, shape: str) -> Any:
@@ -92,6 +75,32 @@ def load_split(data_dir: Path, split: str) -> list[list[str]]:
     return [_check_condition(c, f"{path.name} condition {i}") for i, c in enumerate(raw)]
 
 
+def load_val(data_dir: Path, reported: dict[str, list[list[str]]]) -> list[list[str]]:
+    """val.json, refused if it shares a condition (as a set) with test/new_test; derived from them when absent."""
+    if not (Path(data_dir) / "val.json").is_file():
+        from iclevr.data.plan import val_conditions
+
+        return val_conditions([c for s in SPLITS for c in reported[s]])
+    val = load_split(data_dir, VAL_SPLIT)
+    seen = {frozenset(c): s for s in SPLITS for c in reported[s]}
+    for i, c in enumerate(val):
+        if frozenset(c) in seen:
+            raise UserError(f"{Path(data_dir) / 'val.json'} condition {i} {c} is also in {seen[frozenset(c)]}.json: "
+                            "val must share no condition with the reported lists (delete val.json to use a "
+                            "derived one that does not)")
+    return val
+
+
+def derived_val_note(data_dir: Path | None) -> str | None:
+    """The console line saying a kit's val list was derived (it has no val.json), else None."""
+    if data_dir is None or (Path(data_dir) / "val.json").is_file():
+        return None  # the embedded kit's val is its val.json, computed from its plan
+    from iclevr.data.plan import VAL_SIZE
+
+    return (f"val: {data_dir} has no val.json; scoring the derived list ({VAL_SIZE} conditions of 1-3 objects, "
+            "fixed seed, none equal to a test or new_test condition; docs/course-kit.md)")
+
+
 def load_kit(data_dir: Path, images_dir: Path | None = None, splits: bool = True) -> CourseKit:
     """Read and validate a course data folder (JSON files and labels; images are checked separately)."""
     data_dir = Path(data_dir)
@@ -112,6 +121,8 @@ def load_kit(data_dir: Path, images_dir: Path | None = None, splits: bool = True
                     train=train)
     if splits:
         kit.splits = {s: load_split(data_dir, s) for s in SPLITS}
+        if (data_dir / "val.json").is_file():  # checked here too, so `data check` catches a bad one
+            kit.splits[VAL_SPLIT] = load_val(data_dir, kit.splits)
     if not kit.images_dir.is_dir():
         raise UserError(f"images folder not found: {kit.images_dir} (use --images-dir if it lives elsewhere)")
     return kit
@@ -132,11 +143,6 @@ def load_image(path: Path, resolution: int):
 def to_model_range(images_u8):
     """uint8 (B, 3, H, W) -> float32 in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
     return images_u8.float().div(127.5).sub(1.0)
-
-
-def to_uint8(x):
-    """Model-range float (B, 3, H, W) in [-1, 1] -> uint8."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
 
 
 def check_images(kit: CourseKit, verify: bool = True) -> tuple[list[str], list[str]]:
@@ -194,7 +200,9 @@ def cache_dir_for(kit: CourseKit) -> Path:
             return local
     except OSError:
         pass
-    fallback = Path(os.environ.get("ICLEVR_HOME", Path.home() / ".cache" / "iclevr")) / "data-cache"
+    from iclevr.paths import iclevr_home
+
+    fallback = iclevr_home() / "data-cache"
     fallback.mkdir(parents=True, exist_ok=True)
     return fallback
 
@@ -262,10 +270,25 @@ def _count_extra_pngs(kit: CourseKit) -> int:
     return len(on_disk - set(kit.train))
 
 
-def resolve_data_dir(data_dir: Path | None, console=None) -> Path:
-    """The user's data folder, or the embedded rendered kit (rendered on first use) when none is given."""
-    if data_dir is not None:
-        return Path(data_dir)
-    from iclevr.data.synth import ensure_default_kit
+def load_conditions(data_dir: Path | None, splits=SPLITS) -> dict[str, list[list[str]]]:
+    """The condition lists of a kit: <split>.json of `data_dir` validated (objects.json checked when present;
+    val derived when it has no val.json), or for None the embedded default kit's lists, computed from its
+    label plan without rendering anything."""
+    unknown = [s for s in splits if s not in ALL_SPLITS]
+    if unknown:
+        raise UserError(f'unknown split "{unknown[0]}"; valid: {", ".join(ALL_SPLITS)}')
+    if data_dir is None:
+        from iclevr.data import plan
 
-    return ensure_default_kit(console=console)
+        lists = plan.kit_conditions(plan.DEFAULT_KIT)
+        return {s: lists[s] for s in splits}
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder not found: {data_dir} (point --data-dir at the course kit, or leave it "
+                        "out to use the embedded rendered kit)")
+    if (data_dir / "objects.json").is_file():
+        L.check_objects_mapping(read_json(data_dir / "objects.json", "objects.json"))
+    lists = {s: load_split(data_dir, s) for s in SPLITS if s in splits or VAL_SPLIT in splits}
+    if VAL_SPLIT in splits:
+        lists[VAL_SPLIT] = load_val(data_dir, lists)
+    return {s: lists[s] for s in splits}

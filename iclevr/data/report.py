@@ -34,8 +34,11 @@ def print_check_report(console, kit: CourseKit, summary: dict, missing: list[str
     if summary["extra_pngs"]:
         console.print(f"[dim]{summary['extra_pngs']} PNGs in the images folder are not named in train.json "
                       "(ignored)[/]")
-    evaluator = kit.evaluator_path
-    console.print(f"evaluator: {evaluator if evaluator else 'no checkpoint.pth (the project evaluator is used)'}")
+    from iclevr.evaluation.evaluator import COURSE_FILE, choose_evaluator_file
+
+    evaluator = choose_evaluator_file(None, kit.data_dir)  # what `iclevr eval --data-dir` would use
+    console.print(f"evaluator: {evaluator}" if evaluator == kit.data_dir / COURSE_FILE else
+                  f"evaluator: no {COURSE_FILE} (the project evaluator is used)")
     problems = []
     if missing:
         problems.append(f"{len(missing)} images missing (first: {', '.join(missing[:5])})")

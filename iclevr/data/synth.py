@@ -1,13 +1,13 @@
-"""Write rendered CLEVR-like kits in the course layout (SPEC §3), and the embedded default kits.
+"""Write rendered CLEVR-like kits in the course layout (docs/course-kit.md): `iclevr data synth`.
 
 <out>/iclevr/CLEVR_train_<scene:06d>_<k>.png   scene built one object at a time: _k holds k+1 objects
-<out>/train.json, objects.json, test.json, new_test.json
+<out>/train.json, objects.json, test.json, new_test.json, val.json (the list to tune on; data/plan.py)
 <out>/kit.json                                   how the kit was made (written first, checked on resume)
 <out>/.complete                                  written last: the kit is finished
 
-Determinism: the labels of every scene come from one balanced plan drawn from the seed; scene i is
-placed and rendered from a generator seeded with (seed, i). So the bytes written do not depend on the
-number of workers or on interruptions. Each PNG is written atomically, JSON files and the marker last;
+Determinism: the labels of every scene come from one balanced plan drawn from the seed (data/plan.py);
+scene i is placed and rendered from a generator seeded with (seed, i). So the bytes written do not depend
+on the number of workers or on interruptions. Each PNG is written atomically, JSON files and the marker last;
 an interrupted kit resumes where it stopped.
 """
 
@@ -26,21 +26,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from iclevr import labels as L
-from iclevr.errors import UserError
+from iclevr.data.plan import DEFAULT_KIT, DEFAULT_KIT_NAME, DEFAULT_SCENES, label_plan, plan_conditions
+from iclevr.errors import UserError, WriteError
 from iclevr.fileio import atomic_write_bytes, atomic_write_text, check_writable, remove_stale_temps
+from iclevr.paths import iclevr_home
 from iclevr.settings import Section
 
 KIT_VERSION = 1
 MARKER = ".complete"
 MANIFEST = "kit.json"
-DEFAULT_KIT = {"scenes": 6003, "max_objects": 3, "size": (128, 96), "seed": 0}  # 18,009 images
-MINI_KIT = {"scenes": 200, "max_objects": 3, "size": (64, 48), "seed": 0}  # 600 images, for tests and demos
-TEST_SIZES = {1: 6, 2: 12, 3: 14}  # test.json: conditions per object count (32 conditions, 72 objects)
-NEW_TEST_SIZES = {2: 12, 3: 20}  # new_test.json (32 conditions, 84 objects)
-SUPERSAMPLE = 2
+SUPERSAMPLE = 2  # rays per pixel side: anti-aliased edges and soft shadows at any frame size
 CHUNK = 8  # scenes per worker task
 
 
@@ -48,53 +46,36 @@ class SynthSettings(Section):
     """Settings of `iclevr data synth`."""
 
     out: Path | None = Field(None, description="Output folder; empty = the embedded default kit in $ICLEVR_HOME.")
-    scenes: int = Field(6003, ge=1, le=1_000_000, description="Scenes to render (images = scenes * max_objects).")
+    scenes: int = Field(DEFAULT_SCENES, ge=1, le=1_000_000,
+                        description="Scenes to render (images = scenes * max_objects).")
     max_objects: int = Field(3, ge=1, le=10, description="Objects per finished scene (_0 ... _{K-1}).")
     size: tuple[int, int] = Field((128, 96), description="Frame width and height (4:3; 320x240 is the course's).")
     seed: int = Field(0, ge=0, description="Seed of the label plan and of every scene (scene i uses (seed, i)).")
     workers: int | None = Field(None, ge=1, description="Worker processes; empty = all cores.")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _check_size(cls, value):
+        """'128x96' or (128, 96), checked like --size (4:3, 8 to 4096 pixels a side), from a flag or a file."""
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            value = f"{value[0]}x{value[1]}"
+        return parse_size(value)
 
 
 def synth(settings: SynthSettings, progress: Callable[[int, int], None] | None = None) -> Path:
     """Run `data synth`: render (or resume) the kit the settings describe; returns its folder."""
     s = settings
     out = s.out if s.out is not None else default_out(s.scenes, s.max_objects, s.size, s.seed)
-    return write_kit(out, s.scenes, s.max_objects, s.size, s.seed, s.workers, progress)
+    try:
+        return write_kit(out, s.scenes, s.max_objects, s.size, s.seed, s.workers, progress)
+    except WriteError as e:  # a full disk or a permission: every finished PNG is kept and counts on resume
+        raise WriteError(f"{e}; the images already written are kept: once fixed, run the same command again "
+                         "to finish the kit") from None
 
 
 def image_name(scene: int, k: int) -> str:
     """Course file name of scene `scene` with k+1 objects."""
     return f"CLEVR_train_{scene:06d}_{k}.png"
-
-
-def label_plan(scenes: int, max_objects: int, seed: int) -> list[list[str]]:
-    """Labels of every scene in placement order: each position is class-balanced, no repeats in a scene."""
-    if max_objects > L.NUM_CLASSES:
-        raise UserError(f"--max-objects {max_objects} is more than the {L.NUM_CLASSES} distinct classes")
-    rng = np.random.default_rng([seed, 0x1AB])
-    plan = np.stack([rng.permutation(np.resize(rng.permutation(L.NUM_CLASSES), scenes))
-                     for _ in range(max_objects)], axis=1)  # (S, K)
-    for k in range(1, max_objects):
-        for i in range(scenes):
-            while plan[i, k] in plan[i, :k]:  # swap with another scene's k-th label; keeps the column balanced
-                j = int(rng.integers(scenes))
-                if plan[j, k] not in plan[i, :k] and plan[i, k] not in plan[j, :k]:
-                    plan[i, k], plan[j, k] = plan[j, k], plan[i, k]
-    return [[L.LABELS[c] for c in row] for row in plan]
-
-
-def split_conditions(plan: list[list[str]], sizes: dict[int, int], seed: int, salt: int,
-                     from_train: bool) -> list[list[str]]:
-    """Conditions for test.json / new_test.json: training prefixes (`from_train`) or fresh combinations."""
-    rng = np.random.default_rng([seed, salt])
-    out: list[list[str]] = []
-    for k, count in sizes.items():
-        for _ in range(count):
-            if from_train and k <= len(plan[0]):
-                out.append(list(plan[int(rng.integers(len(plan)))][:k]))
-            else:
-                out.append([L.LABELS[c] for c in rng.choice(L.NUM_CLASSES, size=k, replace=False)])
-    return out
 
 
 def render_scene(images_dir: str, scene: int, labels: list[str], seed: int, size: tuple[int, int],
@@ -165,7 +146,7 @@ def _claim(out: Path, manifest: dict) -> None:
     atomic_write_text(path, json.dumps(manifest, indent=1))
 
 
-def write_kit(out: Path, scenes: int = 6003, max_objects: int = 3, size: tuple[int, int] = (128, 96),
+def write_kit(out: Path, scenes: int = DEFAULT_SCENES, max_objects: int = 3, size: tuple[int, int] = (128, 96),
               seed: int = 0, workers: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> Path:
     """Render a course-layout kit into `out` (resumable, byte-identical for any worker count); returns `out`."""
@@ -217,45 +198,9 @@ def _drain(results, jobs, done: int, total: int, progress, max_objects: int) -> 
 def _write_json_files(out: Path, plan: list[list[str]], seed: int) -> None:
     train = {image_name(i, k): labels[: k + 1] for i, labels in enumerate(plan) for k in range(len(labels))}
     atomic_write_text(out / "objects.json", json.dumps(L.LABEL_TO_INDEX, indent=1))
-    atomic_write_text(out / "test.json", json.dumps(split_conditions(plan, TEST_SIZES, seed, 0x7E57, True)))
-    atomic_write_text(out / "new_test.json",
-                      json.dumps(split_conditions(plan, NEW_TEST_SIZES, seed, 0x4E57, False)))
+    for split, conditions in plan_conditions(plan, seed).items():
+        atomic_write_text(out / f"{split}.json", json.dumps(conditions))
     atomic_write_text(out / "train.json", json.dumps(train, indent=0))
-
-
-def iclevr_home() -> Path:
-    """The cache folder of the project: $ICLEVR_HOME, default ~/.cache/iclevr."""
-    return Path(os.environ.get("ICLEVR_HOME") or Path.home() / ".cache" / "iclevr")
-
-
-def ensure_kit(name: str, spec: dict, console=None, workers: int | None = None) -> Path:
-    """The embedded kit `name` under $ICLEVR_HOME/kits, rendered (or resumed) on first use."""
-    out = iclevr_home() / "kits" / name
-    if is_complete(out):
-        return out
-    images = spec["scenes"] * spec["max_objects"]
-    w, h = spec["size"]
-    if console is None:
-        return write_kit(out, workers=workers, **spec)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    console.print(f"[bold]No --data-dir given:[/] rendering the embedded kit '{name}' ({images:,} images, "
-                  f"{w}x{h}) into {out} (once; set ICLEVR_HOME to move it; an interrupted render resumes)")
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("rendering", total=images)
-        write_kit(out, workers=workers, progress=lambda n, total: bar.update(task, completed=n), **spec)
-    return out
-
-
-def ensure_default_kit(console=None) -> Path:
-    """The embedded default kit (6,003 scenes, 18,009 images), rendered into $ICLEVR_HOME on first use."""
-    return ensure_kit("default-v1", DEFAULT_KIT, console)
-
-
-def ensure_mini_kit(console=None) -> Path:
-    """A small fixed kit (200 scenes, 600 images at 64x48) for tests and quick demos."""
-    return ensure_kit("mini-v1", MINI_KIT, console, workers=1)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -274,8 +219,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def default_out(scenes: int, max_objects: int, size: tuple[int, int], seed: int) -> Path:
     """Where `data synth` writes without --out: the embedded default kit, if the settings are its own."""
-    if (scenes, max_objects, tuple(size), seed) != tuple(DEFAULT_KIT[k] if k != "size" else tuple(DEFAULT_KIT[k])
-                                                        for k in ("scenes", "max_objects", "size", "seed")):
+    default = (DEFAULT_KIT["scenes"], DEFAULT_KIT["max_objects"], tuple(DEFAULT_KIT["size"]), DEFAULT_KIT["seed"])
+    if (scenes, max_objects, tuple(size), seed) != default:
         raise UserError("give --out DIR for a kit with non-default settings (without --out, `data synth` "
                         "renders the embedded default kit)")
-    return iclevr_home() / "kits" / "default-v1"
+    return embedded_kit_dir(DEFAULT_KIT_NAME)
+
+
+def embedded_kit_dir(name: str) -> Path:
+    """Where the embedded kit `name` lives: $ICLEVR_HOME/kits/<name>."""
+    return iclevr_home() / "kits" / name

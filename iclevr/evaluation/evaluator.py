@@ -1,4 +1,4 @@
-"""The evaluator network (SPEC §5) and its two file formats.
+"""The evaluator network, its two file formats, and the one place that decides which evaluator file is used.
 
 Architecture: torchvision resnet18(weights=None) with fc = Sequential(Linear(512, 24), Sigmoid()); input
 (B, 3, 64, 64) already in [-1, 1]; output (B, 24) per-class probabilities in the order of iclevr.labels.
@@ -8,21 +8,28 @@ Files:
           so a file holding anything but tensors and plain containers is refused without running it.
   own     `*.safetensors`: the same state_dict, metadata `format` = "iclevr-evaluator" plus a JSON `info`
           (held-out accuracies, how it was trained). `export_course` writes it back in the course format.
+
+Which evaluator (`choose_evaluator_file`): --evaluator PATH, else `checkpoint.pth` in the data folder, else
+the project's own: the one cached in $ICLEVR_HOME (trained by `iclevr evaluator train` or on first use),
+else the one shipped in iclevr/assets. None of them: the own one is trained on first use (evaluation/fit.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclevr.errors import UserError
+from iclevr.labels import NUM_CLASSES
 
 FORMAT = "iclevr-evaluator"
 FORMAT_VERSION = "1"
-NUM_CLASSES = 24
 INPUT_SIZE = 64
+COURSE_FILE = "checkpoint.pth"  # the course evaluator's name inside a data folder
+PACKAGED = Path(__file__).resolve().parents[1] / "assets" / "own-evaluator-v2.safetensors"
 
 
 def build_evaluator():
@@ -217,6 +224,22 @@ def export_course(evaluator: Evaluator, path: Path) -> Path:
 
 def own_default_path() -> Path:
     """Where the project's own evaluator is cached: $ICLEVR_HOME/evaluator/own-v1.safetensors."""
-    from iclevr.data.synth import iclevr_home
+    from iclevr.paths import iclevr_home
 
     return iclevr_home() / "evaluator" / "own-v1.safetensors"
+
+
+def packaged_evaluator_path() -> Path | None:
+    """The own evaluator shipped in iclevr/assets, unless ICLEVR_NO_PACKAGED_EVALUATOR is set (tests train one)."""
+    return PACKAGED if PACKAGED.is_file() and not os.environ.get("ICLEVR_NO_PACKAGED_EVALUATOR") else None
+
+
+def choose_evaluator_file(path: Path | None, data_dir: Path | None) -> Path | None:
+    """THE evaluator choice: path, data_dir/checkpoint.pth, the cached own one, the packaged one, or None."""
+    if path is not None:
+        return Path(path)
+    if data_dir is not None and (Path(data_dir) / COURSE_FILE).is_file():
+        return Path(data_dir) / COURSE_FILE
+    if own_default_path().is_file():
+        return own_default_path()
+    return packaged_evaluator_path()

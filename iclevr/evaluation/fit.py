@@ -1,6 +1,7 @@
-"""Training the project's own evaluator for the embedded world (`iclevr evaluator train`).
+"""Training the project's own evaluator for the embedded world (`iclevr evaluator train`), and loading the
+chosen evaluator with that training as the fallback on first use (`load_evaluator`).
 
-Data: a fixed pool of freshly rendered scenes with 1 to 5 objects (iclevr.data.world.render.render_examples),
+Data: a fixed pool of freshly rendered scenes with 1 to 5 objects (iclevr.data.world.scene.render_examples),
 kept in memory as uint8 4:3 frames (a share of them drawn at half size and upsampled back, as a 32x32
 generator draws them), or the training images of a course-layout folder (`data_dir`); `init` fine-tunes an
 existing evaluator instead of starting from random weights.
@@ -8,8 +9,9 @@ Preprocessing follows the course: the frame is squashed to 64x64; for half of ev
 squashed to 32x32 and bilinearly upsampled to 64x64 (the course evaluator was trained that way).
 Augmentation never changes which objects are present: horizontal flip, a shift of a few pixels,
 brightness/contrast scaled equally on all channels (hues kept), a little Gaussian noise.
-Loss: multi-label BCE on the pre-sigmoid outputs; AdamW, linear warm-up then cosine decay over the
-budget (steps, or wall-clock minutes). Held-out scenes (other seeds) are scored with the course metric.
+Loss: multi-label BCE on the pre-sigmoid outputs; AdamW, linear warm-up over the first steps times a cosine
+decay over the budget's progress (steps, or wall-clock minutes: whichever is further along). Held-out scenes
+(other seeds) are scored with the course metric.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class EvaluatorTrainSettings(Section):
 
 
 def _render_chunk(job: tuple):
-    from iclevr.data.world.render import render_examples
+    from iclevr.data.world.scene import render_examples
 
     n, seed, lo, hi, size = job
     return render_examples(n, seed, lo, hi, size=size)
@@ -111,8 +113,8 @@ def render_pool(n: int, seed: int, min_objects: int, max_objects: int, size: tup
 
 
 def training_pool(settings: EvaluatorTrainSettings, progress=None):
-    """The rendered training pool: most scenes at render_size, a fraction drawn at half size and upsampled
-    back to render_size (so small renders are not out of distribution); (uint8 (n, 3, H, W), (n, 24))."""
+    """The rendered pool, a fraction drawn at half size and upsampled: (uint8 (n, 3, H, W), (n, 24))."""
+    # the half-size share makes a 32x32 generator's small, soft objects part of the training distribution
     import torch
     import torch.nn.functional as F
 
@@ -186,8 +188,8 @@ def heldout_sets(settings: EvaluatorTrainSettings, progress=None) -> dict:
 
 def score_sets(net, sets: dict) -> dict:
     """Course-metric accuracy of `net` on each held-out set: {name: accuracy}."""
-    from iclevr.evaluation.run import accuracy
     from iclevr.evaluation.evaluator import Evaluator
+    from iclevr.evaluation.metric import accuracy
 
     ev = Evaluator(net, None, "own")
     out = {}
@@ -224,24 +226,23 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
     import torch
     import torch.nn.functional as F
 
-    from iclevr.evaluation.evaluator import build_evaluator, forward_logits
+    from iclevr.evaluation.evaluator import build_evaluator, forward_logits, load_own
+    from iclevr.training.lr import lr_at, warmup_ramp
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     net = build_evaluator()
     if settings.init is not None:
-        from iclevr.evaluation.evaluator import load_own
-
         net.load_state_dict(load_own(settings.init).net.state_dict())
     net = net.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     budget_s = settings.minutes * 60 if settings.minutes else math.inf
     max_steps = settings.max_steps or math.inf
     n, b = len(frames), min(settings.batch_size, len(frames))
-    perm, pos, step, loss_sum, loss_n, last_loss = torch.randperm(n, generator=gen), 0, 0, 0.0, 0, float("nan")
+    perm, pos, step, last_loss = torch.randperm(n, generator=gen), 0, 0, float("nan")
     t0 = time.time()
     while (frac := max(step / max_steps, (time.time() - t0) / budget_s)) < 1:
-        lr = settings.lr * min(1.0, (step + 1) / max(1, settings.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * frac))
+        lr = settings.lr * lr_at(frac, warmup=warmup_ramp(step, settings.warmup_steps), schedule="cosine")
         for group in opt.param_groups:
             group["lr"] = lr
         if pos + b > n:
@@ -258,7 +259,6 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):
                 raise UserError(f"evaluator training diverged (loss {last_loss} at step {step}); lower --lr")
-            loss_sum, loss_n = loss_sum + last_loss, loss_n + 1
             if progress is not None:
                 progress(frac, step, last_loss)
     return net.eval(), {"steps": step, "images_seen": step * b, "train_s": round(time.time() - t0, 1),
@@ -268,11 +268,12 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
 def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Path, dict]:
     """Render (or load) the data, train, score the held-out sets with the course metric, save; -> (path, info)."""
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from iclevr.device import pick_device
     from iclevr.evaluation.evaluator import own_default_path, save_own
     from iclevr.fileio import check_writable
+    from iclevr.progress import progress_bar
 
     out = Path(settings.out) if settings.out else own_default_path()
     check_writable(out.parent)
@@ -281,7 +282,7 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
     t0 = time.time()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=console is None) as bar:
+    with progress_bar(console, enabled=console is not None, columns=columns) as bar:
         if settings.data_dir is not None:
             frames, y, hold = kit_data(settings)
             source = str(settings.data_dir)
@@ -310,37 +311,34 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
     return out, info
 
 
-def packaged_evaluator_path() -> Path | None:
-    """The own evaluator shipped with the package (trained by `iclevr evaluator train`), unless disabled
-    with ICLEVR_NO_PACKAGED_EVALUATOR=1 (tests use that to exercise first-use training)."""
-    path = Path(__file__).parent / "assets" / "own-evaluator-v2.safetensors"
-    return path if path.is_file() and not os.environ.get("ICLEVR_NO_PACKAGED_EVALUATOR") else None
+def load_evaluator(path: Path | None = None, data_dir: Path | None = None, device="cpu", console=None,
+                   own: EvaluatorTrainSettings | None = None):
+    """The evaluator choose_evaluator_file names, loaded; the own one trained first when there is none yet."""
+    from iclevr.evaluation.evaluator import (choose_evaluator_file, load_file, load_own, own_default_path,
+                                             packaged_evaluator_path)
+
+    chosen = choose_evaluator_file(path, data_dir)
+    if path is None and chosen == own_default_path():
+        try:
+            return load_own(chosen, device)
+        except UserError as e:  # a damaged cache is rebuilt, never trusted
+            if console is not None:
+                console.print(f"[yellow]The cached evaluator is unusable ({e}); removed.[/]")
+            chosen.unlink(missing_ok=True)
+            chosen = choose_evaluator_file(None, data_dir)
+    if chosen is None:
+        return _train_on_first_use(device, console, own)
+    if console is not None and chosen == packaged_evaluator_path():
+        console.print(f"[dim]evaluator: the project's packaged own evaluator ({chosen.name}); "
+                      "`iclevr evaluator train` makes a new one[/]")
+    return load_file(chosen, device)
 
 
-def own_evaluator_file() -> Path | None:
-    """The own evaluator file ensure_own_evaluator would load: the cached one, else the packaged one (None: neither)."""
-    from iclevr.evaluation.evaluator import own_default_path
-
-    return own_default_path() if own_default_path().is_file() else packaged_evaluator_path()
-
-
-def ensure_own_evaluator(device="cpu", console=None, settings: EvaluatorTrainSettings | None = None):
-    """The cached default own evaluator; trained on first use (with a notice) when it is missing or damaged."""
+def _train_on_first_use(device, console, settings: EvaluatorTrainSettings | None):
+    """Train the own evaluator into its cache file (with a notice), then load it."""
     from iclevr.evaluation.evaluator import load_own, own_default_path
 
     path = own_default_path()
-    if path.is_file():
-        try:
-            return load_own(path, device)
-        except UserError as e:
-            if console is not None:
-                console.print(f"[yellow]The cached evaluator is unusable ({e}); training it again.[/]")
-    packaged = packaged_evaluator_path()
-    if packaged is not None:
-        if console is not None:
-            console.print(f"[dim]evaluator: the project's packaged own evaluator ({packaged.name}); "
-                          "`iclevr evaluator train` makes a new one[/]")
-        return load_own(packaged, device)
     settings = (settings or EvaluatorTrainSettings()).model_copy(update={"out": path, "data_dir": None})
     if console is not None:
         budget = f"{settings.minutes:g} minutes" if settings.minutes else f"{settings.max_steps} steps"

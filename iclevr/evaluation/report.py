@@ -1,4 +1,5 @@
-"""Rich tables for `iclevr eval` and `iclevr evaluator train`."""
+"""Terminal output of the evaluation room: `iclevr eval`'s Rich tables, and the held-out table of a freshly
+trained evaluator (`iclevr evaluator train`); the modules that compute these only return data."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def print_report(console, report: dict) -> None:
                       "renders, so these accuracies are unreliable; retrain it longer (`iclevr evaluator train "
                       "--minutes 60` replaces the cached one; a GPU is much faster)[/]")
     out = Path(report["out"])
-    console.print(f"report: {out / 'report.json'}  grids: "
-                  + ", ".join(str(out / f"{s}_grid.png") for s in report["splits"]))
+    console.print(f"report: {out / 'report.html'} (and report.json)  grids: "
+                  + ", ".join(str(out / f"{s}_grid.png") for s in report["splits"]) + "  annotated: "
+                  + ", ".join(str(out / f"{s}_annotated.png") for s in report["splits"]))
 
 
 def print_trained(console, path: Path, info: dict) -> None:

@@ -1,17 +1,24 @@
-"""The course metric (SPEC §6), error analysis, the evaluator choice and the core of `iclevr eval`.
+"""The core of `iclevr eval`: draw (or read) each split's images, score them with the course metric
+(evaluation/metric.py), and write the images, one grid per split and report.json.
 
-Metric: for an image with k requested objects take the k classes with the highest evaluator outputs;
-hits = how many of them were requested. accuracy = sum(hits) / sum(k) over the whole split (a micro
-average, not a per-image mean), so a split of 72 objects moves in steps of 1/72.
+Cheap checks come first, so a missing model fails before any data work: the trained weights (or the --images
+folders), the evaluator file, then the condition lists, which are read from <split>.json alone (the
+training images are never touched, and the embedded kit's lists are computed without rendering it).
+Only then is an own evaluator trained if none exists yet, and the images drawn.
 
-Evaluator choice: --evaluator PATH, else `checkpoint.pth` in the data folder, else the project's own
-evaluator for the embedded world (trained once on first use and cached).
+`--split val` scores the kit's val list (labels.VAL_SPLIT), the one design choices are tuned on; "all" means
+the two reported lists, test and new_test, which are never tuned on.
+
+report.json: {"checkpoint", "images", "model": {"preset", "step"}, "sampler", "data_dir" (null = the
+embedded default kit), "evaluator": {"kind", "path", "sha256", "heldout"?}, "settings", "splits": {split:
+{"conditions", "objects", "runs": [{"seed", "hits", "total", "accuracy", "per_condition", "predicted"}],
+"accuracy", "mean", "std", "hits", "total", "per_class_recall", "most_missed", "wrong_predictions",
+"binding"}}}; the dict `evaluate` returns adds "out".
 """
 
 from __future__ import annotations
 
 import statistics
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +27,8 @@ from pydantic import Field
 from iclevr import labels as L
 from iclevr.errors import UserError
 from iclevr.evaluation.fit import EvaluatorTrainSettings
+from iclevr.evaluation.metric import analyse, image_hits, topk_predictions
 from iclevr.settings import SamplerSettings, Section
-
-SPLITS = ("test", "new_test")
 
 
 class EvalSettings(Section):
@@ -30,7 +36,9 @@ class EvalSettings(Section):
 
     checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run "
                                     "under checkpoints/.")
-    split: Literal["test", "new_test", "all"] = Field("all", description="Which conditions to generate and score.")
+    split: Literal["test", "new_test", "val", "all"] = Field("all", description="Which conditions to generate "
+                                                             "and score: test, new_test, val (the list to tune "
+                                                             "on) or all (test and new_test).")
     data_dir: Path | None = Field(None, description="Course data folder (test.json, new_test.json, maybe "
                                   "checkpoint.pth); empty = the embedded rendered kit.")
     evaluator: Path | None = Field(None, description="Evaluator file (course checkpoint.pth or our .safetensors); "
@@ -41,149 +49,32 @@ class EvalSettings(Section):
     out: Path | None = Field(None, description="Output folder; empty = <run folder>/eval (or ./eval).")
     images: Path | None = Field(None, description="Score already generated images (<dir>/<split>/0.png.. or a "
                                 "flat <dir>/0.png.. for one split) instead of sampling.")
+    annotate_all_seeds: bool = Field(False, description="Write an annotated grid for every sampling seed "
+                                     "(<split>_annotated_s<seed>.png), not only the first seed's.")
     own_evaluator: EvaluatorTrainSettings = Field(default_factory=EvaluatorTrainSettings, description="How the "
                                                   "project's own evaluator is trained on first use.")
-
-
-# ---- the metric ------------------------------------------------------------------------------------
-
-def topk_predictions(scores, y) -> list[list[int]]:
-    """For each image the indices of its k highest scores, k = number of requested objects (ties: lower index)."""
-    import torch
-
-    scores, y = torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(y)
-    if scores.shape != y.shape or scores.ndim != 2:
-        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(y.shape)} must both be (N, 24)")
-    ks = (y > 0.5).sum(dim=1).tolist()
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # (N, 24)
-    return [order[i, :k].tolist() for i, k in enumerate(ks)]
-
-
-def image_hits(scores, y) -> list[int]:
-    """Hits per image: how many of its top-k classes were requested."""
-    import torch
-
-    y = torch.as_tensor(y)
-    return [sum(int(y[i, c] > 0.5) for c in pred) for i, pred in enumerate(topk_predictions(scores, y))]
-
-
-def accuracy(scores, y) -> tuple[int, int]:
-    """The course metric's numerator and denominator: (sum of top-k hits, sum of k) over all images."""
-    import torch
-
-    return sum(image_hits(scores, y)), int((torch.as_tensor(y) > 0.5).sum())
-
-
-# ---- error analysis --------------------------------------------------------------------------------
-
-def classify_wrong(wrong: int, requested: list[int]) -> str:
-    """Why a predicted-but-not-requested class is wrong: binding (a requested colour on another requested
-    object's shape), colour (right colour, shape not requested), shape (right shape, colour not requested),
-    or other."""
-    colours, shapes = {r % 8 for r in requested}, {r // 8 for r in requested}
-    c, s = wrong % 8, wrong // 8
-    if c in colours and s in shapes:
-        return "binding"
-    return "colour" if c in colours else "shape" if s in shapes else "other"
-
-
-def full_swaps(requested: list[int], predicted: list[int]) -> int:
-    """Pairs of requested objects whose colours and shapes are both swapped in the prediction."""
-    pred = set(predicted)
-    count = 0
-    for i, a in enumerate(requested):
-        for b in requested[i + 1:]:
-            ca, sa, cb, sb = a % 8, a // 8, b % 8, b // 8
-            if ca != cb and sa != sb and (sb * 8 + ca) in pred and (sa * 8 + cb) in pred:
-                count += 1
-    return count
-
-
-def analyse(requested: list[list[int]], predicted: list[list[int]]) -> dict:
-    """Per-class recall, the objects most often missed, and the kinds of wrong predictions (binding errors)."""
-    asked, found, kinds = Counter(), Counter(), Counter()
-    binding_images = swaps = 0
-    for req, pred in zip(requested, predicted):
-        asked.update(req)
-        found.update(set(req) & set(pred))
-        wrong = [classify_wrong(w, req) for w in pred if w not in req]
-        kinds.update(wrong)
-        binding_images += "binding" in wrong
-        swaps += full_swaps(req, pred)
-    recall = {L.LABELS[i]: round(found[i] / asked[i], 4) if asked[i] else None for i in range(L.NUM_CLASSES)}
-    missed = sorted(((asked[i] - found[i], i) for i in asked if asked[i] > found[i]), key=lambda t: (-t[0], t[1]))
-    n_wrong = sum(kinds.values())
-    return {
-        "per_class_recall": recall,
-        "most_missed": [{"label": L.LABELS[i], "missed": m, "requested": asked[i]} for m, i in missed[:5]],
-        "wrong_predictions": {"total": n_wrong, **{k: kinds.get(k, 0) for k in ("binding", "colour", "shape",
-                                                                                  "other")}},
-        "binding": {"wrong_predictions": kinds.get("binding", 0), "share_of_wrong":
-                    round(kinds.get("binding", 0) / n_wrong, 4) if n_wrong else 0.0,
-                    "images": binding_images, "images_total": len(requested), "full_swaps": swaps},
-    }
 
 
 def score_split(evaluator, runs: dict, conditions: list[list[str]]) -> dict:
     """Score one split: runs = {seed label: images (N, 3, 64, 64)}; accuracy per run, mean ± std, analysis."""
     y = L.encode_many(conditions)  # (N, 24)
-    requested = [L.parse_names(c) for c in conditions]
-    per_run, all_req, all_pred = [], [], []
+    requested = [[L.LABELS[i] for i in L.parse_names(c)] for c in conditions]
+    per_run, all_pred = [], []
     for label, x in runs.items():
         scores = evaluator.scores(x)  # (N, 24)
-        pred = topk_predictions(scores, y)
+        predicted = [[L.LABELS[c] for c in p] for p in topk_predictions(scores, y)]
         hits = image_hits(scores, y)
         per_run.append({"seed": label, "hits": sum(hits), "total": int(y.sum()),
-                        "accuracy": sum(hits) / int(y.sum()), "per_condition": hits,
-                        "predicted": [[L.LABELS[c] for c in p] for p in pred]})
-        all_req += requested
-        all_pred += pred
+                        "accuracy": sum(hits) / int(y.sum()), "per_condition": hits, "predicted": predicted})
+        all_pred += predicted
     accs = [r["accuracy"] for r in per_run]
     return {"conditions": conditions, "objects": int(y.sum()), "runs": per_run, "accuracy": accs,
             "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
             "hits": sum(r["hits"] for r in per_run), "total": sum(r["total"] for r in per_run),
-            **analyse(all_req, all_pred)}
+            **analyse(requested * len(per_run), all_pred, L.LABELS)}
 
 
-# ---- evaluators, conditions and images ---------------------------------------------------------------
-
-def _chosen_file(path: Path | None, data_dir: Path | None) -> Path | None:
-    """`path`, else data_dir/checkpoint.pth when it exists, else None (the project's own evaluator)."""
-    if path is not None:
-        return Path(path)
-    if data_dir is not None and (Path(data_dir) / "checkpoint.pth").is_file():
-        return Path(data_dir) / "checkpoint.pth"
-    return None
-
-
-def load_evaluator(path: Path | None, data_dir: Path | None, device="cpu", console=None,
-                   own: EvaluatorTrainSettings | None = None):
-    """Pick the evaluator: `path`, else data_dir/checkpoint.pth, else the project's own (trained on first use)."""
-    from iclevr.evaluation.evaluator import load_file
-    from iclevr.evaluation.fit import ensure_own_evaluator
-
-    chosen = _chosen_file(path, data_dir)
-    return load_file(chosen, device) if chosen is not None else ensure_own_evaluator(device, console, own)
-
-
-def evaluator_file(path: Path | None, data_dir: Path | None) -> Path | None:
-    """The file load_evaluator would read, without loading it; None while the own evaluator is still to train."""
-    from iclevr.evaluation.fit import own_evaluator_file
-
-    return _chosen_file(path, data_dir) or own_evaluator_file()
-
-
-def load_conditions(data_dir: Path, splits: tuple[str, ...]) -> dict[str, list[list[str]]]:
-    """The conditions of the given splits from a data folder (objects.json checked when present)."""
-    from iclevr.data.course import load_split, read_json
-
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"data folder not found: {data_dir}")
-    if (data_dir / "objects.json").is_file():
-        L.check_objects_mapping(read_json(data_dir / "objects.json", "objects.json"))
-    return {s: load_split(data_dir, s) for s in splits}
-
+# ---- images ---------------------------------------------------------------------------------------
 
 def load_image_folder(folder: Path, n: int):
     """Read folder/0.png .. (n-1).png, squashed to 64x64 like the course loader: (n, 3, 64, 64) in [-1, 1]."""
@@ -214,7 +105,7 @@ def image_folders(root: Path, splits: tuple[str, ...]) -> dict[str, Path]:
     if len(splits) == 1 and (root / "0.png").is_file():
         return {splits[0]: root}
     want = " and ".join(f"{root}/{s}/" for s in splits)
-    raise UserError(f"expected {want} holding 0.png, 1.png, ... (or a flat folder with --split test|new_test)")
+    raise UserError(f"expected {want} holding 0.png, 1.png, ... (or a flat folder with --split test|new_test|val)")
 
 
 def default_out(weights: Path | None) -> Path:
@@ -231,7 +122,8 @@ def generate(model, info, sampler: SamplerSettings, conditions: list[list[str]],
     """Sample every condition once per seed, resized to 64x64 batch by batch: {seed: (N, 3, 64, 64) in [-1, 1]}."""
     import torch
 
-    from iclevr.sampling import OUTPUT_SIZE, sample_batches, to_output_size
+    from iclevr.images import OUTPUT_SIZE, to_output_size
+    from iclevr.sampling import sample_batches
 
     y = L.encode_many(conditions)  # (N, 24)
     runs = {}
@@ -241,13 +133,6 @@ def generate(model, info, sampler: SamplerSettings, conditions: list[list[str]],
                                        sampler=sampler.model_copy(update={"seed": s}), callback=on_step):
             runs[s][start:start + len(x)] = to_output_size(x)  # (b, 3, 64, 64)
     return runs
-
-
-def _sampling_progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, disable=console is None, transient=True)
 
 
 def _sampling_task(bar, sampler: SamplerSettings, info, conditions: dict, seeds: list[int]):
@@ -262,48 +147,101 @@ def _sampling_task(bar, sampler: SamplerSettings, info, conditions: dict, seeds:
                         total=chunks * len(seeds) * steps)
 
 
-def evaluate(settings: EvalSettings, console=None) -> dict:
-    """Generate (or read) each split's images, score them with the course metric, write the PNGs, grids and
-    report.json into the output folder; returns the report."""
-    from iclevr.weights import write_json
-    from iclevr.data.course import resolve_data_dir
+def _drawing_source(settings: EvalSettings, splits: tuple[str, ...]) -> dict:
+    """What is scored, checked first: the --images folders, or the trained model and its resolved sampler."""
     from iclevr.device import pick_device
-    from iclevr.fileio import check_writable
-    from iclevr.sampling import load_model, save_grid, save_images, with_weights_defaults
+    from iclevr.generate import load_model, with_weights_defaults
 
-    splits = SPLITS if settings.split == "all" else (settings.split,)
-    folders = image_folders(settings.images, splits) if settings.images else None
-    data_dir = resolve_data_dir(settings.data_dir, console)
-    conditions = load_conditions(data_dir, splits)
-    model = info = sampler = None
-    if folders is None:
-        model, info, device = load_model(settings.checkpoint, settings.sampler.device)
-        sampler = with_weights_defaults(settings.sampler, info.sampler)
-    else:
-        device = pick_device(settings.sampler.device)
-    out = check_writable(settings.out or default_out(info.path if info else None))
-    evaluator = load_evaluator(settings.evaluator, data_dir, device, console, settings.own_evaluator)
-    report = {"checkpoint": str(info.path) if info else None, "images": str(settings.images) if folders else None,
-              "model": {"preset": info.preset, "step": info.step} if info else None,
-              "sampler": sampler.model_dump(mode="json") if sampler else None, "data_dir": str(data_dir),
-              "evaluator": evaluator.describe(), "settings": settings.model_dump(mode="json"), "splits": {}}
-    with _sampling_progress(console if folders is None else None) as bar:
-        task = _sampling_task(bar, sampler, info, conditions, settings.seeds) if folders is None else None
+    if settings.images is not None:
+        return {"folders": image_folders(settings.images, splits), "model": None, "info": None, "sampler": None,
+                "device": pick_device(settings.sampler.device)}
+    model, info, device = load_model(settings.checkpoint, settings.sampler.device)
+    return {"folders": None, "model": model, "info": info, "device": device,
+            "sampler": with_weights_defaults(settings.sampler, info.sampler)}
+
+
+def _check_evaluator_file(settings: EvalSettings) -> None:
+    """Fail before any other work when the evaluator named or found is not a file."""
+    from iclevr.evaluation.evaluator import choose_evaluator_file
+
+    chosen = choose_evaluator_file(settings.evaluator, settings.data_dir)
+    if chosen is not None and not chosen.is_file():
+        raise UserError(f"evaluator file not found: {chosen}")
+
+
+def _report_head(settings: EvalSettings, src: dict, evaluator) -> dict:
+    """report.json's fields besides the splits."""
+    info, sampler = src["info"], src["sampler"]
+    return {"checkpoint": str(info.path) if info else None,
+            "images": str(settings.images) if src["folders"] else None,
+            "model": {"preset": info.preset, "step": info.step} if info else None,
+            "sampler": sampler.model_dump(mode="json") if sampler else None,
+            "data_dir": str(settings.data_dir) if settings.data_dir else None,
+            "evaluator": evaluator.describe(), "settings": settings.model_dump(mode="json"), "splits": {}}
+
+
+def evaluate(settings: EvalSettings, console=None) -> dict:
+    """Draw (or read) each split's images, score them, write PNGs, grids and report.json; returns the report."""
+    from iclevr.data.course import derived_val_note, load_conditions
+    from iclevr.evaluation.fit import load_evaluator
+    from iclevr.evaluation.html import write_report
+    from iclevr.fileio import check_writable, write_json
+    from iclevr.images import save_grid, save_images
+    from iclevr.progress import progress_bar
+
+    splits = L.SPLITS if settings.split == "all" else (settings.split,)
+    src = _drawing_source(settings, splits)  # fails fast: no trained model, no image folder
+    _check_evaluator_file(settings)
+    conditions = load_conditions(settings.data_dir, splits)  # the JSON lists only, never the training images
+    note = derived_val_note(settings.data_dir) if L.VAL_SPLIT in splits else None
+    if note and console is not None:
+        console.print(note)
+    out = check_writable(settings.out or default_out(src["info"].path if src["info"] else None))
+    evaluator = load_evaluator(settings.evaluator, settings.data_dir, src["device"], console, settings.own_evaluator)
+    report = _report_head(settings, src, evaluator)
+    sampling = src["folders"] is None
+    annotated: dict[str, bytes] = {}
+    with progress_bar(console, enabled=sampling and console is not None, transient=True) as bar:
+        task = _sampling_task(bar, src["sampler"], src["info"], conditions, settings.seeds) if sampling else None
         for split in splits:  # one split at a time: only its images are held, then scored and released
-            if folders is None:
-                runs = generate(model, info, sampler, conditions[split], settings.seeds,
+            if sampling:
+                runs = generate(src["model"], src["info"], src["sampler"], conditions[split], settings.seeds,
                                 on_step=lambda d: bar.advance(task))
+                save_images(next(iter(runs.values())), out / "images" / split)
             else:
-                runs = {"images": load_image_folder(folders[split], len(conditions[split]))}
-            first = next(iter(runs.values()))  # (N, 3, 64, 64) of the first seed
-            if folders is None:
-                save_images(first, out / "images" / split)
-            save_grid(first, out / f"{split}_grid.png", nrow=8)
+                runs = {"images": load_image_folder(src["folders"][split], len(conditions[split]))}
+            save_grid(next(iter(runs.values())), out / f"{split}_grid.png", nrow=8)  # the first seed's
             report["splits"][split] = score_split(evaluator, runs, conditions[split])
-            del runs, first
+            annotated[split] = _write_annotated(out, split, runs, report["splits"][split], settings.annotate_all_seeds)
+            del runs
     write_json(out / "report.json", report)
+    write_report(out / "report.html", report, images=annotated, title=_report_title(report))
     report["out"] = str(out)
     return report
+
+
+def _write_annotated(out: Path, split: str, runs: dict, split_report: dict, every_seed: bool) -> bytes:
+    """Write <split>_annotated.png (the first run) and, if asked, one per further seed; returns the first's PNG."""
+    from iclevr.evaluation.annotate import annotate_split
+    from iclevr.fileio import atomic_write_bytes
+    from iclevr.images import to_uint8
+
+    first = b""
+    for i, (label, x) in enumerate(runs.items()):
+        if i and not every_seed:
+            break
+        seed = "images" if label == "images" else f"sampling seed {label}"
+        png = annotate_split(to_uint8(x), split_report, run=i, title=f"{split}, {seed}").png()
+        name = f"{split}_annotated.png" if i == 0 else f"{split}_annotated_s{label}.png"
+        atomic_write_bytes(out / name, png)
+        first = first or png
+    return first
+
+
+def _report_title(report: dict) -> str:
+    """The HTML page's title: what was scored."""
+    what = report.get("checkpoint") or report.get("images") or "model"
+    return f"iclevr eval: {Path(str(what)).name or what}"
 
 
 def score_run(run_dir: Path, *, data, sampler: SamplerSettings, seeds: list[int], evaluator: Path | None = None,

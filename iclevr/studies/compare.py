@@ -37,7 +37,8 @@ class CompareSettings(Section):
     sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler of the evaluation.")
     evaluator: Path | None = Field(None, description="Evaluator file; default as in `iclevr eval`.")
     out: Path = Field(Path("compare-schedules"), description="Study folder (runs, figures, report).")
-    plot_only: bool = Field(False, description="Only draw the schedules figure and print their table.")
+    plot_only: bool = Field(False, description="Only draw the schedules figure and write their table "
+                            "(report.json); no training.")
 
     @model_validator(mode="after")
     def _check(self) -> "CompareSettings":
@@ -68,44 +69,55 @@ def schedule_table(names: list[str], T: int = PLOT_T) -> list[dict]:
 
 def run_study(settings: CompareSettings, console) -> dict:
     """Train (or reuse) one run per schedule and seed, evaluate each, and write figures and the report."""
-    from iclevr.fileio import check_writable
+    from iclevr.fileio import check_writable, write_json
     from iclevr.studies.plots import plot_accuracy, plot_schedules
 
     out = check_writable(settings.out)
     plot_schedules(settings.schedules, PLOT_T, out / "schedules.png")
     report = {"settings": json.loads(settings.model_dump_json()), "table": schedule_table(settings.schedules)}
-    if settings.plot_only:
-        return report
-    rows = []
-    for name in settings.schedules:
-        runs = [_train_and_score(settings, name, seed, console) for seed in settings.seeds]
-        rows.append(_summarise(name, runs))
-    report["runs"] = rows
-    plot_accuracy(rows, out / "accuracy.png")
-    from iclevr.weights import write_json
-
-    write_json(out / "report.json", report)
+    if not settings.plot_only:
+        rows = []
+        for name in settings.schedules:
+            runs = [_train_and_score(settings, name, seed, console) for seed in settings.seeds]
+            rows.append(_summarise(name, runs))
+        report["runs"] = rows
+        plot_accuracy(rows, out / "accuracy.png")
+    write_json(out / "report.json", report)  # --plot-only too: the table's numbers then have a file
+    if not settings.plot_only:
+        _write_page(settings, out, report)
     return report
+
+
+def _write_page(settings: CompareSettings, out: Path, report: dict) -> Path:
+    """report.html: the figures, then every schedule's accuracy and grid side by side (self-contained)."""
+    from iclevr.evaluation.html import write_comparison
+
+    seed = settings.seeds[0]
+    grids = {r["name"]: (out / f"grid-{r['name']}-s{seed}.png").read_bytes() for r in report["runs"]
+             if (out / f"grid-{r['name']}-s{seed}.png").is_file()}
+    figures = {"noise schedules": (out / "schedules.png").read_bytes(),
+               "accuracy by schedule": (out / "accuracy.png").read_bytes()}
+    return write_comparison(out / "report.html", report["runs"], grids=grids, figures=figures,
+                            settings=report["settings"])
 
 
 def _train_settings(settings: CompareSettings, name: str, seed: int):
     from iclevr.settings import TrainSettings, resolve
 
-    overrides = {"schedule.name": name, "train.seed": seed, "train.max_minutes": None,
+    overrides = {"schedule.name": name, "train.seed": seed, "train.max_minutes": None,  # the same steps for all
                  "out": str(settings.out / "runs" / f"{name}-s{seed}"),
                  "data": json.loads(settings.data.model_dump_json())}
     if settings.max_steps:
         overrides["train.max_steps"] = settings.max_steps
     else:
         overrides["train.epochs"] = settings.epochs
-    ts = resolve(TrainSettings, preset=settings.preset, config=settings.train_config, overrides=overrides)
-    ts.train.max_minutes = None  # a fixed step budget, identical for every schedule
-    return ts
+    return resolve(TrainSettings, preset=settings.preset, config=settings.train_config, overrides=overrides)
 
 
 def _train_and_score(settings: CompareSettings, name: str, seed: int, console) -> dict:
     """One run: train unless finished (resume if interrupted), then score it on test and new_test."""
-    from iclevr.training.loop import is_finished, train
+    from iclevr.training.loop import train
+    from iclevr.training.run_folder import is_finished
 
     ts = _train_settings(settings, name, seed)
     run_dir = Path(ts.out)
@@ -134,7 +146,7 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
     scores = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
                        evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
                        console=console)
-    from iclevr.weights import write_json
+    from iclevr.fileio import write_json
 
     write_json(cache, {"key": key, "scores": scores})
     return scores
@@ -142,11 +154,9 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
 
 def _evaluator_sha(settings: CompareSettings) -> str | None:
     """SHA-256 of the evaluator file a scoring would use now (a changed default evaluator invalidates the cache)."""
-    from iclevr.data.course import resolve_data_dir
-    from iclevr.evaluation.run import evaluator_file
-    from iclevr.evaluation.evaluator import file_sha256
+    from iclevr.evaluation.evaluator import choose_evaluator_file, file_sha256
 
-    path = evaluator_file(settings.evaluator, resolve_data_dir(settings.data.data_dir))
+    path = choose_evaluator_file(settings.evaluator, settings.data.data_dir)
     return file_sha256(path) if path is not None and path.is_file() else None
 
 
@@ -162,10 +172,9 @@ def _summarise(name: str, runs: list[dict]) -> dict:
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from iclevr.fileio import read_jsonl
+
+    return read_jsonl(run_dir / "metrics.jsonl")  # a torn last row (a killed run) is left out
 
 
 def _final_loss(run_dir: Path) -> float | None:

@@ -1,14 +1,17 @@
 """`iclevr demo`: the whole story on the embedded world, end to end, reusing whatever is already done.
 
 1. render (or reuse) the embedded course-layout kit,
-2. load (or train once) the project's own evaluator,
+2. load the evaluator (the course's if the kit has one, else the project's own),
 3. train the `tiny` preset for a wall-time budget (or reuse a finished run; resume an interrupted one),
-4. sample and score test and new_test over several seeds (course metric),
-5. write the denoising trace of ["red sphere", "cyan cylinder", "cyan cube"].
+4. sample and score test and new_test over several seeds (course metric, docs/metric.md),
+5. write the denoising trace of the course's trace condition,
+6. write `<out>/summary.json`: steps, stage minutes, accuracy per split and seed, the machine, so every
+   number the README quotes from a demo run has a file behind it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from pydantic import Field
 
 from iclevr.settings import Section
 
-TRACE_LABELS = ["red sphere", "cyan cylinder", "cyan cube"]
+SUMMARY_FILE = "summary.json"
 
 
 class DemoSettings(Section):
@@ -30,56 +33,63 @@ class DemoSettings(Section):
     preset: str = Field("tiny", description="Training preset.")
 
 
+@contextlib.contextmanager
+def _timed(stages: dict[str, float], name: str):
+    """Add the wall seconds of the block to stages[name]."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = time.perf_counter() - t0
+
+
 def run_demo(settings: DemoSettings, console) -> dict:
-    """Run (or resume) every stage of the demo and return where everything is, with stage timings."""
-    from iclevr.data.course import resolve_data_dir
-    from iclevr.fileio import check_writable
+    """Run (or resume) every stage of the demo, write summary.json and return where everything is."""
+    from iclevr.data.kits import resolve_data_dir
+    from iclevr.fileio import check_writable, write_json
     from iclevr.settings import write_settings
 
     out = check_writable(settings.out)
     write_settings(settings, out, "demo-settings.json")
     stages: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data_dir = resolve_data_dir(settings.data_dir, console)
-    stages["data"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluator = _evaluator(settings, data_dir, console)
-    stages["evaluator"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    run_dir = _train(settings, data_dir, out / "run", console)
-    stages["train"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = _evaluate(settings, data_dir, run_dir, evaluator, out / "eval", console)
-    stages["eval"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    trace = _trace(settings, run_dir, out / "trace.png")
-    stages["trace"] = time.perf_counter() - t0
-    return {"data_dir": data_dir, "run_dir": run_dir, "eval": report, "trace": trace, "stages": stages,
-            "evaluator": evaluator}
+    with _timed(stages, "data"):
+        data_dir = resolve_data_dir(settings.data_dir, console)
+    with _timed(stages, "evaluator"):
+        evaluator = _evaluator(data_dir, console)
+    with _timed(stages, "train"):
+        run_dir, reused = _train(settings, data_dir, out / "run", console)
+    with _timed(stages, "eval"):
+        report = _evaluate(settings, data_dir, run_dir, evaluator, out / "eval", console)
+    with _timed(stages, "trace"):
+        trace = _trace(settings, run_dir, out / "trace.png")
+    result = {"data_dir": data_dir, "run_dir": run_dir, "eval": report, "trace": trace, "stages": stages,
+              "evaluator": evaluator, "train_reused": reused}
+    result["summary"] = out / SUMMARY_FILE
+    write_json(result["summary"], build_summary(settings, result))
+    return result
 
 
-def _evaluator(settings: DemoSettings, data_dir: Path, console) -> Path | None:
-    """The course checkpoint.pth if the data folder has one, else the project's own (trained once, cached)."""
-    from iclevr.evaluation.fit import ensure_own_evaluator
+def _evaluator(data_dir: Path, console) -> Path | None:
+    """The evaluator file every command would use for this kit (evaluation/evaluator.py decides)."""
+    from iclevr.evaluation.fit import load_evaluator
 
-    course = data_dir / "checkpoint.pth"
-    if course.is_file():
-        return course
-    return ensure_own_evaluator(device="cpu", console=console).path
+    return load_evaluator(None, data_dir, device="cpu", console=console).path
 
 
-def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> Path:
+def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> tuple[Path, bool]:
+    """(run folder, True when a finished run was reused instead of trained)."""
     from iclevr.settings import TrainSettings, resolve
-    from iclevr.training.loop import is_finished, train
+    from iclevr.training.loop import train
+    from iclevr.training.run_folder import is_finished
 
     ts = resolve(TrainSettings, preset=settings.preset,
                  overrides={"data.data_dir": str(data_dir), "out": str(run_dir), "train.device": settings.device,
                             "train.max_minutes": settings.minutes})
-    if is_finished(run_dir, ts):
+    if is_finished(run_dir, ts):  # finished within this request's minutes
         console.print(f"[dim]training: finished run found in {run_dir}, reused[/]")
-        return run_dir
+        return run_dir, True
     console.print(f"[bold]training[/] the {settings.preset} model for {settings.minutes:g} minutes in {run_dir}")
-    return train(ts, console=console, resume=(run_dir / "state").is_dir())
+    return train(ts, console=console, resume=(run_dir / "state").is_dir()), False
 
 
 def _evaluate(settings: DemoSettings, data_dir: Path, run_dir: Path, evaluator: Path | None, out: Path,
@@ -93,11 +103,77 @@ def _evaluate(settings: DemoSettings, data_dir: Path, run_dir: Path, evaluator: 
 
 
 def _trace(settings: DemoSettings, run_dir: Path, path: Path) -> dict:
+    from iclevr.labels import TRACE_LABELS
     from iclevr.settings import SamplerSettings
     from iclevr.trace import TraceSettings, run_trace
 
-    return run_trace(TraceSettings(checkpoint=run_dir, labels=TRACE_LABELS, frames=10, x0_row=True, gif=True,
-                                   sampler=SamplerSettings(device=settings.device), out=path))
+    return run_trace(TraceSettings(checkpoint=run_dir, labels=list(TRACE_LABELS), frames=10, x0_row=True,
+                                   gif=True, sampler=SamplerSettings(device=settings.device), out=path))
+
+
+# ---- summary.json ------------------------------------------------------------------------------------
+
+def machine_info(device: str) -> dict:
+    """What the demo ran on: CPU model and cores, torch and its thread count, the GPU if one is visible."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _read_json_or_empty(path: Path) -> dict:
+    """A run file's JSON, or {} when it is missing or unreadable (the summary then leaves those fields None)."""
+    from iclevr.errors import UserError
+    from iclevr.fileio import read_json
+
+    try:
+        return read_json(path, path.name)
+    except UserError:
+        return {}
+
+
+def build_summary(settings: DemoSettings, result: dict) -> dict:
+    """The demo's numbers in one JSON-able dict: training steps, stage minutes, accuracy per split and seed."""
+    import statistics
+
+    run_dir = Path(result["run_dir"])
+    progress = _read_json_or_empty(run_dir / "progress.json")
+    run_settings = _read_json_or_empty(run_dir / "settings.json")
+    ev = result["eval"]
+    accuracy = {split: {"per_seed": {str(r["seed"]): r["accuracy"] for r in s["runs"]},
+                        "mean": s["mean"], "std": s["std"], "hits": s["hits"], "total": s["total"]}
+                for split, s in ev["splits"].items()}
+    stages = {k: round(v / 60, 3) for k, v in result["stages"].items()}
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": machine_info(settings.device),
+        "demo_settings": settings.model_dump(mode="json"),
+        "train": {"preset": settings.preset, "minutes_budget": settings.minutes, "steps": progress.get("step"),
+                  "batch_size": run_settings.get("train", {}).get("batch_size"),
+                  "train_minutes": round(progress["wall_s"] / 60, 3) if "wall_s" in progress else None,
+                  "reused_finished_run": result.get("train_reused", False)},
+        "stage_minutes": stages,
+        "total_minutes": round(sum(stages.values()), 3),
+        "sampler": ev.get("sampler"),
+        "evaluator": ev.get("evaluator"),
+        "report": str(Path(ev["out"]) / "report.html") if ev.get("out") else None,
+        "accuracy": accuracy,
+        "mean_over_splits": statistics.fmean(a["mean"] for a in accuracy.values()) if accuracy else None,
+        "std": "population standard deviation over the sampling seeds (statistics.pstdev)",
+        "metric": "course metric: sum of top-k hits / sum of k per split (docs/metric.md)",
+    }
 
 
 def print_summary(console, result: dict) -> None:
@@ -119,8 +195,11 @@ def print_summary(console, result: dict) -> None:
                        ("weights (EMA)", Path(result["run_dir"]) / "weights" / "ema.safetensors"),
                        ("test images", out / "images" / "test"), ("new_test images", out / "images" / "new_test"),
                        ("grids", f"{out / 'test_grid.png'}, {out / 'new_test_grid.png'}"),
-                       ("evaluation report", out / "report.json"),
-                       ("denoising trace", f"{result['trace']['png']} (+ .gif)")]:
+                       ("evaluation report (open in a browser)", out / "report.html"),
+                       ("annotated grids", f"{out / 'test_annotated.png'}, {out / 'new_test_annotated.png'}"),
+                       ("report data", out / "report.json"),
+                       ("denoising trace", f"{result['trace']['png']} (+ .gif)"),
+                       ("demo summary (steps, minutes, accuracy, machine)", result["summary"])]:
         files.add_row(what, str(path))
     console.print(files)
     console.print("stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result["stages"].items()))

@@ -1,4 +1,5 @@
-"""The run folder side of `iclevr train`: protection, metrics (jsonl + TensorBoard), snapshots, grids, progress bar.
+"""The run folder side of `iclevr train`: protection, metrics (jsonl + TensorBoard), snapshots, grids, progress bar,
+and whether a run is finished.
 
 Layout (see iclevr.weights): settings.json, metrics.jsonl, progress.json, tb/, samples/epoch-XXXX.png,
 weights/{ema,model}.safetensors (inference weights with settings in the metadata) and state/step-XXXXXXXX.pt
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,16 +17,16 @@ import torch
 
 from iclevr.errors import UserError
 from iclevr.settings import SamplerSettings, TrainSettings
+from iclevr.training.plan import budget_reached
 
 RUN_FILES = ("settings.json", "metrics.jsonl", "progress.json")
 RUN_FOLDERS = ("state", "weights", "samples", "tb")
-CPU_GRID_STEPS = 25  # progress grids off a GPU never run the seed's 1000 DDPM steps
 TB_SCALARS = ("loss", "lr", "grad_norm", "images_per_s")
 
 
 def default_run_dir(settings: TrainSettings) -> Path:
     """settings.out, or checkpoints_root()/<preset>-<schedule>-s<seed>."""
-    from iclevr.weights import checkpoints_root
+    from iclevr.paths import checkpoints_root
 
     if settings.out:
         return Path(settings.out)
@@ -63,37 +63,33 @@ def check_same_run(state: dict, settings: TrainSettings, path: Path) -> None:
                             "without changing --preset/--schedule/--prediction-type, or start a new --out folder")
 
 
-def _row_step(line: str) -> float:
-    """The step of one metrics.jsonl line; blank or torn lines (a write cut by power loss) count as past any
-    step, so a resume drops them."""
-    try:
-        return float(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return float("inf")
-
-
 class MetricsLog:
     """metrics.jsonl (one JSON object per log) and TensorBoard scalars; a resume drops rows past its step."""
 
     def __init__(self, run: Path, start_step: int, enabled: bool = True):
+        from iclevr.fileio import atomic_write_text, read_jsonl
+
         self.path, self.writer = Path(run) / "metrics.jsonl", None
         if not enabled:
             return
         if start_step and self.path.is_file():  # rows logged after the state we resume from are replayed
-            kept = [r for r in self.path.read_text().splitlines() if _row_step(r) <= start_step]
-            self.path.write_text("".join(r + "\n" for r in kept))
+            kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= start_step]  # torn row dropped
+            # atomic: a full disk keeps the old log
+            atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         elif not start_step:
             self.path.unlink(missing_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(Path(run) / "tb"), purge_step=start_step or None)
+        # purge at step 0 too: a try killed before its first save left events behind
+        self.writer = SummaryWriter(str(Path(run) / "tb"), purge_step=start_step)
 
     def log(self, row: dict) -> None:
         """Append one row (must hold 'step') to metrics.jsonl and its scalars to TensorBoard."""
+        from iclevr.fileio import append_text
+
         if self.writer is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.path, json.dumps(row) + "\n")
         for key in TB_SCALARS:
             if row.get(key) is not None:
                 self.writer.add_scalar(f"train/{key}", row[key], row["step"])
@@ -105,20 +101,20 @@ class MetricsLog:
             self.writer.close()
 
 
-def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, lr_sched, scaler, step: int,
-                  wall_s: float, total_steps: int | None, steps_per_epoch: int, finished: bool = False,
-                  reason: str | None = None) -> Path:
+def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, scaler, step: int, wall_s: float,
+                  steps_per_epoch: int, finished: bool = False, reason: str | None = None) -> Path:
     """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
-    so a kill between the writes leaves the weights at or behind the newest state, never ahead of it."""
-    from iclevr.weights import save_weights, write_json
+    so a kill between the writes leaves the weights at or behind the newest state, never ahead of it.
+    `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
+    from iclevr.fileio import write_json
+    from iclevr.weights import save_weights
     from iclevr.fileio import remove_stale_temps
     from iclevr.settings import to_json
     from iclevr.training.state import rng_states, save_state
 
-    state = {"step": step, "wall_s": wall_s, "total_steps": total_steps, "settings": to_json(settings),
-             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-             "lr_scheduler": lr_sched.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-             "rng": rng_states()}
+    state = {"step": step, "wall_s": wall_s, "settings": to_json(settings), "model": model.state_dict(),
+             "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler else None, "rng": rng_states()}
     path = save_state(run / "state", state, settings.train.keep_states)  # first: weights never ahead of it
     meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
                 preset=settings.preset, step=step)
@@ -132,52 +128,57 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     return path
 
 
-def grid_sampler(settings: TrainSettings, device) -> SamplerSettings:
-    """The sampler of progress grids: the run's, but a short DDIM off a GPU when it would take > 50 steps."""
-    from iclevr.sampling import resolve_steps
-
-    if device.type != "cuda" and resolve_steps(settings.sampler, settings.schedule) > 2 * CPU_GRID_STEPS:
-        return settings.sampler.model_copy(update={"sampler": "ddim", "steps": CPU_GRID_STEPS})
-    return settings.sampler
+def grid_sampler(settings: TrainSettings) -> SamplerSettings:
+    """The sampler of sample grids (train.sample_grids): "fast" swaps the run's sampler and steps for the
+    default sampler at its default steps (guidance, seed and batch size stay the run's); "run" is the run's own."""
+    if settings.train.sample_grids == "run":
+        return settings.sampler
+    default = SamplerSettings()
+    return settings.sampler.model_copy(update={"sampler": default.sampler, "steps": default.steps})
 
 
 def save_progress_grid(run: Path, name: str, ema_model, y: torch.Tensor, settings: TrainSettings, device) -> Path:
     """Sample the fixed conditions y (N, 24) from fixed per-image noise with the EMA weights; save a grid."""
-    from iclevr.sampling import sample, save_grid, to_output_size
+    from iclevr.images import save_grid, to_output_size
+    from iclevr.sampling import sample
 
-    x0 = sample(ema_model, y, schedule=settings.schedule, sampler=grid_sampler(settings, device),
+    x0 = sample(ema_model, y, schedule=settings.schedule, sampler=grid_sampler(settings),
                 device=device)  # (N, 3, S, S), seeds fixed by sampler.seed
     return save_grid(to_output_size(x0), Path(run) / "samples" / name, nrow=8)
 
 
 @contextmanager
-def progress_bar(console, enabled: bool):
-    """A Rich progress bar: epoch, step/total, loss, images/s and ETA (yields (progress, task))."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def train_bar(console, enabled: bool):
+    """The training progress bar: epoch, bar, position (bar_position), loss, images/s, ETA; yields (progress, task)."""
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+    from iclevr.progress import progress_bar
+
+    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[done]}"),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
                TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not enabled) as progress:
-        yield progress, progress.add_task("train", total=None, epoch=0, loss="-", ips="-")
+    with progress_bar(console, enabled=enabled, columns=columns) as progress:
+        yield progress, progress.add_task("train", total=None, epoch=0, loss="-", ips="-", done="")
 
 
-@contextmanager
-def interrupt_flag():
-    """Turn the first Ctrl-C into a flag checked between steps (a second one interrupts at once)."""
-    flag = {"set": False}
+def bar_position(step: int, elapsed_s: float, total_steps: int | None, budget_s: float | None) -> tuple:
+    """(completed, total, text) of the bar: steps of a step budget; seconds of a time budget (whose step count
+    is unknown ahead), shown as minutes used of the budget, never past it."""
+    if total_steps:
+        return step, total_steps, f"{step}/{total_steps}"
+    used = min(elapsed_s, budget_s)
+    return used, budget_s, f"step {step}, {used / 60:.1f}/{budget_s / 60:g} min"
 
-    def handler(signum, frame):
-        if flag["set"]:
-            raise KeyboardInterrupt
-        flag["set"] = True
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no handler, KeyboardInterrupt is handled by the caller
-        previous = None
-    try:
-        yield flag
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+def is_finished(run_dir: Path, settings: TrainSettings | None = None) -> bool:
+    """True when `run_dir` holds weights of a finished run: one that reached the budget of `settings`, or
+    (settings None) one that stopped at its own budget."""
+    from iclevr.fileio import read_json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "progress.json").is_file() or not (run_dir / "weights" / "ema.safetensors").is_file():
+        return False
+    p = read_json(run_dir / "progress.json", "progress file")
+    if settings is None:
+        return bool(p.get("finished"))
+    return budget_reached(settings.train, p["step"], p["steps_per_epoch"], p["wall_s"]) is not None

@@ -1,8 +1,8 @@
 """Resumable training state: one torch file per save under <run>/state/, written atomically, newest K kept.
 
 A state file `state/step-XXXXXXXX.pt` holds plain tensors and containers only (loadable with
-`torch.load(weights_only=True)`): model, EMA, optimizer, LR scheduler and grad-scaler state dicts, the step,
-the accumulated wall time, the LR horizon and the RNG states. It is written to a temporary file in the same
+`torch.load(weights_only=True)`): model, EMA, optimizer and grad-scaler state dicts, the step, the accumulated
+wall time (a time budget's LR continues from it) and the RNG states. It is written to a temporary file in the same
 folder, fsynced and renamed, so a process killed mid-write (even by SIGKILL) leaves the previous state
 intact; leftover temporary files are ignored when loading and removed at the next save.
 """
@@ -53,15 +53,25 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_state(folder: Path, state: dict, keep: int) -> Path:
-    """Write `state` (must contain 'step') atomically as folder/step-XXXXXXXX.pt; keep the newest `keep`."""
-    from iclevr.fileio import atomic_path, remove_stale_temps
+    """Write `state` (must contain 'step') atomically as folder/step-XXXXXXXX.pt; keep the newest `keep`.
+
+    A full disk, a quota or a permission problem is one WriteError naming the state, the space needed and free,
+    and the last good state, which is kept (as is every other file)."""
+    from iclevr.errors import WriteError
+    from iclevr.fileio import atomic_path, nbytes, remove_stale_temps, writing
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder / "step-*.pt")  # left by a killed writer; we are the only writer
     path = state_path(folder, int(state["step"]))
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    try:
+        with writing(folder, "training state folder"):
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(folder / "step-*.pt")  # left by a killed writer; the run lock makes us the only one
+        with atomic_path(path, size=nbytes(state), what="training state") as tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    except WriteError as e:
+        good = [p for p in list_states(folder) if p != path]
+        kept = f"the last good state {good[-1].name} is kept" if good else "no earlier state exists"
+        raise WriteError(f"{e}; {kept}") from None
     for old in list_states(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path

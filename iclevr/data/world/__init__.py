@@ -1,2 +1,2 @@
-"""The embedded world: scene geometry (geometry.py), random honest scenes (scene.py) and the ray-cast renderer
-(render.py)."""
+"""The rendered world: scene geometry (geometry.py), the ray-cast renderer (render.py), and random honest scenes
+built on both (scene.py)."""

@@ -14,8 +14,7 @@ import math
 
 import numpy as np
 
-from iclevr.data.world.geometry import (CAMERA, CUBE_HALF, MATERIALS, SIZES, Camera, SceneObject,  # noqa: F401
-                                  unit, intersect, normals, outline)
+from iclevr.data.world.geometry import CAMERA, Camera, SceneObject, intersect, normals, outline, unit
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {  # the CLEVR palette (sRGB)
     "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
@@ -224,20 +223,3 @@ def _shade_objects(objects, owner: np.ndarray, p: np.ndarray, d: np.ndarray, lig
     rubber_rgb = base * irradiance[:, None] + (0.04 * rl ** 8 * lit)[:, None]
     metal_rgb = base * (0.3 * irradiance + env)[:, None] + (0.9 * rl ** 60 * lit)[:, None]
     return np.where(metal[:, None], metal_rgb, rubber_rgb)
-
-
-def render_examples(n: int, seed: int, min_objects: int = 1, max_objects: int = 5,
-                    size: tuple[int, int] = (64, 48), supersample: int = 2) -> tuple[np.ndarray, list[list[str]]]:
-    """n independent random honest scenes: (uint8 (n, H, W, 3), label names per image); example i is
-    seeded from (seed, i), so it does not depend on n."""
-    from iclevr.data.world.scene import place_sequence, random_labels
-
-    images = np.zeros((n, size[1], size[0], 3), dtype=np.uint8)
-    names: list[list[str]] = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i, 1])
-        labels = random_labels(rng, int(rng.integers(min_objects, max_objects + 1)))
-        objects = place_sequence(rng, labels)
-        images[i] = render(objects, size, supersample)
-        names.append([o.label for o in objects])
-    return images, names

@@ -1,4 +1,4 @@
-"""Random CLEVR-like scenes with honest labels, built one object at a time.
+"""Random CLEVR-like scenes with honest labels, built one object at a time, and rendered example sets.
 
 Honesty rules, checked for every prefix of a sequence (so `_0`, `_1`, `_2` are all honest):
 - objects stand on the floor and never interpenetrate: floor footprints (circles) stay GAP apart;
@@ -16,7 +16,7 @@ import numpy as np
 
 from iclevr import labels as L
 from iclevr.data.world.geometry import CAMERA, MATERIALS, SIZES, SceneObject, outline
-from iclevr.data.world.render import visibility
+from iclevr.data.world.render import render, visibility
 
 CHECK_SIZE = (64, 64)  # the model resolution: the 4:3 frame squashed like the course loader does
 MIN_VISIBLE_PIXELS = 60  # at 64x64; the smallest whole object covers ~90 px, so this bounds occlusion
@@ -74,3 +74,18 @@ def place_sequence(rng: np.random.Generator, labels: list[str]) -> list[SceneObj
 def random_labels(rng: np.random.Generator, k: int) -> list[str]:
     """k distinct class names drawn uniformly."""
     return [L.LABELS[i] for i in rng.choice(L.NUM_CLASSES, size=k, replace=False)]
+
+
+def render_examples(n: int, seed: int, min_objects: int = 1, max_objects: int = 5,
+                    size: tuple[int, int] = (64, 48), supersample: int = 2) -> tuple[np.ndarray, list[list[str]]]:
+    """n independent random honest scenes: (uint8 (n, H, W, 3), label names per image); example i is
+    seeded from (seed, i), so it does not depend on n."""
+    images = np.zeros((n, size[1], size[0], 3), dtype=np.uint8)
+    names: list[list[str]] = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 1])
+        labels = random_labels(rng, int(rng.integers(min_objects, max_objects + 1)))
+        objects = place_sequence(rng, labels)
+        images[i] = render(objects, size, supersample)
+        names.append([o.label for o in objects])
+    return images, names

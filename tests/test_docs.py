@@ -1,0 +1,67 @@
+"""The docs stay true: the README's Development map names every module, and every docs/ path cited exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "iclevr"
+CITED = re.compile(r"docs/[\w./-]*\w")  # docs/metric.md, docs/demo_trace.png
+OUTSIDE_CITATION = re.compile(r"§\s*\d|\bspec(ification)? section \d", re.IGNORECASE)  # sections of a file not in the repo
+
+
+def development_map() -> list[str]:
+    """The module paths listed under iclevr/ in the README's Development section, e.g. 'training/loop.py'."""
+    section = (ROOT / "README.md").read_text().split("## Development", 1)[1]
+    block = section.split("```\niclevr/\n", 1)[1].split("```", 1)[0]
+    return [line.split()[0] for line in block.splitlines() if line.startswith("  ") and line.split()]
+
+
+def package_modules() -> list[str]:
+    """Every module of the package (package __init__ files excluded), relative to iclevr/."""
+    return sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+
+
+def cited_files() -> list[Path]:
+    """The project's own text that may cite docs/: the package, tests, benchmarks, presets and the README."""
+    files = [ROOT / "README.md", *sorted(PACKAGE.rglob("*.toml"))]
+    for folder in ("iclevr", "tests", "benchmarks"):
+        files += sorted((ROOT / folder).rglob("*.py"))
+    return files
+
+
+def test_the_development_map_parses():
+    listed = development_map()
+    assert "training/loop.py" in listed and "evaluation/metric.py" in listed
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+
+
+def test_every_module_is_in_the_development_map():
+    listed = set(development_map())
+    missing = [m for m in package_modules() if m not in listed]
+    assert not missing, f"add to the README's Development map: {', '.join(missing)}"
+
+
+def test_every_module_in_the_development_map_exists():
+    gone = [m for m in development_map() if not (PACKAGE / m).is_file()]
+    assert not gone, f"the README's Development map lists modules that do not exist: {', '.join(gone)}"
+
+
+def test_every_cited_docs_path_exists():
+    broken = [f"{path.relative_to(ROOT)}: {ref}" for path in cited_files()
+              for ref in CITED.findall(path.read_text(encoding="utf-8")) if not (ROOT / ref).exists()]
+    assert not broken, "cited but missing: " + "; ".join(broken)
+
+
+def test_the_code_cites_docs_not_sections_of_a_file_outside_the_repo():
+    stale = [str(path.relative_to(ROOT)) for path in cited_files()
+             if OUTSIDE_CITATION.search(path.read_text(encoding="utf-8"))]
+    assert not stale, f"cite the docs/ page instead of a section number: {', '.join(stale)}"
+
+
+def test_docs_link_to_files_that_exist():
+    broken = [f"{page.name} -> {target}" for page in sorted((ROOT / "docs").glob("*.md"))
+              for target in re.findall(r"\]\(([^)#]+)\)", page.read_text(encoding="utf-8"))
+              if "://" not in target and not (page.parent / target).exists()]
+    assert not broken, "broken links in docs/: " + "; ".join(broken)
