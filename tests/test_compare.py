@@ -35,8 +35,11 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
             "--steps", "2", "--train-config", str(cfg), "--out", str(out)]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.stdout + r.stderr
-    for name in ("schedules.png", "accuracy.png", "report.json", "grid-linear-s0.png", "grid-cosine-s0.png"):
+    for name in ("schedules.png", "accuracy.png", "report.json", "report.html", "grid-linear-s0.png",
+                 "grid-cosine-s0.png"):
         assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()  # one page: both figures and each schedule's grid, embedded
+    assert page.count("<img") == 4 and 'id="schedule-linear"' in page and 'id="schedule-cosine"' in page
     report = json.loads((out / "report.json").read_text())
     assert [row["name"] for row in report["runs"]] == ["linear", "cosine"]
     for row in report["runs"]:

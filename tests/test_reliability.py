@@ -108,6 +108,7 @@ HOLD_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     from iclevr.training.lock import run_lock
 
@@ -301,6 +302,7 @@ FILE_LIMIT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_torch_save_failing_without_errno_is_translated(tmp_path):
     """torch.save reports a refused write as RuntimeError('... unexpected pos ...'); the probe finds out why."""
     done = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, str(tmp_path)], capture_output=True,
@@ -322,6 +324,7 @@ def test_readers_report_a_run_without_weights_in_one_line(course_kit, tmp_path):
         (run / "settings.json").write_text("{}")
         started = read_holder(run)["started"]
         for args in (["sample", "--checkpoint", str(run), "--labels", "red cube"],
+                     ["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval")],
                      ["export", "--checkpoint", str(run), "--out", str(tmp_path / "export")]):
             r = runner.invoke(app, args)
             assert r.exit_code == 2 and flat(r.stderr) == (

@@ -41,9 +41,12 @@ def synth(
     ctx: typer.Context,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: the embedded default "
                                                 "kit under $ICLEVR_HOME/kits).")] = None,
-    scenes: Annotated[int, typer.Option("--scenes", help="Scenes; each gives max-objects images.")] = 6003,
-    max_objects: Annotated[int, typer.Option("--max-objects", help="Objects in a finished scene.")] = 3,
-    size: Annotated[str, typer.Option("--size", help="Frame WIDTHxHEIGHT, 4:3 (course: 320x240).")] = "128x96",
+    scenes: Annotated[Optional[int], typer.Option("--scenes", help="Scenes; each gives max-objects images "
+                                                  "(default: the embedded kit's count).")] = None,
+    max_objects: Annotated[Optional[int], typer.Option("--max-objects", help="Objects in a finished scene "
+                                                       "(default 3).")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="Frame WIDTHxHEIGHT, 4:3 (default 128x96; "
+                                                "course: 320x240).")] = None,
     seed: SeedOpt = None,
     workers: Annotated[Optional[int], optional_int("--workers", help="Processes (default and none: all "
                                                    "cores).")] = None,

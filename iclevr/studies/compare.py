@@ -161,8 +161,10 @@ def _evaluator_sha(settings: CompareSettings) -> str | None:
 
 
 def _summarise(name: str, runs: list[dict]) -> dict:
+    from iclevr.labels import SPLITS
+
     splits = {}
-    for split in ("test", "new_test"):
+    for split in SPLITS:
         accs = [a for r in runs for a in r["accuracy"][split]]
         splits[split] = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "values": accs}
     return {"name": name, "splits": splits, "final_loss": statistics.fmean(r["final_loss"] for r in runs
