@@ -25,3 +25,20 @@ def test_packaged_evaluator_is_used_and_recognises_fresh_scenes(monkeypatch):
     x = preprocess(torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), torch.zeros(48, dtype=torch.bool))
     hits, total = accuracy(evaluator.scores(x), encode_many(names))
     assert hits / total >= 0.9, (hits, total)
+
+
+def test_evaluator_export_defaults_to_the_evaluator_eval_would_use(monkeypatch, tmp_path):
+    """No --evaluator and nothing cached: `evaluator export` writes the packaged evaluator in the course format."""
+    from typer.testing import CliRunner
+
+    from iclevr.cli.app import app
+    from iclevr.evaluation.evaluator import load_file
+
+    monkeypatch.delenv("ICLEVR_NO_PACKAGED_EVALUATOR")
+    result = CliRunner().invoke(app, ["evaluator", "export", "--out", str(tmp_path / "checkpoint.pth")])
+    assert result.exit_code == 0, result.output
+    assert str(packaged_evaluator_path()) in result.output.replace("\n", "")
+    exported = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+    packaged = load_file(packaged_evaluator_path()).net.state_dict()
+    assert exported.keys() == packaged.keys()
+    assert all(torch.equal(exported[k], packaged[k]) for k in packaged)

@@ -100,13 +100,14 @@ def evaluator_export_cmd(
     out: Annotated[Path, typer.Option("--out", help="Course-format file to write, e.g. checkpoint.pth.")],
     evaluator: EvaluatorOpt = None,
 ) -> None:
-    """Write an evaluator (default: the project's own, cached) as a course checkpoint.pth ({"model": state_dict})."""
-    from iclevr.evaluation.evaluator import export_course, load_file, own_default_path
+    """Write an evaluator (default: the one `iclevr eval` would use — the cached own, else the packaged one) as a
+    course checkpoint.pth ({"model": state_dict})."""
+    from iclevr.evaluation.evaluator import choose_evaluator_file, export_course, load_file, own_default_path
     from iclevr.errors import UserError
 
-    source = evaluator or own_default_path()
-    if evaluator is None and not source.is_file():
-        raise UserError(f"no own evaluator at {source} yet; train it with `iclevr evaluator train`")
+    source = choose_evaluator_file(evaluator, None)
+    if source is None:
+        raise UserError(f"no own evaluator at {own_default_path()} yet; train it with `iclevr evaluator train`")
     ev = load_file(source)
     path = export_course(ev, out)
     console.print(f"exported {ev.kind} evaluator {source} -> {path} (course format: "
