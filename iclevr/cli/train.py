@@ -40,7 +40,8 @@ def train_cmd(
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the UNet.")] = None,
     sample_every: Annotated[Optional[int], Opt(help="Epochs between sample grids (0 = at the end).")] = None,
     sample_grids: Annotated[Optional[str], Opt(help="Progress grids: fast (the default sampler), run (the "
-                                               "run's own sampler settings) or off.")] = None,
+                                               "run's own sampler settings) or off (use off for the seed "
+                                               "preset on a CPU: its grid alone takes many minutes there).")] = None,
     p_uncond: Annotated[Optional[float], Opt(help="Probability of dropping the condition (CFG).")] = None,
 ) -> None:
     """Train the conditional diffusion model; re-run with --resume RUN_DIR to continue a run.
