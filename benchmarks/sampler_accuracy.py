@@ -51,7 +51,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, info, device = load_model(resolve_checkpoint(args.run), "cpu")
     data_dir = args.data_dir  # None: the embedded default kit's lists (nothing rendered)
-    conditions = load_conditions(data_dir, ("test", "new_test"))
+    conditions = load_conditions(data_dir)  # the reported splits, labels.SPLITS
     evaluators = {path.stem: load_evaluator(path, data_dir, device) for path in args.evaluators} \
         if args.evaluators else {"": load_evaluator(None, data_dir, device)}
     seeds = [int(s) for s in args.seeds.split(",")]
