@@ -1,10 +1,13 @@
 """`iclevr export`: a folder plain diffusers can load, so a trained model can leave this tool.
 
-<out>/unet/                     UNet2DModel.from_pretrained(out, subfolder="unet")
-<out>/scheduler/                DDPMScheduler.from_pretrained(out, subfolder="scheduler")
-<out>/label_embed.safetensors   weight (time_embed_dim, 24) and bias: class_labels = y @ weight.T + bias
-<out>/iclevr.json               label order, settings, sampler defaults
-<out>/README.md                 a loading and sampling snippet
+<out>/unet/                       UNet2DModel (pooled) or UNet2DConditionModel (tokens):
+                                  <Class>.from_pretrained(out, subfolder="unet")
+<out>/scheduler/                  DDPMScheduler.from_pretrained(out, subfolder="scheduler")
+<out>/label_embed.safetensors     weight (time_embed_dim, 24) and bias: class_labels = y @ weight.T + bias
+<out>/object_tokens.safetensors   tokens only: table (24, D), every class's token precomputed (so shape_colour
+                                  needs no code), and null (D,), the learned null token (docs/conditioning.md)
+<out>/iclevr.json                 label order, condition design, settings, sampler defaults
+<out>/README.md                   a loading and sampling snippet that reproduces `iclevr sample --sampler ddpm`
 """
 
 from __future__ import annotations
@@ -17,25 +20,59 @@ from pydantic import Field
 from iclevr.errors import UserError
 from iclevr.settings import Section
 
-SNIPPET = '''import torch
-from diffusers import DDPMScheduler, UNet2DModel
+_HEAD = '''\
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, {unet_class}
 from safetensors.torch import load_file
 
-unet = UNet2DModel.from_pretrained("{out}", subfolder="unet").eval()
-scheduler = DDPMScheduler.from_pretrained("{out}", subfolder="scheduler")
-emb = load_file("{out}/label_embed.safetensors")           # weight (D, 24), bias (D,)
-labels = {labels_head}  # ... the 24 names in iclevr.json
-y = torch.zeros(1, 24); y[0, labels.index("red sphere")] = 1   # multi-hot condition; zeros = unconditional
-s, g = {guidance}, torch.Generator().manual_seed(0)            # guidance scale
+root = Path({root})  # this folder
+unet = {unet_class}.from_pretrained(root, subfolder="unet").eval()
+scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+emb = load_file(root / "label_embed.safetensors")                 # weight (D, 24), bias (D,)
+labels = json.loads((root / "iclevr.json").read_text())["labels"]  # the 24 class names, in y's order
+idx = [labels.index(n) for n in ["red sphere", "cyan cube"]]       # the requested objects
+y = torch.zeros(1, 24); y[0, idx] = 1                              # multi-hot condition; zeros = unconditional
+'''
+
+_LOOP = '''\
+s = {guidance}  # guidance scale
+g = torch.Generator().manual_seed({seed})  # {seed_note}
 x = torch.randn(1, 3, {size}, {size}, generator=g)
 scheduler.set_timesteps({steps})
 with torch.no_grad():
     for t in scheduler.timesteps:
+{calls}        x = scheduler.step(null + s * (cond - null), t, x, generator=g).prev_sample
+image = (x.clamp(-1, 1) + 1) / 2                                   # (1, 3, {size}, {size}) in [0, 1]
+'''
+
+_POOLED_CALLS = '''\
         cond = unet(x, t, class_labels=y @ emb["weight"].T + emb["bias"]).sample
         null = unet(x, t, class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
-        x = scheduler.step(null + s * (cond - null), t, x, generator=g).prev_sample
-image = (x.clamp(-1, 1) + 1) / 2                              # (1, 3, {size}, {size}) in [0, 1]
 '''
+
+# one condition needs no padding, so no encoder_attention_mask; the null condition is the null token alone
+_TOKENS_SETUP = '''\
+tok = load_file(root / "object_tokens.safetensors")                # table (24, T), one per class; null (T,)
+tokens = torch.cat([tok["null"][None], tok["table"][idx]])[None]   # (1, 1 + K, T): null + one per object
+no_tokens = tok["null"][None, None]                                # (1, 1, T): the null condition
+'''
+
+_TOKENS_CALLS = '''\
+        cond = unet(x, t, encoder_hidden_states=tokens,
+                    class_labels=y @ emb["weight"].T + emb["bias"]).sample
+        null = unet(x, t, encoder_hidden_states=no_tokens,
+                    class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
+'''
+
+_NOTES = {
+    "pooled": "class_labels = multi_hot(24) @ weight.T + bias; the null condition is all zeros",
+    "tokens": "class_labels = multi_hot(24) @ weight.T + bias; encoder_hidden_states = cat(null, table[requested "
+              "classes]), an unordered set (pad to a common length with encoder_attention_mask = 0 when batching "
+              "conditions); the null condition is y = zeros with the null token alone",
+}
 
 
 class ExportSettings(Section):
@@ -48,33 +85,68 @@ class ExportSettings(Section):
 
 def export(settings: ExportSettings) -> Path:
     """Write the diffusers folder for a checkpoint; returns the folder."""
-    from safetensors.torch import save_file
-
+    from iclevr.fileio import atomic_write_text, check_writable
     from iclevr.weights import load_weights, resolve_checkpoint
-    from iclevr.fileio import atomic_write_text, check_writable, writing
-    from iclevr.labels import LABELS
-    from iclevr.sampling import SAMPLERS, resolve_steps
 
     model, info = load_weights(resolve_checkpoint(settings.checkpoint))
     out = Path(settings.out)
     if out.exists() and any(out.iterdir()) and not settings.overwrite:
         raise UserError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
     check_writable(out)
+    _write_tensors(model, info, out)
+    atomic_write_text(out / "iclevr.json", json.dumps(_metadata(info), indent=2) + "\n")
+    atomic_write_text(out / "README.md", "# iclevr export\n\nLoad and sample with plain diffusers:\n\n"
+                      f"```python\n{snippet(info, out)}```\n")
+    return out
+
+
+def _write_tensors(model, info, out: Path) -> None:
+    """The UNet, the scheduler, the label embedding and (tokens) the object-token table."""
+    import torch
+    from safetensors.torch import save_file
+
+    from iclevr.fileio import writing
+    from iclevr.sampling import SAMPLERS
+
     with writing(out, "the export"):  # diffusers and safetensors write these files themselves
         model.unet.save_pretrained(out / "unet", safe_serialization=True)
         SAMPLERS["ddpm"].build_scheduler(info.schedule).save_pretrained(out / "scheduler")
         embed = model.label_embed.state_dict()
         save_file({k: v.contiguous() for k, v in embed.items()}, str(out / "label_embed.safetensors"))
-    meta = {"labels": list(LABELS), "model": info.model.model_dump(mode="json"),
+        if info.model.condition == "tokens":
+            with torch.no_grad():
+                table = model.tokens.table().detach().float().contiguous()  # (24, D)
+                null = model.tokens.null.detach().float().reshape(-1).contiguous()  # (D,)
+            save_file({"table": table, "null": null}, str(out / "object_tokens.safetensors"))
+
+
+def _metadata(info) -> dict:
+    """iclevr.json: what a user of the folder needs besides the tensors."""
+    from iclevr.labels import LABELS
+
+    return {"labels": list(LABELS), "condition": info.model.condition,
+            "unet_class": unet_class(info), "model": info.model.model_dump(mode="json"),
             "schedule": info.schedule.model_dump(mode="json"), "sampler": info.sampler.model_dump(mode="json"),
-            "preset": info.preset, "step": info.step, "source": str(info.path),
-            "note": "class_labels = multi_hot(24) @ weight.T + bias; the null condition is all zeros"}
-    atomic_write_text(out / "iclevr.json", json.dumps(meta, indent=2) + "\n")
-    steps = resolve_steps(info.sampler.model_copy(update={"sampler": "ddpm", "steps": None}), info.schedule)
-    code = SNIPPET.format(out=out, labels_head=json.dumps(list(LABELS[:3]))[:-1] + ", ...]",
-                          guidance=info.sampler.guidance_scale, size=info.model.sample_size, steps=steps)
-    code = code.replace('labels = ["gray cube", "red cube", "blue cube", ...]',
-                        f'labels = __import__("json").load(open("{out}/iclevr.json"))["labels"]')
-    atomic_write_text(out / "README.md", "# iclevr export\n\nLoad and sample with plain diffusers:\n\n"
-                      f"```python\n{code}```\n")
-    return out
+            "preset": info.preset, "step": info.step, "source": str(info.path), "note": _NOTES[info.model.condition]}
+
+
+def unet_class(info) -> str:
+    """The diffusers class of the exported UNet."""
+    return "UNet2DConditionModel" if info.model.condition == "tokens" else "UNet2DModel"
+
+
+def snippet(info, out: Path) -> str:
+    """The README's plain-diffusers code; it draws image 0 of `iclevr sample --sampler ddpm` for its condition."""
+    from iclevr.generate import with_weights_defaults
+    from iclevr.sampling import image_seeds, resolve_steps
+    from iclevr.settings import SamplerSettings
+
+    # what `iclevr sample --sampler ddpm` runs: the weights' guidance, their steps if they were stored for ddpm
+    ddpm = with_weights_defaults(SamplerSettings(sampler="ddpm"), info.sampler)
+    fields = {"guidance": ddpm.guidance_scale, "seed": image_seeds(ddpm.seed, 1)[0],
+              "seed_note": f"image 0 of `iclevr sample --sampler ddpm --seed {ddpm.seed}`",
+              "size": info.model.sample_size, "steps": resolve_steps(ddpm, info.schedule)}
+    tokens = info.model.condition == "tokens"
+    return (_HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())))
+            + (_TOKENS_SETUP if tokens else "")
+            + _LOOP.format(calls=_TOKENS_CALLS if tokens else _POOLED_CALLS, **fields))

@@ -1,8 +1,8 @@
 """The core of `iclevr sample`: trained weights and conditions in, a PNG grid (and one PNG per image) out.
 
 Also the two steps every command that draws from trained weights shares (sample, denoise-trace, eval):
-loading the model behind --checkpoint, and filling the sampler settings the user left unset from the
-weights' metadata.
+loading the model --checkpoint resolves to (iclevr.weights.resolve_model), and filling the sampler settings
+the user left unset from the weights' metadata.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ class SampleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest run, "
+                                    "else the packaged pretrained model.")
     labels: list[list[str]] | None = Field(None, description="Conditions to draw (lists of label names).")
     labels_file: Path | None = Field(None, description="JSON file holding a list of conditions, like test.json.")
     num: int = Field(1, ge=1, le=10000, description="Images per condition.")
@@ -72,14 +73,17 @@ def read_label_file(path: Path) -> list[list[str]]:
     return conditions
 
 
-def load_model(checkpoint: Path | None, device: str = "auto"):
-    """Resolve and load weights for sampling: returns (model, WeightsInfo, torch.device)."""
+def load_model(checkpoint: Path | None, device: str = "auto", console=None):
+    """Resolve and load weights for sampling (printing the line that names them on `console`): returns
+    (model, WeightsInfo, torch.device)."""
     from iclevr.device import pick_device
-    from iclevr.weights import load_weights, resolve_checkpoint
+    from iclevr.weights import load_weights, model_line, resolve_model
 
-    path = resolve_checkpoint(checkpoint)
+    source = resolve_model(checkpoint)
     dev = pick_device(device)
-    model, info = load_weights(path, dev)
+    model, info = load_weights(source.path, dev)
+    if console is not None:
+        console.print(model_line(source, info), markup=False, highlight=False, soft_wrap=True)
     return model, info, dev
 
 
@@ -104,7 +108,7 @@ def run_sample(settings: SampleSettings, console=None) -> dict:
 
     y = encode_many(_conditions(settings)).repeat_interleave(settings.num, dim=0)  # (N * num, 24)
     check_writable(settings.out.parent)
-    model, info, device = load_model(settings.checkpoint, settings.sampler.device)
+    model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
     sampler = with_weights_defaults(settings.sampler, info.sampler)
     folder = settings.out.with_suffix("") if settings.save_individual else None
     kept = torch.empty((len(y), 3, OUTPUT_SIZE, OUTPUT_SIZE), dtype=torch.uint8)  # all the grid needs, one block

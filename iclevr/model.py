@@ -1,7 +1,13 @@
-"""The conditional noise predictor: diffusers UNet2DModel + a label embedding (docs/reference-config.md).
+"""The conditional noise predictor: a diffusers UNet + the label conditioning (docs/reference-config.md,
+docs/conditioning.md).
 
-The (24,) multi-hot condition y goes through nn.Linear(24, time_embed_dim) and is added to the time
-embedding as `class_labels` (class_embed_type="identity"). The null condition is all zeros.
+Both designs take the (24,) multi-hot condition y; the null condition (classifier-free guidance) is all zeros.
+- pooled: y goes through nn.Linear(24, time_embed_dim) and is added to the time embedding as `class_labels`
+  (UNet2DModel, class_embed_type="identity").
+- tokens: the same pooled vector on the time path, plus one token per requested object, which the UNet's
+  CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set: no position embedding, padded with
+  a mask to the batch's largest object count, and a learned null token is always present, so the empty set
+  (the null condition) still has one key to attend to.
 """
 
 from __future__ import annotations
@@ -9,8 +15,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iclevr.labels import NUM_CLASSES
+from iclevr.labels import COLOURS, NUM_CLASSES
 from iclevr.settings import ModelSettings
+
+
+class ObjectTokens(nn.Module):
+    """Multi-hot y (B, 24) -> object tokens (B, 1 + K, D) and their mask (B, 1 + K); slot 0 is the null token."""
+
+    def __init__(self, dim: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind == "class":
+            self.classes = nn.Embedding(NUM_CLASSES, dim)
+        else:  # shape_colour: class index = shape * 8 + colour (iclevr.labels)
+            self.shapes = nn.Embedding(NUM_CLASSES // len(COLOURS), dim)
+            self.colours = nn.Embedding(len(COLOURS), dim)
+        self.null = nn.Parameter(torch.randn(1, 1, dim))
+
+    def table(self) -> torch.Tensor:
+        """The token of every class, (24, D)."""
+        if self.kind == "class":
+            return self.classes.weight
+        idx = torch.arange(NUM_CLASSES, device=self.null.device)
+        return self.shapes(idx // len(COLOURS)) + self.colours(idx % len(COLOURS))
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the requested objects' tokens; K = the largest object count in the batch."""
+        on = y > 0.5  # (B, 24)
+        k = int(on.sum(1).max().item()) if len(y) else 0
+        order = torch.argsort(on.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]  # (B, K)
+        mask = torch.gather(on, 1, order)  # (B, K): True for a requested object, False for padding
+        tokens = self.table()[order]  # (B, K, D)
+        null = self.null.expand(len(y), 1, -1).to(tokens.dtype)  # (B, 1, D)
+        keep = torch.ones(len(y), 1, dtype=torch.bool, device=y.device)
+        return torch.cat([null, tokens], 1), torch.cat([keep, mask], 1)
 
 
 class ConditionalUNet(nn.Module):
@@ -18,30 +56,80 @@ class ConditionalUNet(nn.Module):
 
     def __init__(self, cfg: ModelSettings):
         super().__init__()
-        from diffusers import UNet2DModel
-
         self.cfg = cfg
-        self.unet = UNet2DModel(
-            sample_size=cfg.sample_size,
-            in_channels=3,
-            out_channels=3,
-            layers_per_block=cfg.layers_per_block,
-            block_out_channels=tuple(cfg.block_out_channels),
-            down_block_types=tuple(cfg.down_block_types),
-            up_block_types=tuple(cfg.up_block_types),
-            attention_head_dim=cfg.attention_head_dim,
-            norm_num_groups=cfg.norm_num_groups,
-            dropout=cfg.dropout,
-            resnet_time_scale_shift=cfg.resnet_time_scale_shift,
-            class_embed_type="identity",
-        )
+        self.unet = _tokens_unet(cfg) if cfg.condition == "tokens" else _pooled_unet(cfg)
         self.time_embed_dim = 4 * cfg.block_out_channels[0]
         self.label_embed = nn.Linear(NUM_CLASSES, self.time_embed_dim)
+        if cfg.condition == "tokens":
+            self.tokens = ObjectTokens(_token_dim(cfg), cfg.token_embedding)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predict eps (or v) for noisy images x_t at timesteps t under conditions y."""
         class_emb = self.label_embed(y.to(self.label_embed.weight.dtype))  # (B, time_embed_dim)
-        return self.unet(x_t, t, class_labels=class_emb).sample  # (B, 3, S, S)
+        if self.cfg.condition == "pooled":
+            return self.unet(x_t, t, class_labels=class_emb).sample  # (B, 3, S, S)
+        tokens, mask = self.tokens(y)  # (B, 1 + K, D), (B, 1 + K)
+        return self.denoise(x_t, t, class_emb, tokens, mask)
+
+    def denoise(self, x_t, t, class_emb, tokens, mask) -> torch.Tensor:
+        """The tokens UNet on given tokens (B, N, D) and mask (B, N); the order of the tokens does not matter."""
+        return self.unet(x_t, t, encoder_hidden_states=tokens, class_labels=class_emb,
+                         encoder_attention_mask=mask.to(tokens.dtype)).sample  # (B, 3, S, S)
+
+
+def _token_dim(cfg: ModelSettings) -> int:
+    """Width of the object tokens."""
+    return cfg.cross_attention_dim or max(cfg.block_out_channels)
+
+
+def _pooled_unet(cfg: ModelSettings):
+    """The pooled design's diffusers UNet2DModel."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=cfg.sample_size, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
+        block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types), attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout,
+        resnet_time_scale_shift=cfg.resnet_time_scale_shift, class_embed_type="identity")
+
+
+def _head_settings(cfg: ModelSettings) -> tuple[int, ...]:
+    """UNet2DConditionModel's `attention_head_dim` tuple that gives every attention block heads of
+    cfg.attention_head_dim channels (docs/diffusers-notes.md).
+
+    The one tuple is read three ways: CrossAttn blocks and the mid block take entry i as a number of heads (up
+    blocks reversed), plain Attn blocks take it as a head width (up blocks not reversed). Collect what each
+    block needs and refuse a layout where two blocks need different values of the same entry.
+    """
+    from iclevr.errors import UserError
+
+    n, width = len(cfg.block_out_channels), cfg.attention_head_dim
+    heads = [max(1, c // width) for c in cfg.block_out_channels]
+    need: dict[int, int] = {n - 1: heads[n - 1]}  # the mid block (cross-attention, heads)
+    wants = [(i, heads[i] if "CrossAttn" in b else width) for i, b in enumerate(cfg.down_block_types) if "Attn" in b]
+    wants += [(n - 1 - i, heads[n - 1 - i]) if "CrossAttn" in b else (i, width)
+              for i, b in enumerate(cfg.up_block_types) if "Attn" in b]
+    for i, value in wants:
+        if need.setdefault(i, value) != value:
+            raise UserError("model: diffusers cannot give every attention block heads of "
+                            f"{width} channels with these block types (entry {i} of its attention_head_dim "
+                            "is read as a head count by one block and as a head width by another); move the "
+                            "plain Attn blocks or use CrossAttn there")
+    return tuple(need.get(i, heads[i]) for i in range(n))
+
+
+def _tokens_unet(cfg: ModelSettings):
+    """The tokens design's diffusers UNet2DConditionModel (cross-attention where the block types say CrossAttn)."""
+    from diffusers import UNet2DConditionModel
+
+    heads = _head_settings(cfg)
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
+        block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types), attention_head_dim=heads,
+        norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, cross_attention_dim=_token_dim(cfg),
+        resnet_time_scale_shift=cfg.resnet_time_scale_shift, class_embed_type="identity")
 
 
 def build_model(cfg: ModelSettings) -> ConditionalUNet:
@@ -57,6 +145,11 @@ def build_model(cfg: ModelSettings) -> ConditionalUNet:
     if cfg.sample_size % (2 ** (len(cfg.block_out_channels) - 1)):
         raise UserError(f"model: sample_size={cfg.sample_size} must be divisible by "
                         f"2^{len(cfg.block_out_channels) - 1}")
+    if cfg.condition == "tokens" and not any("CrossAttn" in b for b in cfg.down_block_types + cfg.up_block_types):
+        raise UserError("model: condition=tokens needs CrossAttnDownBlock2D / CrossAttnUpBlock2D at some level "
+                        "(the blocks that attend to the object tokens)")
+    if cfg.condition == "pooled" and any("CrossAttn" in b for b in cfg.down_block_types + cfg.up_block_types):
+        raise UserError("model: CrossAttn blocks need condition=tokens (pooled has no tokens to attend to)")
     try:
         return ConditionalUNet(cfg)
     except (ValueError, TypeError) as e:

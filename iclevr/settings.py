@@ -36,7 +36,7 @@ class DataSettings(Section):
 
 
 class ModelSettings(Section):
-    """The conditional UNet (diffusers UNet2DModel) and its label embedding."""
+    """The conditional UNet (diffusers UNet2DModel, or UNet2DConditionModel for tokens) and its label embedding."""
 
     sample_size: int = Field(64, gt=0, description="Resolution the UNet runs at; outputs are resized to 64x64.")
     block_out_channels: tuple[int, ...] = Field((128, 128, 256, 256, 512, 512),
@@ -52,6 +52,14 @@ class ModelSettings(Section):
     resnet_time_scale_shift: Literal["default", "scale_shift"] = Field(
         "default", description="How the time+label embedding enters each ResNet block: added to the features "
         "(default) or as a GroupNorm scale and shift (scale_shift, AdaGN of Dhariwal & Nichol 2021).")
+    condition: Literal["pooled", "tokens"] = Field(
+        "pooled", description="How the labels reach the UNet: one pooled vector on the time path (pooled), or "
+        "also one token per requested object that the CrossAttn blocks attend to (tokens; docs/conditioning.md).")
+    token_embedding: Literal["class", "shape_colour"] = Field(
+        "class", description="tokens only: an object's token is a learned embedding of its class (class) or "
+        "the sum of a shape and a colour embedding (shape_colour).")
+    cross_attention_dim: int | None = Field(
+        None, gt=0, description="tokens only: width of the object tokens; empty = the widest UNet level.")
 
 
 class ScheduleSettings(Section):
@@ -129,7 +137,9 @@ class TrainSettings(Section):
     out: Path | None = Field(None, description="Run folder; empty = checkpoints/<preset>-<schedule>-s<seed>.")
 
 
-PRESETS: tuple[str, ...] = ("seed", "small", "tiny")
+PRESETS: tuple[str, ...] = ("seed", "small", "small-tokens", "tiny", "tiny-tokens")
+CPU_PRESETS: tuple[str, ...] = ("tiny", "tiny-tokens")  # sized for a 2-core CPU
+CPU_PRESET = "tiny-tokens"  # what `iclevr train` and `iclevr demo` use without a GPU (README "Conditioning")
 
 
 class _Unset:

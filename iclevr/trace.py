@@ -137,7 +137,8 @@ class TraceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest run, "
+                                    "else the packaged pretrained model.")
     labels: list[str] = Field(list(TRACE_LABELS), min_length=1, description="The condition (label names).")
     frames: int = Field(10, ge=2, description="Frames in the row, from pure noise to the final image (course: >= 8).")
     x0_row: bool = Field(False, description="Add a second row with the predicted x0 at each frame.")
@@ -157,7 +158,7 @@ def run_trace(settings: TraceSettings, console=None) -> dict:
 
     y = encode(settings.labels)[None]  # (1, 24)
     check_writable(settings.out.parent)
-    model, info, device = load_model(settings.checkpoint, settings.sampler.device)
+    model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
     sampler = with_weights_defaults(settings.sampler, info.sampler)
     frame_states(settings.frames, resolve_steps(sampler, info.schedule))  # fail before sampling
     began = time.perf_counter()

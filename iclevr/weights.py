@@ -12,15 +12,24 @@ Run folder layout (`checkpoints/<run-name>/`):
   state/step-XXXXXXXX.pt     resumable training states (newest K kept)
   samples/                   progress grids
   tb/                        TensorBoard logs
+
+Which weights a command uses (`resolve_model`, the same for sample, denoise-trace, eval and export):
+--checkpoint, else the newest run under checkpoints/, else the packaged pretrained model
+(paths.packaged_model_path), else the "no trained model" error. `model_line` is the one line naming it.
+
+Tensor dtypes: a run's files hold float32; a packaged file holds float16 (half the size) plus the JSON
+`packaged` metadata (how it was trained and scored, written by benchmarks/package_model.py). Loading always
+yields a float32 model (`_for_model`), so every device runs packaged weights like a run's.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from iclevr.errors import UserError
-from iclevr.paths import checkpoints_root
+from iclevr.paths import checkpoints_root, packaged_model_path
 
 FORMAT = "iclevr-unet"
 FORMAT_VERSION = "1"
@@ -36,11 +45,30 @@ class WeightsInfo:
     sampler: "SamplerSettings"  # noqa: F821
     preset: str
     step: int
+    packaged: dict | None = None  # the packaging record of a packaged model; None for a run's weights
+
+
+def _for_file(tensor, half: bool):
+    """A tensor as stored: on the CPU, contiguous, floating point as float16 when `half` (packaged files)."""
+    import torch
+
+    tensor = tensor.detach().to("cpu")
+    if half and tensor.is_floating_point():
+        tensor = tensor.to(torch.float16)
+    return tensor.contiguous()
+
+
+def _for_model(state: dict) -> dict:
+    """Stored tensors as the model runs them: floating point as float32, whatever the file stored."""
+    import torch
+
+    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def save_weights(model, path: Path, *, model_cfg, schedule_cfg, sampler_cfg=None, preset: str = "",
-                 step: int = 0) -> Path:
-    """Save a ConditionalUNet's state_dict as safetensors with our settings in the metadata (atomic)."""
+                 step: int = 0, half: bool = False, packaged: dict | None = None) -> Path:
+    """Save a ConditionalUNet's state_dict as safetensors with our settings in the metadata (atomic); `half`
+    stores float16 tensors and `packaged` adds the packaging record (both for the packaged model)."""
     from safetensors.torch import save_file
 
     from iclevr.fileio import atomic_path
@@ -56,7 +84,9 @@ def save_weights(model, path: Path, *, model_cfg, schedule_cfg, sampler_cfg=None
         "preset": preset,
         "step": str(step),
     }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    if packaged is not None:
+        meta["packaged"] = json.dumps(packaged)
+    state = {k: _for_file(v, half) for k, v in unwrap(model).state_dict().items()}
     with atomic_path(Path(path), size=sum(v.nbytes for v in state.values()), what="weights") as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -85,7 +115,8 @@ def read_info(path: Path) -> WeightsInfo:
         return WeightsInfo(path=path, model=ModelSettings.model_validate_json(meta["model"]),
                            schedule=ScheduleSettings.model_validate_json(meta["schedule"]),
                            sampler=SamplerSettings.model_validate_json(meta.get("sampler", "{}")),
-                           preset=meta.get("preset", ""), step=int(meta.get("step", 0)))
+                           preset=meta.get("preset", ""), step=int(meta.get("step", 0)),
+                           packaged=json.loads(meta["packaged"]) if "packaged" in meta else None)
     except (KeyError, ValueError, ValidationError) as e:
         raise UserError(f"{path} has damaged iclevr metadata ({type(e).__name__}); re-export it") from None
 
@@ -99,7 +130,7 @@ def load_weights(path: Path, device="cpu"):
     info = read_info(path)
     model = build_model(info.model)
     try:
-        state = load_file(str(info.path), device="cpu")
+        state = _for_model(load_file(str(info.path), device="cpu"))
     except Exception:  # noqa: BLE001
         raise UserError(f"{path} is truncated or damaged (its tensors cannot be read)") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -118,15 +149,36 @@ def newest_run(root: Path | None = None) -> Path | None:
     return max(runs, key=lambda p: (p / "weights" / "ema.safetensors").stat().st_mtime, default=None)
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Which weights a command uses and why."""
+
+    path: Path  # the weights file
+    kind: str  # "checkpoint" (--checkpoint), "run" (the newest run) or "packaged" (the packaged model)
+    named: Path | None = None  # what --checkpoint said, or the newest run's folder
+
+
+def resolve_model(checkpoint: Path | None) -> ModelSource:
+    """THE model choice: --checkpoint, else the newest run under checkpoints/, else the packaged model."""
+    if checkpoint is not None:
+        return ModelSource(_checkpoint_file(Path(checkpoint)), "checkpoint", Path(checkpoint))
+    run = newest_run()
+    if run is not None:
+        return ModelSource(run / "weights" / "ema.safetensors", "run", run)
+    packaged = packaged_model_path()
+    if packaged.is_file():
+        return ModelSource(packaged, "packaged")
+    raise UserError(f"no trained model found under {checkpoints_root()}/; train one with "
+                    "`iclevr train` (or `iclevr demo`), or pass --checkpoint PATH")
+
+
 def resolve_checkpoint(path: Path | None) -> Path:
-    """Map --checkpoint (run folder, .safetensors file, or nothing) to a weights file, with clear errors."""
-    if path is None:
-        run = newest_run()
-        if run is None:
-            raise UserError(f"no trained model found under {checkpoints_root()}/; train one with "
-                            "`iclevr train` (or `iclevr demo`), or pass --checkpoint PATH")
-        return run / "weights" / "ema.safetensors"
-    path = Path(path)
+    """The weights file `resolve_model` chooses for --checkpoint (run folder, .safetensors file, or nothing)."""
+    return resolve_model(path).path
+
+
+def _checkpoint_file(path: Path) -> Path:
+    """Map --checkpoint (a run folder or a .safetensors file) to a weights file, with clear errors."""
     if path.is_dir():
         for name in ("ema.safetensors", "model.safetensors"):
             if (path / "weights" / name).is_file():
@@ -141,3 +193,22 @@ def resolve_checkpoint(path: Path | None) -> Path:
         raise UserError(f"{path} is not a .safetensors file; pass a run folder or iclevr weights "
                         "(training states and .pth pickles are not loaded for sampling)")
     return path
+
+
+def packaged_accuracy(info: WeightsInfo) -> dict[str, float]:
+    """Mean accuracy per split as measured when the model was packaged ({} for weights that were not)."""
+    scores = (info.packaged or {}).get("accuracy", {})
+    return {split: float(a["mean"]) for split, a in scores.items() if isinstance(a, dict) and "mean" in a}
+
+
+def model_line(source: ModelSource, info: WeightsInfo) -> str:
+    """The one line sample, denoise-trace, eval and export print: which weights they use and why."""
+    if source.kind == "packaged":
+        acc = packaged_accuracy(info)
+        scored = (f"test/new_test {acc['test']:.3f}/{acc['new_test']:.3f}" if {"test", "new_test"} <= set(acc)
+                  else "not scored")
+        return (f"model: packaged pretrained model {source.path} ({info.model.condition}, {info.step:,} steps, "
+                f"{scored})")
+    if source.kind == "run":
+        return f"model: newest run {source.named} (step {info.step:,})"
+    return f"model: --checkpoint {source.named} (step {info.step:,})"

@@ -86,3 +86,4 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ICLEVR_HOME", str(home))
     monkeypatch.setenv("ICLEVR_CHECKPOINTS", str(home / "checkpoints"))
     monkeypatch.setenv("ICLEVR_NO_PACKAGED_EVALUATOR", "1")  # tests exercise first-use training
+    monkeypatch.setenv("ICLEVR_PACKAGED_MODEL", str(home / "no-packaged-model.safetensors"))  # tests opt in

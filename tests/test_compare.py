@@ -119,3 +119,26 @@ def test_unknown_schedule_lists_valid_ones(tmp_path):
                             "--out", str(tmp_path)])
     assert r.exit_code == 2
     assert 'unknown noise schedule "cosinus"' in r.stderr and "squaredcos_cap_v2" in r.stderr
+
+
+def test_study_trains_and_scores_a_tokens_model(tmp_path, course_kit):
+    from iclevr.weights import load_weights
+
+    tokens = {**TINY_MODEL, "condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+              "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": tokens, "train": {"batch_size": 4, "warmup_steps": 0, "sample_every": 0}}))
+    order = [c[0] for c in json.loads((course_kit / "new_test.json").read_text())[:4]]
+    evaluator = fixed_ranking(tmp_path / "checkpoint.pth", order)
+    out = tmp_path / "study"
+    r = runner.invoke(app, ["compare-schedules", "--schedules", "cosine", "--preset", "tiny", "--max-steps", "2",
+                            "--data-dir", str(course_kit), "--evaluator", str(evaluator), "--eval-seeds", "0",
+                            "--steps", "2", "--train-config", str(cfg), "--out", str(out)])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    model, info = load_weights(out / "runs" / "cosine-s0" / "weights" / "ema.safetensors")
+    assert info.model.condition == "tokens" and type(model.unet).__name__ == "UNet2DConditionModel"
+    assert (out / "grid-cosine-s0.png").is_file()
+    row = json.loads((out / "report.json").read_text())["runs"][0]
+    expected = _expected_accuracy(course_kit, order)
+    for split in ("test", "new_test"):
+        assert row["splits"][split]["values"] == pytest.approx([expected[split]])

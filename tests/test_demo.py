@@ -84,3 +84,45 @@ def test_summary_leaves_steps_empty_when_the_run_folder_has_no_progress(tmp_path
     summary = demo.build_summary(demo.DemoSettings(out=tmp_path), result)
     assert summary["train"]["steps"] is None and summary["train"]["train_minutes"] is None
     assert summary["stage_minutes"] == {"data": 1.0} and summary["mean_over_splits"] == 0.5
+
+
+def _packaged_file(path: Path, tiny_model_cfg) -> Path:
+    """A tiny packaged file: float16 weights whose metadata records the scores measured when packaged."""
+    from iclevr.model import build_model
+    from iclevr.settings import ScheduleSettings
+    from iclevr.weights import save_weights
+
+    record = {"wall_hours": 6.5, "images_seen": 640000, "evaluator": {"kind": "own", "sha256": "cd"},
+              "accuracy": {"val": {"mean": 0.81, "std": 0.01}, "test": {"mean": 0.93, "std": 0.02},
+                           "new_test": {"mean": 0.95, "std": 0.0}}}
+    return save_weights(build_model(tiny_model_cfg), path, model_cfg=tiny_model_cfg, schedule_cfg=ScheduleSettings(),
+                        step=20000, half=True, packaged=record)
+
+
+def test_demo_sets_the_packaged_models_recorded_score_beside_the_fresh_one(stubbed_stages, tmp_path, monkeypatch,
+                                                                            tiny_model_cfg):
+    from rich.console import Console
+
+    monkeypatch.setenv("ICLEVR_PACKAGED_MODEL", str(_packaged_file(tmp_path / "p.safetensors", tiny_model_cfg)))
+    monkeypatch.setattr("iclevr.evaluation.run.evaluate", lambda *a, **k: pytest.fail("the demo re-scored it"))
+    console = Console(record=True, width=300)
+    result = demo.run_demo(demo.DemoSettings(out=tmp_path / "demo"), Console(quiet=True))
+    demo.print_summary(console, result)
+    text = console.export_text()
+    assert "packaged model*" in text and "0.930 ± 0.020" in text and "0.950 ± 0.000" in text
+    assert "20,000 steps, 6.5 h" in text and "as measured when packaged" in text
+    packaged = json.loads((tmp_path / "demo" / "summary.json").read_text())["packaged_model"]
+    assert packaged["steps"] == 20000 and packaged["accuracy"]["test"]["mean"] == 0.93
+    assert packaged["path"] == str(tmp_path / "p.safetensors") and "when packaged" in packaged["note"]
+
+
+def test_demo_without_a_packaged_model_says_so_in_one_line(stubbed_stages, tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    result = demo.run_demo(demo.DemoSettings(out=tmp_path / "demo"), Console(quiet=True))
+    demo.print_summary(console, result)
+    text = console.export_text()
+    assert [line for line in text.splitlines() if "pretrained" in line or "packaged model" in line] == [
+        "packaged pretrained model: none in this install, so there is no longer-trained score to compare with"]
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["packaged_model"] is None

@@ -1,6 +1,8 @@
-"""`iclevr export`: plain diffusers loads the folder and reproduces our sampler for the same seed."""
+"""`iclevr export`: plain diffusers loads the folder, and the exported README's own code reproduces our sampler
+for the same seed, for both condition designs (pooled, tokens)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -9,54 +11,111 @@ from typer.testing import CliRunner
 from iclevr.cli.app import app
 
 runner = CliRunner()
+STEPS = 6  # the snippet's 1000 DDPM steps, cut to keep the test fast
+CONDITION = "red sphere, cyan cube"  # the snippet's condition
+TOKENS = {"condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
 
 
-@pytest.mark.parametrize("shift, prediction", [("default", "epsilon"), ("scale_shift", "v_prediction")])
-def test_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, shift, prediction):
-    from diffusers import DDPMScheduler, UNet2DModel
-    from safetensors.torch import load_file
-
-    from iclevr.weights import load_weights, save_weights
-    from iclevr.labels import LABELS, encode
+def _export(tmp_path, cfg, prediction, scale_tokens=1.0):
+    """Save a random tiny model with our metadata (guidance 2.5) and export it through the CLI."""
     from iclevr.model import build_model
-    from iclevr.sampling import image_seeds, sample
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
 
-    cfg = tiny_model_cfg.model_copy(update={"resnet_time_scale_shift": shift})  # the tiny preset: scale_shift, v
     torch.manual_seed(0)
-    weights = save_weights(build_model(cfg), tmp_path / "w.safetensors", model_cfg=cfg,
-                           schedule_cfg=ScheduleSettings(prediction_type=prediction), sampler_cfg=SamplerSettings(),
-                           preset="test")
+    model = build_model(cfg)
+    if cfg.condition == "tokens":  # larger tokens: the cross-attention then visibly changes the image
+        with torch.no_grad():
+            for p in model.tokens.parameters():
+                p.mul_(scale_tokens)
+    weights = save_weights(model, tmp_path / "w.safetensors", model_cfg=cfg,
+                           schedule_cfg=ScheduleSettings(prediction_type=prediction),
+                           sampler_cfg=SamplerSettings(guidance_scale=2.5), preset="test")
     out = tmp_path / "export"
     r = runner.invoke(app, ["export", "--checkpoint", str(weights), "--out", str(out)])
     assert r.exit_code == 0, r.stdout + r.stderr
-    for name in ("unet/config.json", "scheduler/scheduler_config.json", "label_embed.safetensors",
-                 "iclevr.json", "README.md"):
-        assert (out / name).is_file(), name
-    assert json.loads((out / "iclevr.json").read_text())["labels"] == list(LABELS)
+    return weights, out
 
-    # plain diffusers, as in the exported README snippet: two passes per step, one generator
-    unet = UNet2DModel.from_pretrained(out, subfolder="unet").eval()
-    scheduler = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
-    emb = load_file(str(out / "label_embed.safetensors"))
-    y = encode("red sphere, cyan cube")[None]
-    s, steps = 2.0, 6
-    g = torch.Generator().manual_seed(image_seeds(0, 1)[0])
-    x = torch.randn(1, 3, 16, 16, generator=g)
-    scheduler.set_timesteps(steps)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            cond = unet(x, t, class_labels=y @ emb["weight"].T + emb["bias"]).sample
-            null = unet(x, t, class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
-            x = scheduler.step(null + s * (cond - null), t, x, generator=g).prev_sample
-    plain = x.clamp(-1, 1)
 
-    model, info = load_weights(weights)
-    ours = sample(model, y, schedule=info.schedule,
-                  sampler=SamplerSettings(sampler="ddpm", steps=steps, guidance_scale=s, seed=0))
+def _run_readme_snippet(out):
+    """Run the exported README's code as a user would (fewer steps); returns its image in [-1, 1]."""
+    text = (out / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert not re.search(r"^\s*(import|from)\s+iclevr", code, re.M)  # plain diffusers, nothing of ours
+    code, n = re.subn(r"set_timesteps\(1000\)", f"set_timesteps({STEPS})", code)
+    assert n == 1
+    scope = {}
+    exec(compile(code, str(out / "README.md"), "exec"), scope)
+    return scope["image"] * 2 - 1  # (1, 3, S, S)
+
+
+def _ours(model, info):
+    """What `iclevr sample --sampler ddpm --steps STEPS` draws for CONDITION (image 0, seed 0)."""
+    from iclevr.generate import with_weights_defaults
+    from iclevr.labels import encode
+    from iclevr.sampling import sample
+    from iclevr.settings import SamplerSettings
+
+    sampler = with_weights_defaults(SamplerSettings(sampler="ddpm", steps=STEPS), info.sampler)
+    assert sampler.guidance_scale == 2.5
+    return sample(model, encode(CONDITION)[None], schedule=info.schedule, sampler=sampler)
+
+
+def _assert_same(plain, ours):
     # equal up to fp32 round-off: at t=999 alpha_bar ~ 2e-9, so re-deriving the clipped x0 from eps costs ~1e-3
     diff = (plain - ours).abs()
     assert diff.max() < 5e-3 and diff.mean() < 2e-4, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("shift, prediction", [("default", "epsilon"), ("scale_shift", "v_prediction")])
+def test_pooled_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, shift,
+                                                                           prediction):
+    from diffusers import UNet2DModel
+
+    from iclevr.labels import LABELS
+    from iclevr.weights import load_weights
+
+    cfg = tiny_model_cfg.model_copy(update={"resnet_time_scale_shift": shift})  # the tiny preset: scale_shift, v
+    weights, out = _export(tmp_path, cfg, prediction)
+    for name in ("unet/config.json", "scheduler/scheduler_config.json", "label_embed.safetensors",
+                 "iclevr.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "object_tokens.safetensors").exists()
+    meta = json.loads((out / "iclevr.json").read_text())
+    assert meta["labels"] == list(LABELS) and meta["condition"] == "pooled"
+    assert isinstance(UNet2DModel.from_pretrained(out, subfolder="unet"), UNet2DModel)
+    _assert_same(_run_readme_snippet(out), _ours(*load_weights(weights)))
+
+
+@pytest.mark.parametrize("embedding, shift, prediction", [("class", "default", "epsilon"),
+                                                          ("shape_colour", "scale_shift", "v_prediction")])
+def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, embedding,
+                                                                           shift, prediction):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from iclevr.weights import load_weights
+
+    cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **TOKENS, "token_embedding": embedding,
+                                  "resnet_time_scale_shift": shift})
+    weights, out = _export(tmp_path, cfg, prediction, scale_tokens=4.0)
+    meta = json.loads((out / "iclevr.json").read_text())
+    assert meta["condition"] == "tokens" and meta["unet_class"] == "UNet2DConditionModel"
+    assert isinstance(UNet2DConditionModel.from_pretrained(out, subfolder="unet"), UNet2DConditionModel)
+    model, info = load_weights(weights)
+    tok = load_file(str(out / "object_tokens.safetensors"))
+    assert torch.equal(tok["table"], model.tokens.table().detach())  # (24, D), shape_colour sums precomputed
+    assert torch.equal(tok["null"], model.tokens.null.detach().reshape(-1))  # (D,)
+
+    plain = _run_readme_snippet(out)  # our sampler batches cond + null with padding and a mask; the snippet not
+    ours = _ours(model, info)
+    _assert_same(plain, ours)
+    # the tokens matter: the same weights with every class's token moved to another class draw another image
+    table = model.tokens.table().detach()
+    model.tokens.table = lambda: table.roll(1, 0)  # class i gets the token of class i - 1
+    moved = (_ours(model, info) - ours).abs().mean()
+    assert moved > 100 * 2e-4
 
 
 def test_export_refuses_to_overwrite(tmp_path, tiny_model_cfg):

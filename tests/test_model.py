@@ -73,3 +73,118 @@ def test_unwrap_peels_nested_wrappers(tiny_model_cfg):
     compiled = torch.compile(model)  # compiles lazily, on the first call: cheap to build
     assert unwrap(compiled) is model and unwrap(DataParallelLike(compiled)) is model
     assert unwrap(model) is model
+
+
+# ---- object tokens (docs/conditioning.md) ----------------------------------------------------------
+
+TOKENS_MODEL = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+
+
+def _tokens_model(tiny_model_cfg, **change):
+    """A 16x16 tokens model whose tokens visibly matter (random, not tiny, token weights)."""
+    torch.manual_seed(0)
+    model = build_model(ModelSettings(**{**tiny_model_cfg.model_dump(), **TOKENS_MODEL, **change}))
+    with torch.no_grad():
+        for p in model.tokens.parameters():
+            p.mul_(3)
+    return model
+
+
+def _y(*conditions):
+    y = torch.zeros(len(conditions), 24)
+    for i, c in enumerate(conditions):
+        y[i, list(c)] = 1
+    return y
+
+
+@pytest.mark.parametrize("embedding", ["class", "shape_colour"])
+def test_tokens_model_forward_backward_at_16(tiny_model_cfg, embedding):
+    model = _tokens_model(tiny_model_cfg, token_embedding=embedding)
+    assert type(model.unet).__name__ == "UNet2DConditionModel"
+    x_t, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 400, 999])
+    out = model(x_t, t, _y([0], [1, 9], [2, 10, 23]))
+    assert out.shape == (3, 3, 16, 16)
+    out.square().mean().backward()
+    grads = [p.grad for p in model.tokens.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)  # every token table learns
+
+
+def test_tokens_are_a_set_permuting_them_changes_nothing(tiny_model_cfg):
+    model = _tokens_model(tiny_model_cfg).eval()
+    x_t, t, y = torch.randn(2, 3, 16, 16), torch.tensor([300, 700]), _y([1, 9, 23], [4])
+    with torch.no_grad():
+        class_emb = model.label_embed(y)
+        tokens, mask = model.tokens(y)  # (2, 4, D), (2, 4): null + 3 slots, the second row padded
+        assert mask.tolist() == [[True, True, True, True], [True, True, False, False]]
+        ref = model.denoise(x_t, t, class_emb, tokens, mask)
+        perm = torch.tensor([3, 0, 2, 1])
+        shuffled = model.denoise(x_t, t, class_emb, tokens[:, perm], mask[:, perm])
+        assert torch.allclose(ref, shuffled, atol=1e-5)
+        assert torch.allclose(ref, model(x_t, t, y), atol=1e-6)
+        # padding does not matter: the single-object row alone (K = 1) gives the same output as in the batch
+        assert torch.allclose(ref[1:], model(x_t[1:], t[1:], y[1:]), atol=1e-5)
+        # and the tokens are not ignored: another object set changes the output
+        assert not torch.allclose(ref[1:], model(x_t[1:], t[1:], _y([5])), atol=1e-3)
+
+
+def test_tokens_null_condition_is_the_null_token_alone(tiny_model_cfg):
+    model = _tokens_model(tiny_model_cfg).eval()
+    tokens, mask = model.tokens(torch.zeros(2, 24))
+    assert tokens.shape[1] == 1 and mask.all()  # only the learned null token: attention has one key
+    assert torch.equal(tokens[0, 0], model.tokens.null[0, 0])
+    with torch.no_grad():
+        null = model(torch.randn(2, 3, 16, 16), torch.tensor([5, 5]), torch.zeros(2, 24))
+    assert torch.isfinite(null).all()
+
+
+def test_shape_colour_tokens_share_their_parts(tiny_model_cfg):
+    model = _tokens_model(tiny_model_cfg, token_embedding="shape_colour")
+    table = model.tokens.table()  # (24, D)
+    from iclevr.labels import LABEL_TO_INDEX as I
+    # red sphere - red cube == cyan sphere - cyan cube (the shape part is shared across colours)
+    assert torch.allclose(table[I["red sphere"]] - table[I["red cube"]],
+                          table[I["cyan sphere"]] - table[I["cyan cube"]], atol=1e-5)
+
+
+@pytest.mark.parametrize("condition,blocks,match", [
+    ("tokens", {}, "needs CrossAttn"),
+    ("pooled", TOKENS_MODEL, "need condition=tokens"),
+])
+def test_conditioning_and_block_types_must_agree(tiny_model_cfg, condition, blocks, match):
+    cfg = {**tiny_model_cfg.model_dump(), **blocks, "condition": condition}
+    with pytest.raises(UserError, match=match):
+        build_model(ModelSettings(**cfg))
+
+
+def test_tokens_weights_round_trip_with_their_metadata(tiny_model_cfg, tmp_path):
+    from iclevr.settings import ScheduleSettings
+    from iclevr.weights import load_weights, save_weights
+
+    model = _tokens_model(tiny_model_cfg, token_embedding="shape_colour").eval()
+    path = save_weights(model, tmp_path / "w.safetensors", model_cfg=model.cfg, schedule_cfg=ScheduleSettings(),
+                        preset="test", step=7)
+    loaded, info = load_weights(path)
+    assert (info.model.condition, info.model.token_embedding, info.step) == ("tokens", "shape_colour", 7)
+    x_t, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), _y([0, 12], [7])
+    with torch.no_grad():
+        assert torch.equal(model(x_t, t, y), loaded(x_t, t, y))
+
+
+@pytest.mark.parametrize("preset", ["tiny-tokens", "small-tokens"])
+def test_every_attention_block_of_a_tokens_preset_has_heads_of_the_requested_width(preset):
+    cfg = resolve(TrainSettings, preset=preset).model
+    unet = build_model(cfg).unet
+    attention = [m for m in unet.modules() if type(m).__name__ == "Attention"]
+    assert any(m.is_cross_attention for m in attention) and any(not m.is_cross_attention for m in attention)
+    assert all(m.inner_dim // m.heads == cfg.attention_head_dim for m in attention), \
+        [(m.heads, m.inner_dim) for m in attention]
+
+
+def test_an_attention_layout_diffusers_cannot_express_is_a_user_error(tiny_model_cfg):
+    # entry 1 would be a head width for the plain Attn up block and a head count for the CrossAttn down block
+    cfg = {**tiny_model_cfg.model_dump(), "condition": "tokens",
+           "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["UpBlock2D", "AttnUpBlock2D"],
+           "attention_head_dim": 4}
+    with pytest.raises(UserError, match="head width"):
+        build_model(ModelSettings(**cfg))

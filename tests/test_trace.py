@@ -66,3 +66,31 @@ def test_figure_and_gif_sizes(model, tmp_path):
     gif = write_gif(trace, tmp_path / "t.gif", x0_row=True)
     with Image.open(gif) as im:
         assert im.n_frames == 11 and im.size == (128, 64)
+
+
+def test_trace_of_a_tokens_model_from_saved_weights(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import TINY_MODEL
+    from iclevr.cli.app import app
+    from iclevr.model import build_model
+    from iclevr.settings import ModelSettings
+    from iclevr.weights import load_weights, save_weights
+
+    cfg = ModelSettings(**{**TINY_MODEL, "condition": "tokens", "down_block_types": ["DownBlock2D",
+                           "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]})
+    torch.manual_seed(0)
+    weights = save_weights(build_model(cfg), tmp_path / "w.safetensors", model_cfg=cfg, schedule_cfg=SCHEDULE,
+                           sampler_cfg=SamplerSettings(sampler="ddim", steps=10))
+    r = CliRunner().invoke(app, ["denoise-trace", "--checkpoint", str(weights), "--frames", "8", "--gif",
+                                 "--out", str(tmp_path / "trace.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "trace.png").is_file() and (tmp_path / "trace.gif").is_file()
+    model, info = load_weights(weights)
+    y = encode(list(TRACE_LABELS))[None]
+    trace = record_trace(model, y, schedule=info.schedule, sampler=info.sampler, frames=8)
+    assert torch.equal(trace.final, sampling.sample(model, y, schedule=info.schedule, sampler=info.sampler))
+    table = model.tokens.table().detach()
+    model.tokens.table = lambda: table.roll(1, 0)  # class i gets the token of class i - 1
+    moved = record_trace(model, y, schedule=info.schedule, sampler=info.sampler, frames=8)
+    assert (moved.final - trace.final).abs().mean() > 1e-2  # the object tokens reach the trace

@@ -125,11 +125,12 @@ PrintConfigOpt = Annotated[bool, typer.Option("--print-config", "--dry-run",
                                               help="Print the resolved settings and exit.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Course data folder; "
                                                     "default: the embedded rendered kit.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small or tiny.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, tiny or tiny-tokens.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Run folder (its EMA weights) or "
-                                                       ".safetensors file; default: newest run under checkpoints/.")]
+                                                       ".safetensors file; default: newest run under checkpoints/, "
+                                                       "else the packaged pretrained model.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp, dpmpp-sde or unipc.")]
 StepsOpt = Annotated[Optional[int], optional_int("--steps", help="Sampling steps (default: the sampler's; none = "
                                                   "the sampler's default even where the weights store others).")]

@@ -14,17 +14,22 @@ from iclevr.cli.common import CheckpointOpt
 @command
 def export_cmd(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (unet/, scheduler/, label embedding).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (unet/, scheduler/, label embedding, "
+                                      "object tokens).")],
     checkpoint: CheckpointOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace files in an existing "
                                             "folder.")] = False,
 ) -> None:
-    """Export trained weights as a diffusers UNet2DModel + scheduler + label embedding folder."""
-    from iclevr.export import ExportSettings, export
+    """Export weights as a diffusers folder: UNet2DModel, or UNet2DConditionModel + object tokens (tokens)."""
+    from iclevr.export import ExportSettings, export, unet_class
     from iclevr.settings import resolve
+    from iclevr.weights import model_line, read_info, resolve_model
 
     overrides = typed_overrides(ctx, {"checkpoint": "checkpoint", "out": "out", "overwrite": "overwrite"})
     settings = resolve(ExportSettings, overrides=overrides)
-    folder = export(settings)
-    console.print(f"exported to {folder}  (UNet2DModel.from_pretrained('{folder}', subfolder='unet'); "
+    source = resolve_model(settings.checkpoint)
+    info = read_info(source.path)
+    console.print(model_line(source, info), markup=False, soft_wrap=True)
+    folder = export(settings.model_copy(update={"checkpoint": source.path}))  # the weights just named
+    console.print(f"exported to {folder}  ({unet_class(info)}.from_pretrained('{folder}', subfolder='unet'); "
                   f"snippet in {folder / 'README.md'})")

@@ -76,7 +76,7 @@ def train_cmd(
 
 
 def default_preset(preset: str | None, config: Path | None) -> tuple[str | None, str]:
-    """(preset, why): an explicit --preset, the config file's, else `seed` with a CUDA GPU and `tiny` without."""
+    """(preset, why): an explicit --preset, the config file's, else `seed` with a CUDA GPU and the CPU preset without."""
     from iclevr.device import has_gpu
     from iclevr.settings import read_config
 
@@ -86,4 +86,6 @@ def default_preset(preset: str | None, config: Path | None) -> tuple[str | None,
         return None, f"from {config}"
     if has_gpu():
         return "seed", "no --preset given and a CUDA GPU is present: the reference configuration"
-    return "tiny", "no --preset given and no CUDA GPU found: the CPU preset; --preset seed for the reference model"
+    from iclevr.settings import CPU_PRESET
+
+    return CPU_PRESET, "no --preset given and no CUDA GPU found: the CPU preset; --preset seed for the reference model"

@@ -34,8 +34,8 @@ from iclevr.settings import SamplerSettings, Section
 class EvalSettings(Section):
     """Settings of `iclevr eval`."""
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run "
-                                    "under checkpoints/.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest "
+                                    "run under checkpoints/, else the packaged pretrained model.")
     split: Literal["test", "new_test", "val", "all"] = Field("all", description="Which conditions to generate "
                                                              "and score: test, new_test, val (the list to tune "
                                                              "on) or all (test and new_test).")
@@ -147,7 +147,7 @@ def _sampling_task(bar, sampler: SamplerSettings, info, conditions: dict, seeds:
                         total=chunks * len(seeds) * steps)
 
 
-def _drawing_source(settings: EvalSettings, splits: tuple[str, ...]) -> dict:
+def _drawing_source(settings: EvalSettings, splits: tuple[str, ...], console=None) -> dict:
     """What is scored, checked first: the --images folders, or the trained model and its resolved sampler."""
     from iclevr.device import pick_device
     from iclevr.generate import load_model, with_weights_defaults
@@ -155,7 +155,7 @@ def _drawing_source(settings: EvalSettings, splits: tuple[str, ...]) -> dict:
     if settings.images is not None:
         return {"folders": image_folders(settings.images, splits), "model": None, "info": None, "sampler": None,
                 "device": pick_device(settings.sampler.device)}
-    model, info, device = load_model(settings.checkpoint, settings.sampler.device)
+    model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
     return {"folders": None, "model": model, "info": info, "device": device,
             "sampler": with_weights_defaults(settings.sampler, info.sampler)}
 
@@ -190,7 +190,7 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
     from iclevr.progress import progress_bar
 
     splits = L.SPLITS if settings.split == "all" else (settings.split,)
-    src = _drawing_source(settings, splits)  # fails fast: no trained model, no image folder
+    src = _drawing_source(settings, splits, console)  # fails fast: no trained model, no image folder
     _check_evaluator_file(settings)
     conditions = load_conditions(settings.data_dir, splits)  # the JSON lists only, never the training images
     note = derived_val_note(settings.data_dir) if L.VAL_SPLIT in splits else None

@@ -7,6 +7,9 @@
 5. write the denoising trace of the course's trace condition,
 6. write `<out>/summary.json`: steps, stage minutes, accuracy per split and seed, the machine, so every
    number the README quotes from a demo run has a file behind it.
+
+Beside the fresh model's scores stand the packaged pretrained model's, read from its file's metadata as
+measured when it was packaged (the demo never re-scores it), so a newcomer sees what longer training buys.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def run_demo(settings: DemoSettings, console) -> dict:
     with _timed(stages, "trace"):
         trace = _trace(settings, run_dir, out / "trace.png")
     result = {"data_dir": data_dir, "run_dir": run_dir, "eval": report, "trace": trace, "stages": stages,
-              "evaluator": evaluator, "train_reused": reused}
+              "evaluator": evaluator, "train_reused": reused, "packaged": packaged_scores(console)}
     result["summary"] = out / SUMMARY_FILE
     write_json(result["summary"], build_summary(settings, result))
     return result
@@ -109,6 +112,28 @@ def _trace(settings: DemoSettings, run_dir: Path, path: Path) -> dict:
 
     return run_trace(TraceSettings(checkpoint=run_dir, labels=list(TRACE_LABELS), frames=10, x0_row=True,
                                    gif=True, sampler=SamplerSettings(device=settings.device), out=path))
+
+
+def packaged_scores(console=None) -> dict | None:
+    """The packaged pretrained model's steps and scores from its metadata (not re-scored), or None without one."""
+    from iclevr.errors import UserError
+    from iclevr.paths import packaged_model_path
+    from iclevr.weights import read_info
+
+    path = packaged_model_path()
+    if not path.is_file():
+        return None
+    try:
+        info = read_info(path)
+    except UserError as e:  # a damaged packaged file must not stop the demo's own story
+        if console is not None:
+            console.print(f"[yellow]packaged model unreadable, left out: {e}[/]")
+        return None
+    record = info.packaged or {}
+    return {"path": str(path), "steps": info.step, "condition": info.model.condition,
+            "wall_hours": record.get("wall_hours"), "images_seen": record.get("images_seen"),
+            "accuracy": record.get("accuracy", {}), "evaluator": record.get("evaluator"),
+            "sampler": record.get("sampler"), "note": "as measured when packaged (the demo does not re-score it)"}
 
 
 # ---- summary.json ------------------------------------------------------------------------------------
@@ -171,6 +196,7 @@ def build_summary(settings: DemoSettings, result: dict) -> dict:
         "report": str(Path(ev["out"]) / "report.html") if ev.get("out") else None,
         "accuracy": accuracy,
         "mean_over_splits": statistics.fmean(a["mean"] for a in accuracy.values()) if accuracy else None,
+        "packaged_model": result.get("packaged"),
         "std": "population standard deviation over the sampling seeds (statistics.pstdev)",
         "metric": "course metric: sum of top-k hits / sum of k per split (docs/metric.md)",
     }
@@ -180,15 +206,27 @@ def print_summary(console, result: dict) -> None:
     """The closing Rich summary: files, accuracy table, stage timings and the next commands to try."""
     from rich.table import Table
 
-    ev = result["eval"]
+    ev, packaged = result["eval"], result.get("packaged")
     acc = Table(title="accuracy (course metric, project evaluator)" if "own" in str(ev.get("evaluator"))
                 else "accuracy (course metric)")
-    for col in ("split", "per seed", "mean ± std", "hits / total"):
+    columns = ["split", "per seed", "mean ± std", "hits / total"] + (["packaged model*"] if packaged else [])
+    for col in columns:
         acc.add_column(col, justify="left" if col == "split" else "right")
     for split, r in ev["splits"].items():
-        acc.add_row(split, " ".join(f"{a:.3f}" for a in r["accuracy"]), f"{r['mean']:.3f} ± {r['std']:.3f}",
-                    f"{sum(x['hits'] for x in r['runs'])} / {sum(x['total'] for x in r['runs'])}")
+        row = [split, " ".join(f"{a:.3f}" for a in r["accuracy"]), f"{r['mean']:.3f} ± {r['std']:.3f}",
+               f"{sum(x['hits'] for x in r['runs'])} / {sum(x['total'] for x in r['runs'])}"]
+        if packaged:
+            score = packaged["accuracy"].get(split, {})
+            row.append(f"{score['mean']:.3f} ± {score.get('std', 0):.3f}" if "mean" in score else "-")
+        acc.add_row(*row)
     console.print(acc)
+    if packaged:
+        hours = f", {packaged['wall_hours']:g} h" if packaged.get("wall_hours") is not None else ""
+        console.print(f"* the packaged pretrained model ({packaged['condition']}, {packaged['steps']:,} steps{hours}), "
+                      "as measured when packaged, not re-scored here", soft_wrap=True)
+    else:
+        console.print("packaged pretrained model: none in this install, so there is no longer-trained score to "
+                      "compare with", soft_wrap=True)
     files = Table(title="where everything is", show_header=False)
     out = Path(ev["out"])
     for what, path in [("training data", result["data_dir"]), ("model run", result["run_dir"]),

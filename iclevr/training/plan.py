@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from iclevr.errors import UserError
-from iclevr.settings import TrainLoopSettings, TrainSettings
+from iclevr.settings import CPU_PRESET, CPU_PRESETS, TrainLoopSettings, TrainSettings
 
 
 @dataclass
@@ -98,7 +98,7 @@ def speed_notes(sec: float, step: int, wall_s: float, plan: Plan, settings: Trai
         total = step + max(0, int((cfg.max_minutes * 60 - wall_s) / sec))
         console.print(f"[dim]{sec:.2f} s/step: the {cfg.max_minutes:g} min budget allows about {total} steps; "
                       "the LR schedule follows the elapsed time[/]")
-    if device.type == "cpu" and settings.preset != "tiny":
+    if device.type == "cpu" and settings.preset not in CPU_PRESETS:
         hours = sec * total / 3600
         console.print(f"[yellow]note:[/] the {settings.preset} preset runs at {sec:.1f} s/step on this CPU: "
-                      f"{total} steps would take about {hours:,.0f} h; for a CPU run use --preset tiny")
+                      f"{total} steps would take about {hours:,.0f} h; for a CPU run use --preset {CPU_PRESET}")

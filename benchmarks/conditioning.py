@@ -1,0 +1,128 @@
+"""Conditioning lever study (issue 17): pooled vs object tokens, and the tiny-budget levers, on the CPU.
+
+    python benchmarks/conditioning.py --only pooled tokens --steps 600 --threads 1      # equal images
+    python benchmarks/conditioning.py --only tokens --minutes 16.5 --threads 1          # equal wall time
+
+Every variant is the `tiny` preset with the changes listed in VARIANTS, trained from --train-seed on the
+embedded kit for --steps optimizer steps of 32 images (equal images) or for --minutes of wall time (equal
+wall time; the cosine lr runs over the time budget as in `iclevr train --max-minutes`), then scored like
+`iclevr eval`: the EMA weights, the default sampler (dpmpp-sde 20), guidance --guidance, sampling --seeds,
+the packaged evaluator, the course metric, on val (where choices are made) and on test / new_test (reported,
+never tuned on). Run two variants side by side (two processes, --threads 1 each) so both see the same machine
+load; each row records its seconds per step. A finished run folder in --work is scored again without training.
+One JSON file per row in benchmarks/results/conditioning/ (name: variant, budget, seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "conditioning"
+CROSS_8_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
+CROSS_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D"],
+           "up_block_types": ["CrossAttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
+TOKENS = {"model.condition": "tokens", **{f"model.{k}": v for k, v in CROSS_8_4.items()}}
+TOKENS_4 = {"model.condition": "tokens", **{f"model.{k}": v for k, v in CROSS_4.items()}}
+
+# name: (what changes against the tiny preset, settings overrides)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "pooled": ("tiny as it was: one pooled label vector on the time path", {}),
+    "tokens": ("object tokens (class embedding), cross-attention at 8x8 and 4x4 (+ mid)", TOKENS),
+    "tokens_shape_colour": ("tokens = shape + colour embeddings", {**TOKENS, "model.token_embedding": "shape_colour"}),
+    "tokens_4x4": ("tokens, cross-attention at 4x4 (+ mid) only; self-attention at 8x8", TOKENS_4),
+    "tokens_4x4_shape_colour": ("tokens at 4x4 only, shape + colour embeddings",
+                                {**TOKENS_4, "model.token_embedding": "shape_colour"}),
+    "tokens_4x4_flip": ("tokens at 4x4 only + horizontal flips", {**TOKENS_4, "data.flip": True}),
+    "tokens_4x4_no_ema_warmup": ("tokens at 4x4 only, EMA without warm-up (decay 0.995 from step 0)",
+                                 {**TOKENS_4, "train.ema_warmup": False}),
+    "pooled_flip": ("pooled + horizontal flips", {"data.flip": True}),
+}
+
+
+def _row_name(name: str, steps: int | None, minutes: float | None, seed: int) -> str:
+    """File stem of a row: variant, budget and training seed."""
+    budget = f"{steps}steps" if steps else f"{minutes:g}min"
+    return f"{name}-{budget}-s{seed}"
+
+
+def train_variant(name: str, args) -> tuple[Path, dict]:
+    """Train (or reuse) one variant's run folder; returns (run folder, progress)."""
+    from iclevr.fileio import read_json
+    from iclevr.settings import TrainSettings, resolve
+    from iclevr.training.loop import train
+    from iclevr.training.run_folder import is_finished
+
+    run = args.work / _row_name(name, args.steps, args.minutes, args.train_seed)
+    over = {**VARIANTS[name][1], "out": str(run), "train.max_steps": args.steps, "train.max_minutes": args.minutes,
+            "train.checkpoint_every": 0, "train.checkpoint_every_steps": 100, "train.seed": args.train_seed,
+            "train.sample_grids": "off"}
+    settings = resolve(TrainSettings, preset="tiny", overrides=over)
+    if not is_finished(run, settings):
+        train(settings, resume=(run / "state").is_dir())
+    return run, read_json(run / "progress.json", "progress file")
+
+
+def score(run: Path, args) -> dict:
+    """Accuracy per split (val, test, new_test) and the error shares, like `iclevr eval`."""
+    from iclevr.evaluation.run import EvalSettings, evaluate
+    from iclevr.settings import SamplerSettings
+
+    sampler = SamplerSettings(sampler="dpmpp-sde", steps=20, guidance_scale=args.guidance)
+    out = {}
+    for split in ("val", "all"):
+        report = evaluate(EvalSettings(checkpoint=run, split=split, seeds=args.seeds, sampler=sampler,
+                                       out=run / f"eval-g{args.guidance:g}-{split}"))
+        for s, r in report["splits"].items():
+            out[s] = {"accuracy": r["accuracy"], "mean": round(r["mean"], 4),
+                      "wrong_predictions": r["wrong_predictions"]}
+        out["evaluator"] = report["evaluator"]
+    return out
+
+
+def main() -> None:
+    """Parse arguments, train and score the chosen variants, save one row each."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), required=True)
+    p.add_argument("--steps", type=int, default=None, help="Optimizer steps of batch 32 (equal images).")
+    p.add_argument("--minutes", type=float, default=None, help="Wall-clock budget (equal wall time).")
+    p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    p.add_argument("--work", type=Path, default=Path("runs/conditioning"), help="Run folders (resumed if present).")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--guidance", type=float, default=2.0)
+    args = p.parse_args()
+    if (args.steps is None) == (args.minutes is None):
+        p.error("give exactly one of --steps and --minutes")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.only:
+        run, progress = train_variant(name, args)
+        scores = score(run, args)
+        row = {"variant": name, "change": VARIANTS[name][0], "overrides": VARIANTS[name][1],
+               "budget": {"steps": args.steps, "minutes": args.minutes}, "train_seed": args.train_seed,
+               "steps": progress["step"], "images": progress["step"] * 32, "train_wall_s": progress["wall_s"],
+               "s_per_step": round(progress["wall_s"] / max(progress["step"], 1), 3),
+               "threads": torch.get_num_threads(), "machine": f"{platform.node()} {platform.processor()}",
+               "sampler": f"dpmpp-sde-20, guidance {args.guidance:g}", "seeds": args.seeds, **scores,
+               "test_new_test_mean": round((scores["test"]["mean"] + scores["new_test"]["mean"]) / 2, 4),
+               "command": f"python benchmarks/conditioning.py --only {name} "
+                          + (f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}")
+                          + f" --train-seed {args.train_seed} --threads {args.threads}",
+               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        stem = _row_name(name, args.steps, args.minutes, args.train_seed)
+        suffix = "" if args.guidance == 2.0 else f"-g{args.guidance:g}"
+        (RESULTS / f"{stem}{suffix}.json").write_text(json.dumps(row, indent=1) + "\n")
+        print(f"{stem:40s} {row['steps']:5d} steps {row['s_per_step']:.2f} s/step  val {scores['val']['mean']:.3f}  "
+              f"test {scores['test']['mean']:.3f}  new_test {scores['new_test']['mean']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
