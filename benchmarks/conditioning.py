@@ -2,6 +2,7 @@
 
     python benchmarks/conditioning.py --only pooled tokens --steps 600 --threads 1      # equal images
     python benchmarks/conditioning.py --only tokens --minutes 16.5 --threads 1          # equal wall time
+    python benchmarks/conditioning.py --table                                           # the README table
 
 Every variant is the `tiny` preset with the changes listed in VARIANTS, trained from --train-seed on the
 embedded kit for --steps optimizer steps of 32 images (equal images) or for --minutes of wall time (equal
@@ -86,10 +87,26 @@ def score(run: Path, args) -> dict:
     return out
 
 
+def table(results: Path = RESULTS) -> str:
+    """The study's rows as one markdown table (val first: it decides; test / new_test are reported)."""
+    rows = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
+    lines = ["| row | change | steps × 32 | s/step | val | test | new_test | test/new_test | val: binding share "
+             "of wrong |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r["budget"]["steps"] or 0, r["variant"], r["train_seed"])):
+        wrong = r["val"]["wrong_predictions"]
+        share = f"{wrong['binding'] / wrong['total']:.0%}" if wrong["total"] else "–"
+        seeds = "/".join(map(str, r["seeds"]))
+        lines.append(f"| {r['variant']} (train seed {r['train_seed']}) | {r['change']} | {r['steps']:,} | "
+                     f"{r['s_per_step']:.2f} | **{r['val']['mean']:.3f}** | {r['test']['mean']:.3f} | "
+                     f"{r['new_test']['mean']:.3f} | {r['test_new_test_mean']:.3f} | {share} (seeds {seeds}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Parse arguments, train and score the chosen variants, save one row each."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="+", choices=list(VARIANTS), required=True)
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS))
+    p.add_argument("--table", action="store_true", help="Print the committed rows as a markdown table and stop.")
     p.add_argument("--steps", type=int, default=None, help="Optimizer steps of batch 32 (equal images).")
     p.add_argument("--minutes", type=float, default=None, help="Wall-clock budget (equal wall time).")
     p.add_argument("--train-seed", type=int, default=0)
@@ -98,6 +115,11 @@ def main() -> None:
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument("--guidance", type=float, default=2.0)
     args = p.parse_args()
+    if args.table:
+        print(table())
+        return
+    if not args.only:
+        p.error("name the variants to run with --only")
     if (args.steps is None) == (args.minutes is None):
         p.error("give exactly one of --steps and --minutes")
     if args.threads:

@@ -41,16 +41,24 @@ _LOOP = '''\
 s = {guidance}  # guidance scale
 g = torch.Generator().manual_seed({seed})  # {seed_note}
 x = torch.randn(1, 3, {size}, {size}, generator=g)
-scheduler.set_timesteps({steps})
+{x0_init}scheduler.set_timesteps({steps})
 with torch.no_grad():
     for t in scheduler.timesteps:
-{calls}        x = scheduler.step(null + s * (cond - null), t, x, generator=g).prev_sample
+{calls}        {step}
 image = (x.clamp(-1, 1) + 1) / 2                                   # (1, 3, {size}, {size}) in [0, 1]
 '''
 
+_STEP = "x = scheduler.step(null + s * (cond - null), t, x, generator=g).prev_sample"
+
+# self-conditioning (model.self_condition): the UNet's input is x_t and the previous step's predicted x0
+_SELF_INIT = "x0_prev = torch.zeros_like(x)                                      # no x0 estimate before step 1\n"
+_SELF_INPUT = "        x_in = torch.cat([x, x0_prev], 1)                          # x_t and the x0 estimate\n"
+_SELF_STEP = ("out = scheduler.step(null + s * (cond - null), t, x, generator=g)\n"
+              "        x, x0_prev = out.prev_sample, out.pred_original_sample     # x0 clipped to [-1, 1]")
+
 _POOLED_CALLS = '''\
-        cond = unet(x, t, class_labels=y @ emb["weight"].T + emb["bias"]).sample
-        null = unet(x, t, class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
+        cond = unet({x}, t, class_labels=y @ emb["weight"].T + emb["bias"]).sample
+        null = unet({x}, t, class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
 '''
 
 # one condition needs no padding, so no encoder_attention_mask; the null condition is the null token alone
@@ -61,9 +69,9 @@ no_tokens = tok["null"][None, None]                                # (1, 1, T): 
 '''
 
 _TOKENS_CALLS = '''\
-        cond = unet(x, t, encoder_hidden_states=tokens,
+        cond = unet({x}, t, encoder_hidden_states=tokens,
                     class_labels=y @ emb["weight"].T + emb["bias"]).sample
-        null = unet(x, t, encoder_hidden_states=no_tokens,
+        null = unet({x}, t, encoder_hidden_states=no_tokens,
                     class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
 '''
 
@@ -75,10 +83,15 @@ _NOTES = {
 }
 
 
+_SELF_NOTE = ("; self-conditioning: the UNet's 6 input channels are x_t and the previous step's predicted x0 "
+              "(zeros at the first step), the same for the conditional and the null pass")
+
+
 class ExportSettings(Section):
     """Settings of `iclevr export`."""
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run, "
+                                    "else the packaged model.")
     out: Path = Field(..., description="Folder to write (must be new or empty unless overwrite).")
     overwrite: bool = Field(False, description="Replace the exported files in an existing folder.")
 
@@ -127,7 +140,8 @@ def _metadata(info) -> dict:
     return {"labels": list(LABELS), "condition": info.model.condition,
             "unet_class": unet_class(info), "model": info.model.model_dump(mode="json"),
             "schedule": info.schedule.model_dump(mode="json"), "sampler": info.sampler.model_dump(mode="json"),
-            "preset": info.preset, "step": info.step, "source": str(info.path), "note": _NOTES[info.model.condition]}
+            "preset": info.preset, "step": info.step, "source": str(info.path),
+            "note": _NOTES[info.model.condition] + (_SELF_NOTE if info.model.self_condition else "")}
 
 
 def unet_class(info) -> str:
@@ -146,7 +160,9 @@ def snippet(info, out: Path) -> str:
     fields = {"guidance": ddpm.guidance_scale, "seed": image_seeds(ddpm.seed, 1)[0],
               "seed_note": f"image 0 of `iclevr sample --sampler ddpm --seed {ddpm.seed}`",
               "size": info.model.sample_size, "steps": resolve_steps(ddpm, info.schedule)}
-    tokens = info.model.condition == "tokens"
+    tokens, self_cond = info.model.condition == "tokens", info.model.self_condition
+    calls = (_TOKENS_CALLS if tokens else _POOLED_CALLS).format(x="x_in" if self_cond else "x")
     return (_HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())))
             + (_TOKENS_SETUP if tokens else "")
-            + _LOOP.format(calls=_TOKENS_CALLS if tokens else _POOLED_CALLS, **fields))
+            + _LOOP.format(calls=(_SELF_INPUT if self_cond else "") + calls, x0_init=_SELF_INIT if self_cond else "",
+                           step=_SELF_STEP if self_cond else _STEP, **fields))

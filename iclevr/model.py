@@ -8,6 +8,8 @@ Both designs take the (24,) multi-hot condition y; the null condition (classifie
   CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set: no position embedding, padded with
   a mask to the batch's largest object count, and a learned null token is always present, so the empty set
   (the null condition) still has one key to attend to.
+With model.self_condition (Chen, Zhang & Hinton 2022, "Analog Bits") the UNet takes 6 input channels: x_t and
+an estimate of x0 (the sampling loop's previous prediction; zeros when there is none).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class ObjectTokens(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    """eps (or v) = model(x_t (B, 3, S, S), t (B,), y (B, 24) multi-hot)."""
+    """eps (or v) = model(x_t (B, 3, S, S), t (B,), y (B, 24) multi-hot[, x0_self (B, 3, S, S)])."""
 
     def __init__(self, cfg: ModelSettings):
         super().__init__()
@@ -63,18 +65,37 @@ class ConditionalUNet(nn.Module):
         if cfg.condition == "tokens":
             self.tokens = ObjectTokens(_token_dim(cfg), cfg.token_embedding)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Predict eps (or v) for noisy images x_t at timesteps t under conditions y."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                x0_self: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict eps (or v) for noisy images x_t at timesteps t under conditions y; a self-conditioned model
+        also takes an x0 estimate x0_self (None = zeros: no estimate yet)."""
+        x = self.unet_input(x_t, x0_self)  # (B, 3 or 6, S, S)
         class_emb = self.label_embed(y.to(self.label_embed.weight.dtype))  # (B, time_embed_dim)
         if self.cfg.condition == "pooled":
-            return self.unet(x_t, t, class_labels=class_emb).sample  # (B, 3, S, S)
+            return self.unet(x, t, class_labels=class_emb).sample  # (B, 3, S, S)
         tokens, mask = self.tokens(y)  # (B, 1 + K, D), (B, 1 + K)
-        return self.denoise(x_t, t, class_emb, tokens, mask)
+        return self.denoise(x, t, class_emb, tokens, mask)
 
-    def denoise(self, x_t, t, class_emb, tokens, mask) -> torch.Tensor:
-        """The tokens UNet on given tokens (B, N, D) and mask (B, N); the order of the tokens does not matter."""
-        return self.unet(x_t, t, encoder_hidden_states=tokens, class_labels=class_emb,
+    def unet_input(self, x_t: torch.Tensor, x0_self: torch.Tensor | None) -> torch.Tensor:
+        """x_t, or under self-conditioning (Chen, Zhang & Hinton 2022) x_t and x0_self (or zeros) on channels."""
+        if not self.cfg.self_condition:
+            if x0_self is not None:
+                raise ValueError("x0_self was given to a model without model.self_condition")
+            return x_t
+        if x0_self is None:
+            x0_self = torch.zeros_like(x_t)
+        return torch.cat([x_t, x0_self.to(x_t.dtype)], 1)  # (B, 6, S, S)
+
+    def denoise(self, x, t, class_emb, tokens, mask) -> torch.Tensor:
+        """The tokens UNet on its input x (unet_input) and given tokens (B, N, D) with mask (B, N); the order of
+        the tokens does not matter."""
+        return self.unet(x, t, encoder_hidden_states=tokens, class_labels=class_emb,
                          encoder_attention_mask=mask.to(tokens.dtype)).sample  # (B, 3, S, S)
+
+
+def _in_channels(cfg: ModelSettings) -> int:
+    """UNet input channels: x_t, and the x0 estimate under self-conditioning."""
+    return 6 if cfg.self_condition else 3
 
 
 def _token_dim(cfg: ModelSettings) -> int:
@@ -87,7 +108,8 @@ def _pooled_unet(cfg: ModelSettings):
     from diffusers import UNet2DModel
 
     return UNet2DModel(
-        sample_size=cfg.sample_size, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=3,
+        layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types), attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout,
@@ -125,7 +147,8 @@ def _tokens_unet(cfg: ModelSettings):
 
     heads = _head_settings(cfg)
     return UNet2DConditionModel(
-        sample_size=cfg.sample_size, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=3,
+        layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types), attention_head_dim=heads,
         norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, cross_attention_dim=_token_dim(cfg),

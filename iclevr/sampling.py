@@ -7,6 +7,9 @@ Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + s (eps_c - eps_u), 
 forward pass of 2B images (conditional half, then the null condition y = 0). Every image has its own
 torch.Generator seeded from (seed, image index), which draws its initial noise and any stochastic sampler
 noise, so image i is the same whatever the batch size or the images around it.
+
+Self-conditioning (model.self_condition; Chen, Zhang & Hinton 2022): the model also gets the previous step's
+guided x0 prediction (clipped to [-1, 1] with clip_x0; zeros at the first step), the same for both halves.
 """
 
 from __future__ import annotations
@@ -121,14 +124,22 @@ def clip_output(x_t: torch.Tensor, out: torch.Tensor, alpha_bar_t: torch.Tensor,
     return a * eps - s * x0 if prediction_type == "v_prediction" else eps
 
 
-def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
-    """eps_u + s (eps_c - eps_u) from one forward pass of 2B; s == 1 runs only the conditional half (fp32 out)."""
+def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float,
+                  x0_self: torch.Tensor | None = None) -> torch.Tensor:
+    """eps_u + s (eps_c - eps_u) from one forward pass of 2B; s == 1 runs only the conditional half (fp32 out).
+
+    x0_self (self-conditioned models only) goes to both halves alike; None calls model(x_t, t, y) as is.
+    """
     B = x_t.shape[0]
+    extra = {} if x0_self is None else {"x0_self": x0_self}
     if scale == 1.0:
-        return model(x_t, t.expand(B), y).float()
+        return model(x_t, t.expand(B), y, **extra).float()
     if scale == 0.0:
-        return model(x_t, t.expand(B), torch.zeros_like(y)).float()
-    out = model(torch.cat([x_t, x_t]), t.expand(2 * B), torch.cat([y, torch.zeros_like(y)])).float()  # (2B, 3, S, S)
+        return model(x_t, t.expand(B), torch.zeros_like(y), **extra).float()
+    if x0_self is not None:
+        extra = {"x0_self": torch.cat([x0_self, x0_self])}  # (2B, 3, S, S)
+    out = model(torch.cat([x_t, x_t]), t.expand(2 * B), torch.cat([y, torch.zeros_like(y)]),
+                **extra).float()  # (2B, 3, S, S)
     eps_c, eps_u = out.chunk(2)
     return eps_u + scale * (eps_c - eps_u)
 
@@ -181,10 +192,15 @@ def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, sc
     scheduler.set_timesteps(steps, device=device)  # before every chunk: multistep schedulers keep state
     kwargs = _step_kwargs(scheduler, gens)
     alpha_bars = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    self_condition = getattr(model.cfg, "self_condition", False)  # duck-typed test models have no such field
+    x0_self = torch.zeros_like(x) if self_condition else None  # (b, 3, S, S): no estimate yet
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
         with autocast(device):
-            eps = guided_output(model, x_in, t.to(device), y, sampler.guidance_scale)
+            eps = guided_output(model, x_in, t.to(device), y, sampler.guidance_scale, x0_self)
+        if x0_self is not None:  # the next step's estimate: this step's guided x0, clipped like the step's
+            x0_self = predict_x0(x, eps, alpha_bars[int(t)], schedule.prediction_type)
+            x0_self = x0_self.clamp(-1, 1) if sampler.clip_x0 else x0_self
         if sampler.clip_x0:
             eps = clip_output(x, eps, alpha_bars[int(t)], schedule.prediction_type)
         x_prev = scheduler.step(eps, t, x, **kwargs).prev_sample.float()

@@ -60,6 +60,10 @@ class ModelSettings(Section):
         "the sum of a shape and a colour embedding (shape_colour).")
     cross_attention_dim: int | None = Field(
         None, gt=0, description="tokens only: width of the object tokens; empty = the widest UNet level.")
+    self_condition: bool = Field(
+        False, description="Self-conditioning (Chen, Zhang & Hinton 2022, \"Analog Bits\"): the UNet also takes "
+        "an estimate of x0 as 3 more input channels, its own previous prediction when sampling (zeros at the "
+        "first step) and, for half of the training batches, its own prediction from a first pass without it.")
 
 
 class ScheduleSettings(Section):
@@ -107,6 +111,10 @@ class TrainLoopSettings(Section):
     ema_warmup: bool = Field(True, description="Warm the EMA decay up as min(decay, (1+step)/(10+step)).")
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et al. 2023); "
                                     "empty = plain MSE.")
+    immiscible: bool = Field(False, description="Immiscible diffusion (Li et al. 2024, \"Immiscible Diffusion\"): "
+                             "re-pair each batch's noise samples with its images by a least-total-L2-distance "
+                             "assignment (scipy linear_sum_assignment) before noising; the target is the "
+                             "re-paired noise.")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="Autocast precision.")
     seed: int = Field(0, ge=0, description="Seed of weights, data order and noise (reseeded per step).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")

@@ -1,5 +1,5 @@
 """`iclevr export`: plain diffusers loads the folder, and the exported README's own code reproduces our sampler
-for the same seed, for both condition designs (pooled, tokens)."""
+for the same seed, for both condition designs (pooled, tokens), with and without self-conditioning."""
 
 import json
 import re
@@ -29,6 +29,9 @@ def _export(tmp_path, cfg, prediction, scale_tokens=1.0):
         with torch.no_grad():
             for p in model.tokens.parameters():
                 p.mul_(scale_tokens)
+    if cfg.self_condition:  # a stronger x0 input: the fed-back estimate then visibly changes the image
+        with torch.no_grad():
+            model.unet.conv_in.weight[:, 3:].mul_(5)
     weights = save_weights(model, tmp_path / "w.safetensors", model_cfg=cfg,
                            schedule_cfg=ScheduleSettings(prediction_type=prediction),
                            sampler_cfg=SamplerSettings(guidance_scale=2.5), preset="test")
@@ -116,6 +119,29 @@ def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_p
     model.tokens.table = lambda: table.roll(1, 0)  # class i gets the token of class i - 1
     moved = (_ours(model, info) - ours).abs().mean()
     assert moved > 100 * 2e-4
+
+
+@pytest.mark.parametrize("design, prediction", [("pooled", "v_prediction"), ("tokens", "epsilon")])
+def test_self_conditioned_export_feeds_back_x0_and_reproduces_our_samples(tmp_path, tiny_model_cfg, design,
+                                                                          prediction):
+    from iclevr.export import unet_class
+    from iclevr.weights import load_weights
+
+    import diffusers
+
+    cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **(TOKENS if design == "tokens" else {}),
+                                  "self_condition": True})
+    weights, out = _export(tmp_path, cfg, prediction, scale_tokens=4.0)
+    meta = json.loads((out / "iclevr.json").read_text())
+    assert meta["model"]["self_condition"] and "self-conditioning" in meta["note"]
+    model, info = load_weights(weights)
+    unet = getattr(diffusers, unet_class(info)).from_pretrained(out, subfolder="unet")
+    assert unet.config.in_channels == 6  # x_t and the x0 estimate
+    ours = _ours(model, info)
+    _assert_same(_run_readme_snippet(out), ours)
+    # the estimate matters: the same weights always given zeros for it draw another image
+    model.unet_input = lambda x_t, x0_self: torch.cat([x_t, torch.zeros_like(x_t)], 1)
+    assert (_ours(model, info) - ours).abs().mean() > 100 * 2e-4
 
 
 def test_export_refuses_to_overwrite(tmp_path, tiny_model_cfg):

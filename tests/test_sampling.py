@@ -1,5 +1,6 @@
-"""The sampling loop: determinism, batch-size independence, batched guidance, every sampler, x0 clipping, and the
-`iclevr sample` core's helpers (weights defaults, label files, image output)."""
+"""The sampling loop: determinism, batch-size independence, batched guidance, every sampler, x0 clipping,
+self-conditioning's x0 feedback, and the `iclevr sample` core's helpers (weights defaults, label files, image
+output)."""
 
 import pytest
 import torch
@@ -282,3 +283,75 @@ def test_clip_output_clamps_implied_x0_and_keeps_in_range_outputs(prediction_typ
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     target = eps if prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
     assert torch.allclose(clip_output(x_t, target, ab, prediction_type), target, atol=1e-5)
+
+
+class _Recorder(nn.Module):
+    """Wraps a self-conditioned model and records every call's x_t, t, x0_self and output; a blind one passes
+    zeros instead of the x0_self it receives."""
+
+    def __init__(self, inner, blind=False):
+        super().__init__()
+        self.inner, self.cfg, self.calls, self.blind = inner, inner.cfg, [], blind
+
+    def forward(self, x_t, t, y, x0_self=None):
+        out = self.inner(x_t, t, y, x0_self=torch.zeros_like(x0_self) if self.blind else x0_self)
+        self.calls.append(dict(x_t=x_t.clone(), t=t[0].item(), x0_self=x0_self.clone(), out=out.float().clone()))
+        return out
+
+
+@pytest.fixture(scope="module", params=["pooled", "tokens"])
+def self_cond_model(request):
+    """A 16x16 self-conditioned model whose x0 input channels clearly change its output."""
+    from iclevr.model import build_model
+    from iclevr.settings import ModelSettings
+    from conftest import TINY_MODEL
+
+    torch.manual_seed(0)
+    extra = TOKENS if request.param == "tokens" else {}
+    m = build_model(ModelSettings(**{**TINY_MODEL, **extra, "self_condition": True})).eval()
+    with torch.no_grad():
+        m.label_embed.weight.mul_(20)
+        m.unet.conv_in.weight[:, 3:].mul_(5)  # the x0 estimate's channels
+    return m
+
+
+@pytest.mark.parametrize("name, scale, clip", [("ddpm", 2.0, True), ("dpmpp-sde", 1.0, True),
+                                               ("ddim", 2.0, False)])
+def test_self_conditioning_feeds_back_the_previous_guided_x0(self_cond_model, name, scale, clip):
+    from iclevr.schedules import make_scheduler
+
+    alpha_bar = make_scheduler(SCHEDULE).alphas_cumprod.float()
+    rec, y = _Recorder(self_cond_model), conditions(2)
+    x0 = sample(rec, y, schedule=SCHEDULE, sampler=settings(name, steps=4, guidance_scale=scale, clip_x0=clip))
+    assert len(rec.calls) == 4 and torch.isfinite(x0).all()
+    assert torch.equal(rec.calls[0]["x0_self"], torch.zeros_like(rec.calls[0]["x_t"]))  # nothing before step 1
+    for before, now in zip(rec.calls, rec.calls[1:]):
+        x_t, out = before["x_t"][:2], before["out"]  # (2, 3, S, S); out is (2B, ...) under guidance
+        if scale != 1.0:
+            cond, null = out.chunk(2)
+            out = null + scale * (cond - null)
+            assert torch.equal(now["x0_self"][:2], now["x0_self"][2:])  # both halves get the same estimate
+        want = predict_x0(x_t, out, alpha_bar[before["t"]], SCHEDULE.prediction_type)
+        want = want.clamp(-1, 1) if clip else want
+        torch.testing.assert_close(now["x0_self"][:2], want, atol=1e-5, rtol=1e-5)
+        assert now["x0_self"].abs().max() > 0.1
+    if clip:
+        assert max(c["x0_self"].abs().max() for c in rec.calls) <= 1.0
+    # the fed-back estimate changes the image (against a loop that always passed zeros)
+    zeros = sample(_Recorder(self_cond_model, blind=True), y, schedule=SCHEDULE,
+                   sampler=settings(name, steps=4, guidance_scale=scale, clip_x0=clip))
+    assert (zeros - x0).abs().mean() > 1e-2
+
+
+def test_self_conditioned_sampling_is_per_image_and_traces(self_cond_model):
+    from iclevr.trace import record_trace
+
+    y = conditions(3)
+    one = sample(self_cond_model, y, schedule=SCHEDULE, sampler=settings("dpmpp-sde", steps=4, batch_size=1))
+    three = sample(self_cond_model, y, schedule=SCHEDULE, sampler=settings("dpmpp-sde", steps=4, batch_size=3))
+    tol = 1e-4 if self_cond_model.cfg.condition == "pooled" else 5e-3
+    torch.testing.assert_close(one, three, atol=tol, rtol=0)  # each image feeds back its own estimate
+    trace = record_trace(self_cond_model, y[:1], schedule=SCHEDULE, sampler=settings("dpmpp-sde", steps=4),
+                         frames=3)
+    assert trace.states == [0, 2, 4] and trace.x_t.shape == (3, 3, 16, 16)
+    assert torch.equal(trace.final, one[:1])

@@ -4,6 +4,7 @@ the learning rate as a function of progress, sample grids, and the run-folder re
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,14 +23,15 @@ from iclevr.errors import TrainingInterrupted, UserError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def settings_for(course_kit: Path, out: Path, **train):
-    """TrainSettings of the tiny test UNet on the test kit (12 images), sample grids of the run's 2 DDIM steps."""
+def settings_for(course_kit: Path, out: Path, model: dict | None = None, **train):
+    """TrainSettings of the tiny test UNet (plus `model` overrides) on the test kit (12 images), sample grids of
+    the run's 2 DDIM steps."""
     from iclevr.settings import TrainSettings, resolve
 
     loop = {"batch_size": 4, "lr": 2e-3, "lr_schedule": "constant", "log_every": 1, "checkpoint_every": 1,
             "optimizer": "adamw", "device": "cpu", "sample_grids": "run", **train}
-    return resolve(TrainSettings, overrides={"model": dict(TINY_MODEL), "data.data_dir": str(course_kit),
-                                             "out": str(out), "train": loop,
+    return resolve(TrainSettings, overrides={"model": {**TINY_MODEL, **(model or {})},
+                                             "data.data_dir": str(course_kit), "out": str(out), "train": loop,
                                              "sampler": {"sampler": "ddim", "steps": 2, "batch_size": 32}})
 
 
@@ -88,6 +90,29 @@ def test_resume_is_bit_identical(course_kit, tmp_path):
     # a different seed really changes the weights (the comparison above can fail)
     other = train(settings_for(course_kit, tmp_path / "c", max_steps=8, seed=1, **common))
     assert not torch.equal(_weights(other)["model/label_embed.weight"], a["model/label_embed.weight"])
+
+
+@pytest.mark.parametrize("lever", [{"immiscible": True}, {"model": {"self_condition": True}}])
+def test_levers_train_and_resume_bit_identically(course_kit, tmp_path, lever):
+    """Immiscible noise assignment and self-conditioning (tests/test_levers.py) inside the real loop: the run
+    trains, a resumed run follows the uninterrupted one bit for bit, and the lever changes the weights."""
+    from iclevr.training.loop import train
+
+    common = dict(p_uncond=0.5, grad_accum=2, batch_size=2, ema_decay=0.9, sample_grids="off", **lever)
+    straight = train(settings_for(course_kit, tmp_path / "a", max_steps=6, **common))
+    saved = json.loads((straight / "settings.json").read_text())
+    assert saved["train"]["immiscible"] == ("immiscible" in lever)
+    assert saved["model"]["self_condition"] == ("model" in lever)
+    train(settings_for(course_kit, tmp_path / "b", max_steps=3, **common))
+    resumed = train(settings_for(course_kit, tmp_path / "b", max_steps=6, **common), resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [json.loads(r)["loss"] for r in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    plain = {k: v for k, v in common.items() if k not in lever}
+    without = _weights(train(settings_for(course_kit, tmp_path / "c", max_steps=6, **plain)))
+    key = "model/unet.conv_out.weight"
+    assert not torch.equal(without[key], a[key])  # the lever changed the training path
 
 
 def test_resume_survives_a_torn_metrics_line_and_cleans_stale_temp_files(course_kit, tmp_path):
@@ -584,3 +609,24 @@ def test_is_finished(course_kit, tmp_path):
     progress = json.loads((run / "progress.json").read_text())
     (run / "progress.json").write_text(json.dumps({**progress, "finished": False, "step": 1}))  # interrupted
     assert not is_finished(run) and not is_finished(run, settings)
+
+
+def test_resume_check_accepts_a_state_saved_before_a_model_field_existed_and_refuses_a_change(tmp_path):
+    import json as _json
+
+    from iclevr.errors import UserError
+    from iclevr.settings import TrainSettings, resolve
+    from iclevr.training.run_folder import check_same_run
+
+    settings = resolve(TrainSettings, preset="tiny")
+    saved = _json.loads(settings.model_dump_json())
+    for field in ("condition", "token_embedding", "cross_attention_dim", "self_condition"):
+        saved["model"].pop(field)  # a state written before these fields were added
+    check_same_run({"settings": _json.dumps(saved)}, settings, tmp_path)  # defaults fill them: same run
+    saved["model"]["block_out_channels"] = [16, 32, 64, 64]
+    with pytest.raises(UserError, match="model settings differ"):
+        check_same_run({"settings": _json.dumps(saved)}, settings, tmp_path)
+    saved = _json.loads(settings.model_dump_json())
+    saved["schedule"]["prediction_type"] = "epsilon"
+    with pytest.raises(UserError, match="schedule settings differ"):
+        check_same_run({"settings": _json.dumps(saved)}, settings, tmp_path)

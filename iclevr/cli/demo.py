@@ -1,4 +1,4 @@
-"""`iclevr demo`: render, evaluator, train tiny, sample + score, trace — on a fresh machine."""
+"""`iclevr demo`: render, evaluator, train the CPU preset, sample + score, trace — on a fresh machine."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, print_setti
 @command
 def demo(
     ctx: typer.Context,
-    minutes: Annotated[Optional[float], typer.Option(help="Training budget of the tiny model, in minutes.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Training budget of the small CPU model (preset tiny-tokens), in minutes.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Demo folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     data_dir: DataDirOpt = None,

@@ -2,7 +2,7 @@
 
 1. render (or reuse) the embedded course-layout kit,
 2. load the evaluator (the course's if the kit has one, else the project's own),
-3. train the `tiny` preset for a wall-time budget (or reuse a finished run; resume an interrupted one),
+3. train the CPU preset (`tiny-tokens`) for a wall-time budget (or reuse a finished run; resume an interrupted one),
 4. sample and score test and new_test over several seeds (course metric, docs/metric.md),
 5. write the denoising trace of the course's trace condition,
 6. write `<out>/summary.json`: steps, stage minutes, accuracy per split and seed, the machine, so every
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from iclevr.settings import Section
+from iclevr.settings import CPU_PRESET, Section
 
 SUMMARY_FILE = "summary.json"
 
@@ -28,12 +28,12 @@ SUMMARY_FILE = "summary.json"
 class DemoSettings(Section):
     """Settings of `iclevr demo`."""
 
-    minutes: float = Field(10.0, gt=0, le=24 * 60, description="Training budget of the tiny model, in minutes.")
+    minutes: float = Field(10.0, gt=0, le=24 * 60, description="Training budget of the small CPU model, in minutes.")
     out: Path = Field(Path("demo"), description="Demo folder (run, evaluation, trace).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     eval_seeds: list[int] = Field([0, 1, 2], min_length=1, description="Sampling seeds of the evaluation.")
     data_dir: Path | None = Field(None, description="Course data folder; empty = the embedded rendered kit.")
-    preset: str = Field("tiny", description="Training preset.")
+    preset: str = Field(CPU_PRESET, description="Training preset (the CPU preset unless set).")
 
 
 @contextlib.contextmanager

@@ -5,6 +5,9 @@ Per optimizer step (Ho et al. 2020, Algorithm 1, with classifier-free guidance t
   t ~ U{0, T-1}, eps ~ N(0, I), x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps   (in fp32)
   loss = || model(x_t, t, y) - target ||^2,  target = eps, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
   (optionally weighted per sample by min(SNR, gamma) / SNR (eps) or / (SNR + 1) (v): Min-SNR, Hang et al. 2023)
+Two optional levers: train.immiscible re-pairs the batch's eps with its x0 by least total distance (Li et al.
+2024, iclevr.training.noise); model.self_condition feeds the model its own x0 estimate half the time (Chen,
+Zhang & Hinton 2022; self_condition_input below).
 
 Determinism by construction: the data order of epoch e is a permutation seeded from (seed, e), and every step
 reseeds its noise, timesteps, label-dropout and flip draws from (seed, step, process), so a run resumed from any
@@ -27,7 +30,9 @@ from typing import Callable
 import torch
 
 from iclevr.errors import EXIT_CTRL_C, EXIT_RESUMABLE, TrainingInterrupted, TrainingStopped, WriteError
+from iclevr.sampling import predict_x0
 from iclevr.settings import TrainLoopSettings, TrainSettings
+from iclevr.training.noise import immiscible_permutation
 from iclevr.training.plan import (batch_indices, budget_reached, budget_s, describe, epoch_permutation, make_plan,
                                   speed_notes)
 
@@ -44,12 +49,19 @@ def diffusion_loss(model, x0: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Te
     flip = torch.rand(B, generator=g, device=dev) < 0.5
     if settings.data.flip:
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    if cfg.immiscible:  # pair each image with a nearby noise sample; the target is that re-assigned eps
+        eps = eps[immiscible_permutation(x0, eps)]
     ab = alpha_bar[t].view(B, 1, 1, 1)  # fp32: bf16 would round the first timesteps to no noise at all
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     target = eps if settings.schedule.prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
     if cfg.channels_last:
         x_t = x_t.contiguous(memory_format=torch.channels_last)
-    pred = model(x_t, t, y * keep[:, None]).float()  # (B, 3, S, S)
+    y = y * keep[:, None]
+    if settings.model.self_condition:
+        x0_self = self_condition_input(model, x_t, t, y, ab, settings.schedule.prediction_type, g)
+        pred = model(x_t, t, y, x0_self=x0_self).float()  # (B, 3, S, S)
+    else:
+        pred = model(x_t, t, y).float()  # (B, 3, S, S)
     per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
     if cfg.snr_gamma:
         snr = (ab / (1 - ab)).view(B)
@@ -57,6 +69,24 @@ def diffusion_loss(model, x0: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Te
         per_sample = per_sample * (clipped / snr if settings.schedule.prediction_type == "epsilon"
                                    else clipped / (snr + 1))
     return per_sample.mean()
+
+
+def self_condition_input(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ab: torch.Tensor,
+                         prediction_type: str, g: torch.Generator) -> torch.Tensor:
+    """x0_self for a self-conditioned training pass (Chen, Zhang & Hinton 2022, "Analog Bits", section 3).
+
+    With probability 1/2 per batch (one draw from g), the model's own x0 estimate from a first pass with
+    x0_self = zeros, without gradient, so the model learns to refine an estimate like the one the sampling
+    loop feeds back; otherwise zeros, so it also learns the first sampling step (which has no estimate).
+    The estimate is clipped to [-1, 1] like the sampling loop's (clip_x0): near t = T, eps-prediction's
+    x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) is unbounded.
+    """
+    zeros = torch.zeros_like(x_t)  # (B, 3, S, S)
+    if torch.rand((), generator=g, device=x_t.device) >= 0.5:
+        return zeros
+    with torch.no_grad():
+        out = model(x_t, t, y, x0_self=zeros).float()  # (B, 3, S, S)
+    return predict_x0(x_t, out, ab, prediction_type).clamp(-1, 1)
 
 
 def make_optimizer(model, cfg: TrainLoopSettings) -> torch.optim.Optimizer:

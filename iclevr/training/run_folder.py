@@ -55,10 +55,16 @@ def prepare_run_dir(settings: TrainSettings, resume: bool, overwrite: bool) -> P
 
 def check_same_run(state: dict, settings: TrainSettings, path: Path) -> None:
     """Refuse to resume a state whose model or noise schedule differs from `settings`."""
+    from pydantic import ValidationError
+
     saved = json.loads(state.get("settings", "{}"))
     for section in ("model", "schedule"):
-        now = json.loads(getattr(settings, section).model_dump_json())
-        if saved.get(section) != now:
+        current = getattr(settings, section)
+        try:  # through the settings class, so a field added since the state was saved takes its default
+            before = type(current).model_validate(saved.get(section, {}))
+        except ValidationError:
+            before = None
+        if before != current:
             raise UserError(f"cannot resume {path}: its {section} settings differ from the requested ones; resume "
                             "without changing --preset/--schedule/--prediction-type, or start a new --out folder")
 
