@@ -14,7 +14,7 @@ from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, print_setti
 @command
 def demo(
     ctx: typer.Context,
-    minutes: Annotated[Optional[float], typer.Option(help="Training budget of the small CPU model (preset tiny-tokens), in minutes.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Training budget of the small CPU model (the CPU preset), in minutes.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Demo folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     data_dir: DataDirOpt = None,
