@@ -92,11 +92,13 @@ def table(results: Path = RESULTS) -> str:
     rows = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
     lines = ["| row | change | steps × 32 | s/step | val | test | new_test | test/new_test | val: binding share "
              "of wrong |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["budget"]["steps"] or 0, r["variant"], r["train_seed"])):
+    for r in sorted(rows, key=lambda r: (r["budget"]["steps"] or 0, r["variant"], r["train_seed"], r["sampler"])):
         wrong = r["val"]["wrong_predictions"]
         share = f"{wrong['binding'] / wrong['total']:.0%}" if wrong["total"] else "–"
         seeds = "/".join(map(str, r["seeds"]))
-        lines.append(f"| {r['variant']} (train seed {r['train_seed']}) | {r['change']} | {r['steps']:,} | "
+        guidance = r["sampler"].split("guidance ")[-1]
+        lines.append(f"| {r['variant']} (train seed {r['train_seed']}, guidance {guidance}) | {r['change']} | "
+                     f"{r['steps']:,} | "
                      f"{r['s_per_step']:.2f} | **{r['val']['mean']:.3f}** | {r['test']['mean']:.3f} | "
                      f"{r['new_test']['mean']:.3f} | {r['test_new_test_mean']:.3f} | {share} (seeds {seeds}) |")
     return "\n".join(lines)
@@ -137,7 +139,8 @@ def main() -> None:
                "test_new_test_mean": round((scores["test"]["mean"] + scores["new_test"]["mean"]) / 2, 4),
                "command": f"python benchmarks/conditioning.py --only {name} "
                           + (f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}")
-                          + f" --train-seed {args.train_seed} --threads {args.threads}",
+                          + f" --train-seed {args.train_seed} --threads {args.threads}"
+                          + f" --seeds {','.join(map(str, args.seeds))} --guidance {args.guidance:g}",
                "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         stem = _row_name(name, args.steps, args.minutes, args.train_seed)
         suffix = "" if args.guidance == 2.0 else f"-g{args.guidance:g}"

@@ -77,13 +77,21 @@ def test_image_does_not_depend_on_batch_size(model, name):
     y = conditions(4)
     one = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=1))
     four = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=4))
-    # only float reordering of batched kernels (attention over a different number of padded keys for tokens)
-    tol = 1e-4 if model.cfg.condition == "pooled" else 5e-3  # a wrong seed or order differs by > 0.05
-    torch.testing.assert_close(one, four, atol=tol, rtol=0)
     # image 2 alone (with its own seed) is image 2 of the batch
     alone = sample(model, y[2:3], schedule=SCHEDULE, sampler=settings(name, steps=4),
                    seeds=image_seeds(0, 4)[2:3])
-    torch.testing.assert_close(alone[0], four[2], atol=tol, rtol=0)
+    _same_image(model, one, four)
+    _same_image(model, alone[0], four[2])
+
+
+def _same_image(model, a, b):
+    """Equal up to the float reordering of batched kernels; a wrong seed or order differs by > 0.05 on average."""
+    if model.cfg.condition == "pooled":
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        return
+    # tokens: attention over another number of padded keys reorders the sums (~1e-6 per pass), and the
+    # random 16x16 test model amplifies that at an odd pixel over the steps (seen up to 7e-3 with 2 threads)
+    assert (a - b).abs().mean() < 1e-4 and (a - b).abs().max() < 3e-2
 
 
 def test_batched_guidance_equals_two_separate_passes(model):
