@@ -44,6 +44,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "tokens_4x4_no_ema_warmup": ("tokens at 4x4 only, EMA without warm-up (decay 0.995 from step 0)",
                                  {**TOKENS_4, "train.ema_warmup": False}),
     "pooled_flip": ("pooled + horizontal flips", {"data.flip": True}),
+    "tokens_flip": ("tokens + horizontal flips", {**TOKENS, "data.flip": True}),
+    "tokens_no_ema_warmup": ("tokens, EMA without warm-up (decay 0.995 from step 0)",
+                             {**TOKENS, "train.ema_warmup": False}),
+    "tokens_immiscible": ("tokens + immiscible noise assignment (Li et al. 2024)", {**TOKENS, "train.immiscible": True}),
+    "tokens_self_cond": ("tokens + self-conditioning (Chen et al. 2022)", {**TOKENS, "model.self_condition": True}),
 }
 
 

@@ -1,6 +1,9 @@
-"""Accuracy side of the sampling trade-off: each sampler/step count scored on test and new_test.
+"""Accuracy side of the sampling trade-off: each sampler/step count scored on val, test and/or new_test.
 
     python benchmarks/sampler_accuracy.py RUN --samplers ddpm:1000 dpmpp:10 dpmpp:20 ddim:50 --seeds 0,1,2
+    python benchmarks/sampler_accuracy.py RUN --splits val --samplers dpmpp-sde:16 dpmpp-sde:20 --tag val-
+
+Choose on val (--splits val); test and new_test (the default) are reported, not tuned on.
 
 For each sampler it samples every condition of both splits once per seed with the run's EMA weights
 (guidance 2, batched classifier-free guidance), scores them with `iclevr eval`'s machinery (the course
@@ -38,6 +41,8 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", default=["ddpm:1000", "dpmpp:10", "dpmpp:15", "dpmpp:20", "dpmpp:25",
                                                      "dpmpp:50", "ddim:50"])
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--splits", nargs="+", default=None, choices=["val", "test", "new_test"],
+                   help="Condition lists to score (default: test and new_test, labels.SPLITS); choose on val.")
     p.add_argument("--guidance-scale", type=float, default=2.0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -51,7 +56,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, info, device = load_model(resolve_checkpoint(args.run), "cpu")
     data_dir = args.data_dir  # None: the embedded default kit's lists (nothing rendered)
-    conditions = load_conditions(data_dir)  # the reported splits, labels.SPLITS
+    conditions = load_conditions(data_dir, tuple(args.splits)) if args.splits else load_conditions(data_dir)
     evaluators = {path.stem: load_evaluator(path, data_dir, device) for path in args.evaluators} \
         if args.evaluators else {"": load_evaluator(None, data_dir, device)}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -78,8 +83,8 @@ def main() -> None:
             suffix = f"-{key}" if len(evaluators) > 1 else ""
             (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}{suffix}.json").write_text(
                 json.dumps(row, indent=1) + "\n")
-            print(f"{name}-{steps} {key}: test {row['splits']['test']['mean']:.3f}  new_test "
-                  f"{row['splits']['new_test']['mean']:.3f}  mean {row['mean']:.3f}  ({wall} s)", flush=True)
+            scores = "  ".join(f"{split} {s['mean']:.3f}" for split, s in row["splits"].items())
+            print(f"{name}-{steps} {key}: {scores}  mean {row['mean']:.3f}  ({wall} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ class TrainSettings(Section):
 
 PRESETS: tuple[str, ...] = ("seed", "small", "small-tokens", "tiny", "tiny-tokens")
 CPU_PRESETS: tuple[str, ...] = ("tiny", "tiny-tokens")  # sized for a 2-core CPU
-CPU_PRESET = "tiny"  # what `iclevr train` and `iclevr demo` use without a GPU (README "Conditioning")
+CPU_PRESET = "tiny-tokens"  # what `iclevr train` and `iclevr demo` use without a GPU (README "Conditioning")
 
 
 class _Unset:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_MODEL
 from iclevr.cli.app import app
+from iclevr.settings import CPU_PRESET
 
 runner = CliRunner()
 
@@ -21,9 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(tmp_path: Path) -> Path:
-    """A settings file for the 16x16 test UNet (no preset in it, so the CLI picks one)."""
+    """A settings file for the 16x16 test UNet with object tokens, the CPU preset's design (no preset in it, so
+    the CLI picks one)."""
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": TINY_MODEL, "sampler": {"sampler": "ddim", "steps": 2},
+    model = {**TINY_MODEL, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+    cfg.write_text(json.dumps({"model": model, "sampler": {"sampler": "ddim", "steps": 2},
                                "train": {"log_every": 2, "lr": 1e-3}}))
     return cfg
 
@@ -42,11 +46,11 @@ def test_train_writes_the_run_folder_then_protects_and_resumes_it(course_kit, tm
     r = runner.invoke(app, args)
     out = flat(r.output)
     assert r.exit_code == 0, r.output + r.stderr
-    assert out.startswith("iclevr train: preset tiny (no --preset given and no CUDA GPU found")
+    assert out.startswith(f"iclevr train: preset {CPU_PRESET} (no --preset given and no CUDA GPU found")
     assert "12 images, 4 per step" in out and "3 steps/epoch" in out
     assert "done: max_steps=4 reached at step 4" in out
     settings = json.loads((run / "settings.json").read_text())
-    assert settings["preset"] == "tiny" and settings["train"]["p_uncond"] == 0.3 and settings["out"] == str(run)
+    assert settings["preset"] == CPU_PRESET and settings["train"]["p_uncond"] == 0.3 and settings["out"] == str(run)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [2, 4]
     assert set(rows[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "wall_s"}
@@ -56,7 +60,7 @@ def test_train_writes_the_run_folder_then_protects_and_resumes_it(course_kit, tm
     assert [p.name for p in (run / "samples").iterdir()] == ["step-00000004.png"]
     assert sorted(p.name for p in (run / "state").iterdir()) == ["step-00000003.pt", "step-00000004.pt"]
     info = read_info(run / "weights" / "ema.safetensors")
-    assert info.preset == "tiny" and info.step == 4 and info.model.sample_size == 16
+    assert info.preset == CPU_PRESET and info.step == 4 and info.model.sample_size == 16
     model, _ = load_weights(run / "weights" / "model.safetensors")
     assert model.cfg.block_out_channels == tuple(TINY_MODEL["block_out_channels"])
     assert json.loads((run / "progress.json").read_text())["finished"] is True

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from iclevr.errors import UserError
-from iclevr.settings import DataSettings, SamplerSettings, Section
+from iclevr.settings import CPU_PRESET, DataSettings, SamplerSettings, Section
 
 PLOT_T = 1000
 TABLE_T = (0, 250, 500, 750, 999)
@@ -27,7 +27,7 @@ class CompareSettings(Section):
 
     schedules: list[str] = Field(["linear", "cosine", "squaredcos_cap_v2"], min_length=1,
                                  description="Noise schedules to compare (see iclevr.schedules).")
-    preset: str = Field("tiny", description="Training preset shared by every run.")
+    preset: str = Field(CPU_PRESET, description="Training preset shared by every run (default: the CPU preset).")
     train_config: Path | None = Field(None, description="Extra training settings file applied to every run.")
     epochs: int | None = Field(None, gt=0, description="Training epochs per run.")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps per run (wins over epochs).")
