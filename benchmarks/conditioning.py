@@ -95,11 +95,12 @@ def score(run: Path, args) -> dict:
 def table(results: Path = RESULTS) -> str:
     """The study's rows as one markdown table (val first: it decides; test / new_test are reported)."""
     rows = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
-    lines = ["| row | change | steps × 32 | s/step | val | test | new_test | test/new_test | val: binding share "
-             "of wrong |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["budget"]["steps"] or 0, r["variant"], r["train_seed"], r["sampler"])):
+    lines = ["| row | change | steps × 32 | s/step | val | test | new_test | test/new_test | val: wrong predictions "
+             "(binding / colour / shape) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r["steps"], r["variant"], r["train_seed"], r["sampler"])):
         wrong = r["val"]["wrong_predictions"]
-        share = f"{wrong['binding'] / wrong['total']:.0%}" if wrong["total"] else "–"
+        shares = " / ".join(f"{wrong[k] / wrong['total']:.0%}" for k in ("binding", "colour", "shape"))
+        share = f"{wrong['total']} ({shares})" if wrong["total"] else "–"
         seeds = "/".join(map(str, r["seeds"]))
         guidance = r["sampler"].split("guidance ")[-1]
         lines.append(f"| {r['variant']} (train seed {r['train_seed']}, guidance {guidance}) | {r['change']} | "

@@ -20,6 +20,13 @@ LABEL_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 SPLITS: tuple[str, ...] = ("test", "new_test")  # the course's scored condition lists: <split>.json in a kit
 VAL_SPLIT = "val"  # val.json: design choices are tuned on it, so SPLITS are only reported (disjoint from both)
 ALL_SPLITS: tuple[str, ...] = SPLITS + (VAL_SPLIT,)  # every condition list a kit has
+SPLIT_ROLE = {VAL_SPLIT: "chooses", **{s: "reported" for s in SPLITS}}  # what each list is for in a study
+
+
+def ordered_splits(splits) -> list[str]:
+    """Split names in study order: val (it chooses) first, then test and new_test, then any others."""
+    known = [s for s in (VAL_SPLIT, *SPLITS) if s in splits]
+    return known + [s for s in splits if s not in known]
 TRACE_LABELS: tuple[str, ...] = ("red sphere", "cyan cylinder", "cyan cube")  # the course's denoising-trace condition
 
 

@@ -1,6 +1,9 @@
-"""`iclevr compare-schedules`: every file, a row per schedule, no retraining on a second run, plot-only."""
+"""`iclevr compare-schedules`: every file, a row per schedule (val, the choosing split, first), no retraining on a
+second run, old score caches recomputed, the best schedule chosen on val, plot-only."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -12,14 +15,55 @@ from evaluator_standin import expected_hits, fixed_ranking, fixed_topk
 runner = CliRunner()
 
 
+STUDY_SPLITS = ["val", "test", "new_test"]  # val chooses; test and new_test are reported
+
+
 def _expected_accuracy(kit, order: list[str]) -> dict[str, float]:
-    """Per split, the accuracy of a `fixed_ranking(order)` evaluator, whatever the images."""
+    """Per split (val derived: the kit has no val.json), the accuracy of a `fixed_ranking(order)` evaluator."""
+    from iclevr.data.course import load_conditions
+
     out = {}
-    for split in ("test", "new_test"):
-        conditions = json.loads((kit / f"{split}.json").read_text())
+    for split, conditions in load_conditions(kit, tuple(STUDY_SPLITS)).items():
         hits = expected_hits(conditions, [fixed_topk(order, c) for c in conditions])
         out[split] = sum(hits) / sum(len(c) for c in conditions)
     return out
+
+
+def _page_numbers(page: str) -> dict[str, float]:
+    """The page's tagged numbers: data-key (a path into report.json) -> data-value."""
+    return {k: json.loads(v.replace("&quot;", '"'))
+            for k, v in re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page)}
+
+
+def _lookup(report: dict, key: str):
+    value = report
+    for part in key.split("/"):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def _check_val_first(report: dict, page: str, stdout: str, expected: dict[str, float]) -> None:
+    """val, test and new_test scored as expected for both schedules, val first in report.json, page and table."""
+    assert len(set(expected.values())) == 3  # the three splits' numbers can be told apart
+    for row in report["runs"]:
+        assert list(row["splits"]) == STUDY_SPLITS  # val first
+        for split in STUDY_SPLITS:  # the stand-in's answers are known: the accuracies are too
+            assert row["splits"][split]["values"] == pytest.approx([expected[split]] * 2)
+    # equal scores everywhere: the tie goes to the first schedule, and the choice is stated as made on val
+    assert report["choose_on"] == "val" and report["best"] == "linear"
+    numbers = _page_numbers(page)
+    for i in range(2):
+        for split in STUDY_SPLITS:
+            assert numbers[f"runs/{i}/splits/{split}/mean"] == pytest.approx(expected[split])
+        assert page.index(f'"runs/{i}/splits/val/mean"') < page.index(f'"runs/{i}/splits/test/mean"')
+    assert all(_lookup(report, k) == v for k, v in numbers.items())
+    assert page.count('class="best"') == 1 and "val <span" in page and "(chooses)" in page
+    lines = stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if "chooses" in line)  # the headers' second line: each split's role
+    assert lines[head - 1].index("val") < lines[head - 1].index("test") < lines[head - 1].index("new_test")
+    assert lines[head].index("chooses") < lines[head].index("reported") and "best on val: linear" in stdout
+    for split in STUDY_SPLITS:  # printed as mean±std; both sampling seeds score alike, so std 0
+        assert stdout.count(f"{expected[split]:.3f}±0.000") >= 2, split
 
 
 def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
@@ -42,9 +86,8 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     assert page.count("<img") == 4 and 'id="schedule-linear"' in page and 'id="schedule-cosine"' in page
     report = json.loads((out / "report.json").read_text())
     assert [row["name"] for row in report["runs"]] == ["linear", "cosine"]
-    for row in report["runs"]:
-        for split in ("test", "new_test"):  # the stand-in's answers are known: the accuracies are too
-            assert row["splits"][split]["values"] == pytest.approx([expected[split]] * 2)
+    _check_val_first(report, page, r.stdout, expected)
+    assert (out / "runs" / "linear-s0" / "eval-val" / "report.json").is_file()
     assert "│ linear" in r.stdout and "│ cosine" in r.stdout
     # same initial weights and data order: only the schedule differs between the two runs
     runs = {n: json.loads((out / "runs" / f"{n}-s0" / "settings.json").read_text()) for n in ("linear", "cosine")}
@@ -60,6 +103,17 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     assert "not retrained" in again.stdout
     assert (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns == stamp
     assert cache.stat().st_mtime_ns == scored  # same evaluator: the cached scores are reused
+    # a cache written before val was scored (no splits in its key, no val scores): scored again, no crash
+    old = json.loads(cache.read_text())
+    del old["key"]["splits"]
+    for field in ("accuracy", "mean", "hits"):
+        del old["scores"][field]["val"]
+    cache.write_text(json.dumps(old))
+    fourth = runner.invoke(app, args)
+    assert fourth.exit_code == 0, fourth.stdout + fourth.stderr
+    assert json.loads(cache.read_text())["key"]["splits"] == STUDY_SPLITS
+    row = json.loads((out / "report.json").read_text())["runs"][0]
+    assert row["splits"]["val"]["values"] == pytest.approx([expected["val"]] * 2)
     # another evaluator in the same file: scored again (the cache is keyed by the file's sha256)
     fixed_ranking(evaluator, order[::-1][:2])
     third = runner.invoke(app, args)
@@ -140,5 +194,32 @@ def test_study_trains_and_scores_a_tokens_model(tmp_path, course_kit):
     assert (out / "grid-cosine-s0.png").is_file()
     row = json.loads((out / "report.json").read_text())["runs"][0]
     expected = _expected_accuracy(course_kit, order)
-    for split in ("test", "new_test"):
+    for split in STUDY_SPLITS:
         assert row["splits"][split]["values"] == pytest.approx([expected[split]])
+    assert json.loads((out / "report.json").read_text())["best"] is None  # one schedule: nothing chosen
+
+
+def test_best_schedule_is_chosen_on_val_alone():
+    from rich.console import Console
+
+    from iclevr.studies.compare import best_schedule
+    from iclevr.evaluation.html import render_comparison
+    from iclevr.studies.compare_report import print_report
+
+    rows = []  # cosine wins test and new_test, linear wins val: the study must pick linear
+    for name, val, reported in (("linear", 0.70, 0.50), ("cosine", 0.60, 0.80), ("sigmoid", 0.65, 0.40)):
+        splits = {s: {"values": [v], "mean": v, "std": 0.0} for s, v in
+                  (("val", val), ("test", reported), ("new_test", reported + 0.01))}
+        rows.append({"name": name, "splits": splits, "final_loss": None, "train_wall_s": 60.0, "runs": []})
+    assert best_schedule(rows) == "linear" and best_schedule(rows[1:]) == "sigmoid" and best_schedule(rows[:1]) is None
+    report = {"table": [], "runs": rows, "choose_on": "val", "best": best_schedule(rows), "settings": {}}
+    page = render_comparison(report, grids={}, figures={})
+    assert page.count('class="best"') == 1
+    linear = page[page.index('id="schedule-linear"'):page.index('id="schedule-cosine"')]
+    assert 'class="best"' in linear and linear.index('class="best"') < linear.index("splits/test/mean")
+    console = Console(width=80, record=True)
+    print_report(console, report, Path("study"))
+    text = console.export_text()
+    assert "best on val: linear" in text
+    linear_row = next(line for line in text.splitlines() if "│ linear" in line)
+    assert linear_row.index("0.700±0.000") < linear_row.index("0.500±0.000") < linear_row.index("0.510±0.000")

@@ -166,34 +166,37 @@ def test_write_report_writes_the_rendered_page(tmp_path, sample):
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]
 
 
-def comparison_rows():
-    """Rows shaped like compare-schedules' report["runs"]."""
+def comparison_report():
+    """A report shaped like compare-schedules' report.json: val chooses (linear), test/new_test are reported."""
     rows = []
     for name, base in (("linear", 0.61), ("cosine", 0.68), ("sigmoid", 0.65)):
         splits = {s: {"values": [base + d, base + 2 * d], "mean": base + 1.5 * d, "std": d / 2}
                   for s, d in (("test", 0.01), ("new_test", 0.02))}
+        splits = {"val": {"values": [0.9 - base], "mean": 0.9 - base, "std": 0.0}, **splits}
         rows.append({"name": name, "splits": splits, "final_loss": 0.031, "train_wall_s": 600.0, "runs": []})
-    return rows
+    return {"runs": rows, "best": "linear", "settings": {"seeds": [0], "epochs": 3}}
 
 
 def test_comparison_sets_schedules_side_by_side():
-    rows = comparison_rows()
+    report = comparison_report()
+    rows = report["runs"]
     grid = png_bytes(Image.fromarray(solid_images(1, 32)[0]))
-    page = render_comparison(rows, grids={r["name"]: grid for r in rows}, figures={"noise schedules": grid,
-                             "accuracy by schedule": grid}, settings={"seeds": [0], "epochs": 3})
+    page = render_comparison(report, grids={r["name"]: grid for r in rows}, figures={"noise schedules": grid,
+                             "accuracy by schedule": grid})
     parsed = Page(page)
     assert parsed.errors == [] and "https://" not in page and "http://" not in page
     assert len(parsed.images) == 2 + len(rows)
     for key, value, text in parsed.numbers:
-        assert lookup({"rows": rows}, key) == value and shows(text, value), (key, text)
+        assert lookup(report, key) == value and shows(text, value), (key, text)
     keys = {k for k, _, _ in parsed.numbers}
-    assert {f"rows/{i}/splits/{s}/mean" for i in range(3) for s in ("test", "new_test")} <= keys
-    best = re.findall(r'id="schedule-(\w+)".*?(?=<section|$)', page, flags=re.S)
-    assert best == ["linear", "cosine", "sigmoid"]
-    assert page.count('class="best"') == 2  # cosine is best on both splits
-    assert page.index('class="best"') > page.index('id="schedule-cosine"')
+    assert {f"runs/{i}/splits/{s}/mean" for i in range(3) for s in ("val", "test", "new_test")} <= keys
+    cards = re.findall(r'id="schedule-(\w+)".*?(?=<section|$)', page, flags=re.S)
+    assert cards == ["linear", "cosine", "sigmoid"]
+    assert page.count('class="best"') == 1  # on val only, although cosine leads test and new_test
+    linear = page[page.index('id="schedule-linear"'):page.index('id="schedule-cosine"')]
+    assert 'class="best"' in linear and linear.index("splits/val/mean") < linear.index("splits/test/mean")
     with pytest.raises(ValueError, match="karras"):
-        render_comparison(rows, grids={"karras": grid}, figures={})
+        render_comparison(report, grids={"karras": grid}, figures={})
 
 
 def find_chromium() -> str | None:

@@ -32,7 +32,7 @@ def compare_schedules(
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
-    """Train one model per noise schedule (all else identical), evaluate each, and compare them."""
+    """Train one model per noise schedule (all else identical); val picks the best, test and new_test are reported."""
     from iclevr.studies.compare import CompareSettings, check_names, run_study
     from iclevr.studies.compare_report import print_report
     from iclevr.settings import resolve

@@ -253,49 +253,49 @@ def write_report(path: Path, report: dict, *, images: dict[str, bytes], title: s
 
 # ---- the page of `iclevr compare-schedules` --------------------------------------------------------
 
-def _schedule_card(i: int, row: dict, grid: bytes | None, best: dict[str, str]) -> str:
-    """One schedule's accuracy per split, loss, training time and grid."""
+def _schedule_card(i: int, row: dict, grid: bytes | None, best: str | None) -> str:
+    """One schedule: accuracy per split (val first, labelled with its role), loss, training time and grid."""
     lines = []
-    for split, s in row["splits"].items():
-        badge = ' <span class="best">best</span>' if best.get(split) == row["name"] else ""
-        values = ", ".join(_num(f"rows/{i}/splits/{split}/values/{j}", v, f"{v:.3f}")
-                           for j, v in enumerate(s.get("values", [])))
-        lines.append(f"<tr><th>{_e(split)}</th><td class=\"r\">{_num(f'rows/{i}/splits/{split}/mean', s['mean'])}"
-                     f" ± {_num(f'rows/{i}/splits/{split}/std', s['std'])}{badge}</td>"
-                     f'<td class="small muted">{values}</td></tr>')
+    for split in L.ordered_splits(row["splits"]):
+        s, key = row["splits"][split], f"runs/{i}/splits/{split}"
+        badge = ' <span class="best">best</span>' if split == L.VAL_SPLIT and best == row["name"] else ""
+        values = ", ".join(_num(f"{key}/values/{j}", v, f"{v:.3f}") for j, v in enumerate(s.get("values", [])))
+        role = f' <span class="small muted">({_e(L.SPLIT_ROLE[split])})</span>' if split in L.SPLIT_ROLE else ""
+        lines.append(f"<tr><th>{_e(split)}{role}</th><td class=\"r\">{_num(f'{key}/mean', s['mean'])} ± "
+                     f"{_num(f'{key}/std', s['std'])}{badge}</td><td class=\"small muted\">{values}</td></tr>")
     loss, wall = row.get("final_loss"), row.get("train_wall_s")
-    facts = (f"<p class=\"small\">final loss {_num(f'rows/{i}/final_loss', loss)}; training "
-             f"{_num(f'rows/{i}/train_wall_s', wall, '–' if wall is None else f'{wall / 60:.1f} min')}</p>")
+    facts = (f"<p class=\"small\">final loss {_num(f'runs/{i}/final_loss', loss)}; training "
+             f"{_num(f'runs/{i}/train_wall_s', wall, '–' if wall is None else f'{wall / 60:.1f} min')}</p>")
     image = _img(grid, f"{row['name']}: grid") if grid else '<p class="muted">no grid</p>'
     return (f'<section id="schedule-{_e(row["name"])}"><h2>{_e(row["name"])}</h2><table>{"".join(lines)}</table>'
             f"{facts}{image}</section>")
 
 
-def render_comparison(rows: list[dict], *, grids: dict[str, bytes], figures: dict[str, bytes],
-                      title: str = "iclevr: noise schedules compared", settings: dict | None = None) -> str:
-    """compare-schedules' rows (report["runs"]) side by side: its figures (caption -> PNG bytes), then per
-    schedule the accuracy per split and its grid (schedule name -> PNG bytes)."""
-    names = {r["name"] for r in rows}
-    unknown = sorted(set(grids) - names)
+def render_comparison(report: dict, *, grids: dict[str, bytes], figures: dict[str, bytes],
+                      title: str = "iclevr: noise schedules compared") -> str:
+    """compare-schedules' page: figures (caption -> PNG), then per schedule its accuracy (val first, the best
+    schedule badged on val only) and grid (schedule name -> PNG)."""
+    rows, best = report["runs"], report.get("best")
+    unknown = sorted(set(grids) - {r["name"] for r in rows})
     if unknown:
         raise ValueError(f"grids given for schedules the rows lack: {', '.join(unknown)}")
-    best = {}
-    for split in sorted({s for r in rows for s in r["splits"]}):
-        scored = [r for r in rows if split in r["splits"]]
-        best[split] = max(scored, key=lambda r: r["splits"][split]["mean"])["name"] if len(scored) > 1 else ""
     figs = "".join(f"<figure>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>"
                    for caption, png in figures.items())
     figs = f'<section><h2>figures</h2><div class="figs">{figs}</div></section>' if figs else ""
+    chosen = f'<p id="best">best on {_e(L.VAL_SPLIT)}: <strong>{_e(best)}</strong></p>' if best else ""
     cards = "".join(_schedule_card(i, r, grids.get(r["name"]), best) for i, r in enumerate(rows))
     body = (f'<header><h1>{_e(title)}</h1><p class="muted">course metric per split, mean ± std over training and '
-            f'sampling seeds</p></header>{figs}<div class="side">{cards}</div>'
-            + (f"<section>{_details_json('all settings (JSON)', settings)}</section>" if settings else ""))
+            f"sampling seeds. {_e(L.VAL_SPLIT)} chooses: the best schedule is the one with the highest "
+            f"{_e(L.VAL_SPLIT)} mean; {_e(' and '.join(L.SPLITS))} are reported, never tuned on.</p>"
+            f'{chosen}</header>{figs}<div class="side">{cards}</div>'
+            + (f"<section>{_details_json('all settings (JSON)', report['settings'])}</section>"
+               if report.get("settings") else ""))
     return _page(title, body)
 
 
-def write_comparison(path: Path, rows: list[dict], **kwargs) -> Path:
+def write_comparison(path: Path, report: dict, **kwargs) -> Path:
     """Render the comparison page (arguments as `render_comparison`) and write it to `path` atomically."""
     from iclevr.fileio import atomic_write_text
 
-    atomic_write_text(Path(path), render_comparison(rows, **kwargs))
+    atomic_write_text(Path(path), render_comparison(report, **kwargs))
     return Path(path)

@@ -4,6 +4,9 @@ Fairness: every run starts from the same preset, the same training seed (so the 
 and the same data order, both derived from the seed alone), the same step budget and the same
 evaluation seeds and sampler; only `schedule.name` differs. Runs are ordinary run folders under the
 study folder, so a finished run is skipped and an interrupted one resumed when the study is re-run.
+
+Each run is scored on val, the list design choices are made on, and on test and new_test, which are only
+reported: the study's best schedule is the one with the highest val mean, never a test or new_test number.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from iclevr.errors import UserError
+from iclevr.labels import SPLITS, VAL_SPLIT
 from iclevr.settings import CPU_PRESET, DataSettings, SamplerSettings, Section
 
 PLOT_T = 1000
 TABLE_T = (0, 250, 500, 750, 999)
+STUDY_SPLITS = (VAL_SPLIT, *SPLITS)  # val chooses; test and new_test are reported, never tuned on
 
 
 class CompareSettings(Section):
@@ -81,6 +86,7 @@ def run_study(settings: CompareSettings, console) -> dict:
             runs = [_train_and_score(settings, name, seed, console) for seed in settings.seeds]
             rows.append(_summarise(name, runs))
         report["runs"] = rows
+        report["choose_on"], report["best"] = VAL_SPLIT, best_schedule(rows)
         plot_accuracy(rows, out / "accuracy.png")
     write_json(out / "report.json", report)  # --plot-only too: the table's numbers then have a file
     if not settings.plot_only:
@@ -97,8 +103,7 @@ def _write_page(settings: CompareSettings, out: Path, report: dict) -> Path:
              if (out / f"grid-{r['name']}-s{seed}.png").is_file()}
     figures = {"noise schedules": (out / "schedules.png").read_bytes(),
                "accuracy by schedule": (out / "accuracy.png").read_bytes()}
-    return write_comparison(out / "report.html", report["runs"], grids=grids, figures=figures,
-                            settings=report["settings"])
+    return write_comparison(out / "report.html", report, grids=grids, figures=figures)
 
 
 def _train_settings(settings: CompareSettings, name: str, seed: int):
@@ -115,7 +120,7 @@ def _train_settings(settings: CompareSettings, name: str, seed: int):
 
 
 def _train_and_score(settings: CompareSettings, name: str, seed: int, console) -> dict:
-    """One run: train unless finished (resume if interrupted), then score it on test and new_test."""
+    """One run: train unless finished (resume if interrupted), then score it on val, test and new_test."""
     from iclevr.training.loop import train
     from iclevr.training.run_folder import is_finished
 
@@ -137,19 +142,44 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
     from iclevr.evaluation.run import score_run
 
     cache = run_dir / "compare-eval.json"
-    key = {"eval_seeds": settings.eval_seeds, "sampler": json.loads(settings.sampler.model_dump_json()),
+    key = {"splits": list(STUDY_SPLITS), "eval_seeds": settings.eval_seeds,
+           "sampler": json.loads(settings.sampler.model_dump_json()),
            "evaluator": str(settings.evaluator) if settings.evaluator else None}
     if cache.is_file():
-        cached = json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())  # a cache from before val was scored has another key
         if cached.get("key") == key and cached["scores"]["evaluator"].get("sha256") == _evaluator_sha(settings):
             return cached["scores"]
-    scores = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
-                       evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
-                       console=console)
+    reported = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
+                         evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
+                         console=console)
+    scores = _with_val(reported, _score_val(settings, run_dir, console))
     from iclevr.fileio import write_json
 
     write_json(cache, {"key": key, "scores": scores})
     return scores
+
+
+def _score_val(settings: CompareSettings, run_dir: Path, console) -> dict:
+    """Score a run on val with the study's evaluation settings, as `iclevr eval --split val` into <run>/eval-val."""
+    from iclevr.evaluation.run import EvalSettings, evaluate
+
+    report = evaluate(EvalSettings(checkpoint=run_dir, split=VAL_SPLIT, data_dir=settings.data.data_dir,
+                                   evaluator=settings.evaluator, seeds=settings.eval_seeds, sampler=settings.sampler,
+                                   out=run_dir / "eval-val"), console)
+    return report["splits"][VAL_SPLIT]
+
+
+def _with_val(reported: dict, val: dict) -> dict:
+    """score_run's test/new_test scores with val's put first (the split order of every table)."""
+    per_split = {"accuracy": val["accuracy"], "mean": val["mean"], "hits": [r["hits"] for r in val["runs"]]}
+    return {**reported, **{k: {VAL_SPLIT: v, **reported[k]} for k, v in per_split.items()}}
+
+
+def best_schedule(rows: list[dict]) -> str | None:
+    """The schedule with the highest val mean (the choosing split); None with fewer than two schedules."""
+    if len(rows) < 2:
+        return None
+    return max(rows, key=lambda r: r["splits"][VAL_SPLIT]["mean"])["name"]
 
 
 def _evaluator_sha(settings: CompareSettings) -> str | None:
@@ -161,10 +191,9 @@ def _evaluator_sha(settings: CompareSettings) -> str | None:
 
 
 def _summarise(name: str, runs: list[dict]) -> dict:
-    from iclevr.labels import SPLITS
-
+    """One schedule's row: accuracy per split (val first) over every training and sampling seed, loss, time."""
     splits = {}
-    for split in SPLITS:
+    for split in STUDY_SPLITS:
         accs = [a for r in runs for a in r["accuracy"][split]]
         splits[split] = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "values": accs}
     return {"name": name, "splits": splits, "final_loss": statistics.fmean(r["final_loss"] for r in runs

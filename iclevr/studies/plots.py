@@ -47,12 +47,12 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
     """Grouped bars: accuracy (mean +- std over seeds) per schedule (groups) and split (bars)."""
     import numpy as np
 
-    from iclevr.labels import SPLITS
+    from iclevr.labels import ordered_splits
 
     plt = _pyplot()
     labels = [r["name"] for r in rows]
     found = {s for r in rows for s in r["splits"]}
-    splits = [s for s in SPLITS if s in found] + sorted(found - set(SPLITS))
+    splits = ordered_splits(sorted(found))  # val (it chooses) first
     width = 0.8 / max(len(splits), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(labels)), 4))
     x = np.arange(len(labels))
