@@ -2,11 +2,13 @@
 
     python benchmarks/package_model.py --run RUN_DIR [--out iclevr/assets/pretrained.safetensors]
         [--seeds 0,1,2] [--command "iclevr train --preset ... --out RUN_DIR"] [--machine TEXT] [--processes 1]
+        [--sampler-steps N] [--guidance S]
 
 1. Reads RUN_DIR/settings.json, progress.json, metrics.jsonl and the EMA weights (weights/ema.safetensors), and
    refuses (one line, exit 2) a model whose float16 file would exceed --max-mb (14 MB) before any scoring.
 2. Writes the float16 weights to a temporary file and scores THAT file on val, test and new_test exactly as
-   `iclevr eval` would by default (the weights' stored sampler, guidance and steps; --seeds; the course
+   `iclevr eval` would by default (the weights' stored sampler, guidance and steps, or the --sampler-steps /
+   --guidance chosen on val, which the packaged file then stores; --seeds; the course
    metric), with the packaged evaluator: the numbers describe the very tensors that ship. The images, grids
    and report.html of that scoring go to RUN_DIR/package-eval/{val,all}/.
 3. Writes --out: the same float16 tensors, iclevr's usual metadata (format, model, schedule, sampler, preset,
@@ -123,8 +125,10 @@ def build_record(run: Path, files: dict, info, scores: dict, *, seeds, command, 
 
 def package(run: Path, out: Path = DEFAULT_OUT, *, seeds=(0, 1, 2), command: str | None = None,
             machine: str | None = None, processes: int = 1, evaluator: Path | None = None,
-            metrics: Path | None = METRICS, max_mb: float = MAX_MB, device: str = "auto", console=None) -> dict:
-    """Score RUN's EMA weights as float16 and write the packaged file (+ metrics.json); returns the record."""
+            metrics: Path | None = METRICS, max_mb: float = MAX_MB, device: str = "auto", sampler: dict | None = None,
+            console=None) -> dict:
+    """Score RUN's EMA weights as float16 and write the packaged file (+ metrics.json); returns the record.
+    `sampler` replaces fields of the run's stored sampler (e.g. {"steps": 16}, chosen on val) in the file."""
     from iclevr.errors import UserError
     from iclevr.evaluation.evaluator import PACKAGED
     from iclevr.fileio import write_json
@@ -136,14 +140,15 @@ def package(run: Path, out: Path = DEFAULT_OUT, *, seeds=(0, 1, 2), command: str
     if (mb := half_size_mb(model)) > max_mb:
         raise UserError(f"{files['weights']} would take {mb:.1f} MB as float16, above the {max_mb:g} MB the "
                         "package may carry; package a smaller model")
-    meta = dict(model_cfg=info.model, schedule_cfg=info.schedule, sampler_cfg=info.sampler, preset=info.preset,
-                step=info.step, half=True)
+    meta = dict(model_cfg=info.model, schedule_cfg=info.schedule, preset=info.preset, step=info.step, half=True,
+                sampler_cfg=info.sampler.model_copy(update=sampler or {}))
     with tempfile.TemporaryDirectory(prefix="iclevr-package-") as tmp:
         halved = save_weights(model, Path(tmp) / "halved.safetensors", **meta)
         model, _ = load_weights(halved)  # the float16 tensors that ship, scored as they will run
         scores = score_file(halved, list(seeds), Path(evaluator or PACKAGED), run / "package-eval", device, console)
     record = build_record(run, files, info, scores, seeds=seeds, command=command, machine=machine,
                           processes=processes)
+    record["sampler_changed_from_run"] = sampler or {}
     save_weights(model, out, **meta, packaged=record)
     if (size := out.stat().st_size) > max_mb * 1e6:
         out.unlink()
@@ -168,6 +173,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", type=Path, default=METRICS, help="Where the metrics JSON goes.")
     p.add_argument("--max-mb", type=float, default=MAX_MB, help="Refuse a file larger than this (MB).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (scoring).")
+    p.add_argument("--sampler-steps", type=int, default=None, help="Store (and score with) this many sampler "
+                   "steps instead of the run's (a choice made on val).")
+    p.add_argument("--guidance", type=float, default=None, help="Store (and score with) this guidance scale "
+                   "instead of the run's (a choice made on val).")
     return p.parse_args(argv)
 
 
@@ -186,7 +195,9 @@ def main(argv=None) -> int:
     try:
         record = package(args.run, args.out, seeds=seeds, command=args.command, machine=args.machine,
                          processes=args.processes, evaluator=args.evaluator, metrics=args.metrics,
-                         max_mb=args.max_mb, device=args.device, console=Console(stderr=True))
+                         max_mb=args.max_mb, device=args.device, console=Console(stderr=True),
+                         sampler={k: v for k, v in (("steps", args.sampler_steps),
+                                                    ("guidance_scale", args.guidance)) if v is not None})
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,12 +3,11 @@
     python benchmarks/sample_ratio.py --presets tiny tiny-tokens --rounds 3 --threads 1
 
 Both models are randomly initialised (random weights time exactly like trained ones) and draw the same 32
-conditions (the embedded kit's test list) with each preset's stored sampler (dpmpp-sde 20 steps, guidance 2:
-one batched forward pass of 2B per step). The presets alternate round by round in one process, so machine
-load hits both alike; the ratio of the medians is the number to quote. A training step (forward, backward and
-AdamW step on a batch of 32 random images of the preset's size and 1-3 objects each) is timed the same way.
-Results:
-benchmarks/results/sample_ratio.json.
+conditions (the embedded kit's test list) with each preset's stored sampler (tiny: dpmpp-sde 20 steps;
+tiny-tokens: dpmpp-sde 16 steps; each step one batched forward pass of 2B with classifier-free guidance). The
+presets alternate round by round in one process, so machine load hits both alike; the ratio of the medians is
+the number to quote. A training step (forward, backward and AdamW step on a batch of 32 random images of the
+preset's size and 1-3 objects each) is timed the same way. Results: benchmarks/results/sample_ratio.json.
 """
 
 from __future__ import annotations

@@ -198,3 +198,22 @@ def test_packaging_refuses_a_file_too_large_before_scoring(tmp_path, monkeypatch
     assert err.count("\n") == 1 and "above the 0.01 MB" in err and not (tmp_path / "p.safetensors").exists()
     assert module.main(["--run", str(tmp_path / "nothing")]) == 2
     assert "holds no EMA weights" in capsys.readouterr().err
+
+
+def test_packaging_stores_and_scores_the_sampler_chosen_on_val(tmp_path, monkeypatch, one_thread):
+    from iclevr.weights import read_info
+
+    module = _package_module()
+    run = make_run(tmp_path / "run", step=5, seed=0)
+    used = []
+    real = module.score_file
+    monkeypatch.setattr(module, "score_file", lambda weights, *a, **k: used.append(read_info(weights).sampler)
+                        or real(weights, *a, **k))
+    out = tmp_path / "p.safetensors"
+    assert module.main(["--run", str(run), "--out", str(out), "--seeds", "0", "--metrics", str(tmp_path / "m.json"),
+                        "--sampler-steps", "1", "--guidance", "3.5", "--device", "cpu"]) == 0
+    info = read_info(out)
+    assert (info.sampler.steps, info.sampler.guidance_scale, info.sampler.sampler) == (1, 3.5, "ddim")
+    assert [(s.steps, s.guidance_scale) for s in used] == [(1, 3.5)]  # scored with what it stores
+    assert info.packaged["sampler"]["steps"] == 1
+    assert info.packaged["sampler_changed_from_run"] == {"steps": 1, "guidance_scale": 3.5}
