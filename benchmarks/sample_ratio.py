@@ -4,7 +4,7 @@
 
 Both models are randomly initialised (random weights time exactly like trained ones) and draw the same 32
 conditions (the embedded kit's test list) with each preset's stored sampler (tiny: dpmpp-sde 20 steps;
-tiny-tokens: dpmpp-sde 16 steps; each step one batched forward pass of 2B with classifier-free guidance). The
+tiny-tokens: dpmpp-sde 14 steps; each step one batched forward pass of 2B with classifier-free guidance). The
 presets alternate round by round in one process, so machine load hits both alike; the ratio of the medians is
 the number to quote. A training step (forward, backward and AdamW step on a batch of 32 random images of the
 preset's size and 1-3 objects each) is timed the same way. Results: benchmarks/results/sample_ratio.json.
