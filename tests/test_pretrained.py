@@ -19,13 +19,13 @@ def test_the_shipped_file_is_small_float16_and_fully_described():
     from iclevr.weights import read_info
 
     assert SHIPPED.is_file(), "iclevr/assets/pretrained.safetensors is missing"
-    assert SHIPPED.stat().st_size <= 12.5e6
+    assert SHIPPED.stat().st_size <= 14e6  # benchmarks/package_model.py MAX_MB (README "Pretrained model": why not 12)
     info = read_info(SHIPPED)
     record = info.packaged
     settings = TrainSettings.model_validate(record["settings"])
     assert settings.model == info.model and settings.model.condition == "tokens"
     assert record["steps"] == info.step > 0 and record["images_seen"] >= record["steps"] * settings.train.batch_size
-    assert record["wall_s"] > 0 and record["command"].startswith("iclevr train") and record["machine"]
+    assert record["wall_s"] > 0 and "iclevr train --preset tiny-tokens" in record["command"] and record["machine"]
     assert record["evaluator"]["sha256"] == file_sha256(PACKAGED)  # scored by the evaluator that ships beside it
     for split in ("val", "test", "new_test"):
         assert 0 < record["accuracy"][split]["mean"] <= 1 and len(record["accuracy"][split]["per_seed"]) == 3
