@@ -20,6 +20,10 @@ def test_the_shipped_file_is_small_float16_and_fully_described():
 
     assert SHIPPED.is_file(), "iclevr/assets/pretrained.safetensors is missing"
     assert SHIPPED.stat().st_size <= 14e6  # benchmarks/package_model.py MAX_MB (README "Pretrained model": why not 12)
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     info = read_info(SHIPPED)
     record = info.packaged
     settings = TrainSettings.model_validate(record["settings"])
