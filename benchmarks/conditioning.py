@@ -1,7 +1,7 @@
 """Conditioning lever study (issue 17): pooled vs object tokens, and the tiny-budget levers, on the CPU.
 
     python benchmarks/conditioning.py --only pooled tokens --steps 600 --threads 1      # equal images
-    python benchmarks/conditioning.py --only tokens --minutes 16.5 --threads 1          # equal wall time
+    python benchmarks/conditioning.py --only pooled tokens_shape_colour --minutes 14 --threads 1   # equal wall time
     python benchmarks/conditioning.py --table                                           # the README table
 
 Every variant is the `tiny` preset with the changes listed in VARIANTS, trained from --train-seed on the
@@ -31,12 +31,13 @@ CROSS_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
            "up_block_types": ["CrossAttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
 TOKENS = {"model.condition": "tokens", **{f"model.{k}": v for k, v in CROSS_8_4.items()}}
 TOKENS_4 = {"model.condition": "tokens", **{f"model.{k}": v for k, v in CROSS_4.items()}}
+SC = {**TOKENS, "model.token_embedding": "shape_colour"}  # the tiny-tokens preset
 
 # name: (what changes against the tiny preset, settings overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "pooled": ("tiny as it was: one pooled label vector on the time path", {}),
     "tokens": ("object tokens (class embedding), cross-attention at 8x8 and 4x4 (+ mid)", TOKENS),
-    "tokens_shape_colour": ("tokens = shape + colour embeddings", {**TOKENS, "model.token_embedding": "shape_colour"}),
+    "tokens_shape_colour": ("tokens = shape + colour embeddings", SC),
     "tokens_4x4": ("tokens, cross-attention at 4x4 (+ mid) only; self-attention at 8x8", TOKENS_4),
     "tokens_4x4_shape_colour": ("tokens at 4x4 only, shape + colour embeddings",
                                 {**TOKENS_4, "model.token_embedding": "shape_colour"}),
@@ -49,6 +50,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                              {**TOKENS, "train.ema_warmup": False}),
     "tokens_immiscible": ("tokens + immiscible noise assignment (Li et al. 2024)", {**TOKENS, "train.immiscible": True}),
     "tokens_self_cond": ("tokens + self-conditioning (Chen et al. 2022)", {**TOKENS, "model.self_condition": True}),
+    # the levers again on the chosen tokens (shape + colour embeddings = the tiny-tokens preset)
+    "sc_flip": ("shape+colour tokens + horizontal flips", {**SC, "data.flip": True}),
+    "sc_no_ema_warmup": ("shape+colour tokens, EMA without warm-up (decay 0.995 from step 0)",
+                         {**SC, "train.ema_warmup": False}),
+    "sc_immiscible": ("shape+colour tokens + immiscible noise assignment (Li et al. 2024)",
+                      {**SC, "train.immiscible": True}),
+    "sc_self_cond": ("shape+colour tokens + self-conditioning (Chen et al. 2022)", {**SC, "model.self_condition": True}),
 }
 
 
