@@ -103,16 +103,23 @@ def score(run: Path, args) -> dict:
 def table(results: Path = RESULTS) -> str:
     """The study's rows as one markdown table (val first: it decides; test / new_test are reported)."""
     rows = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
-    lines = ["| row | change | steps × 32 | s/step | val | test | new_test | test/new_test | val: wrong predictions "
-             "(binding / colour / shape) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["steps"], r["variant"], r["train_seed"], r["sampler"])):
+    lines = ["| row | change | budget | steps × 32 | s/step | val | test | new_test | test/new_test | val: wrong "
+             "predictions (binding / colour / shape) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def order(r: dict) -> tuple:
+        """Equal-images rows first (by steps), then equal-wall-time rows (by minutes); variants alphabetical."""
+        minutes = r["budget"].get("minutes")
+        return (minutes is not None, minutes or r["steps"], r["variant"], r["train_seed"], r["sampler"])
+
+    for r in sorted(rows, key=order):
+        budget = f"{r['budget']['minutes']:g} min" if r["budget"].get("minutes") else f"{r['budget']['steps']:,} steps"
         wrong = r["val"]["wrong_predictions"]
         shares = " / ".join(f"{wrong[k] / wrong['total']:.0%}" for k in ("binding", "colour", "shape"))
         share = f"{wrong['total']} ({shares})" if wrong["total"] else "–"
         seeds = "/".join(map(str, r["seeds"]))
         guidance = r["sampler"].split("guidance ")[-1]
         lines.append(f"| {r['variant']} (train seed {r['train_seed']}, guidance {guidance}) | {r['change']} | "
-                     f"{r['steps']:,} | "
+                     f"{budget} | {r['steps']:,} | "
                      f"{r['s_per_step']:.2f} | **{r['val']['mean']:.3f}** | {r['test']['mean']:.3f} | "
                      f"{r['new_test']['mean']:.3f} | {r['test_new_test_mean']:.3f} | {share} (seeds {seeds}) |")
     return "\n".join(lines)
