@@ -57,6 +57,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sc_immiscible": ("shape+colour tokens + immiscible noise assignment (Li et al. 2024)",
                       {**SC, "train.immiscible": True}),
     "sc_self_cond": ("shape+colour tokens + self-conditioning (Chen et al. 2022)", {**SC, "model.self_condition": True}),
+    # what the binding counts suggested next: the labels through the tokens alone; a faster lr for short budgets
+    "sc_tokens_only": ("shape+colour tokens, no pooled label vector on the time path",
+                       {**SC, "model.label_on_time_path": False}),
+    "sc_lr3e-3": ("shape+colour tokens, peak lr 3e-3 (tiny: 2e-3)", {**SC, "train.lr": 3e-3}),
 }
 
 

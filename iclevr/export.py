@@ -4,6 +4,7 @@
                                   <Class>.from_pretrained(out, subfolder="unet")
 <out>/scheduler/                  DDPMScheduler.from_pretrained(out, subfolder="scheduler")
 <out>/label_embed.safetensors     weight (time_embed_dim, 24) and bias: class_labels = y @ weight.T + bias
+                                  (absent when model.label_on_time_path is off: the UNet takes no class_labels)
 <out>/object_tokens.safetensors   tokens only: table (24, D), every class's token precomputed (so shape_colour
                                   needs no code), and null (D,), the learned null token (docs/conditioning.md)
 <out>/iclevr.json                 label order, condition design, settings, sampler defaults
@@ -31,8 +32,7 @@ from safetensors.torch import load_file
 root = Path({root})  # this folder
 unet = {unet_class}.from_pretrained(root, subfolder="unet").eval()
 scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
-emb = load_file(root / "label_embed.safetensors")                 # weight (D, 24), bias (D,)
-labels = json.loads((root / "iclevr.json").read_text())["labels"]  # the 24 class names, in y's order
+{emb}labels = json.loads((root / "iclevr.json").read_text())["labels"]  # the 24 class names, in y's order
 idx = [labels.index(n) for n in ["red sphere", "cyan cube"]]       # the requested objects
 y = torch.zeros(1, 24); y[0, idx] = 1                              # multi-hot condition; zeros = unconditional
 '''
@@ -47,6 +47,8 @@ with torch.no_grad():
 {calls}        {step}
 image = (x.clamp(-1, 1) + 1) / 2                                   # (1, 3, {size}, {size}) in [0, 1]
 '''
+
+_EMB = 'emb = load_file(root / "label_embed.safetensors")                 # weight (D, 24), bias (D,)\n'
 
 _STEP = "x = scheduler.step(null + s * (cond - null), t, x, generator=g).prev_sample"
 
@@ -75,6 +77,11 @@ _TOKENS_CALLS = '''\
                     class_labels=torch.zeros_like(y) @ emb["weight"].T + emb["bias"]).sample
 '''
 
+_TOKENS_ONLY_CALLS = '''\
+        cond = unet({x}, t, encoder_hidden_states=tokens).sample
+        null = unet({x}, t, encoder_hidden_states=no_tokens).sample
+'''
+
 _NOTES = {
     "pooled": "class_labels = multi_hot(24) @ weight.T + bias; the null condition is all zeros",
     "tokens": "class_labels = multi_hot(24) @ weight.T + bias; encoder_hidden_states = cat(null, table[requested "
@@ -82,6 +89,8 @@ _NOTES = {
               "conditions); the null condition is y = zeros with the null token alone",
 }
 
+
+_TOKENS_ONLY_NOTE = "; no label on the time path (model.label_on_time_path off): no class_labels, no label_embed"
 
 _SELF_NOTE = ("; self-conditioning: the UNet's 6 input channels are x_t and the previous step's predicted x0 "
               "(zeros at the first step), the same for the conditional and the null pass")
@@ -124,8 +133,9 @@ def _write_tensors(model, info, out: Path) -> None:
     with writing(out, "the export"):  # diffusers and safetensors write these files themselves
         model.unet.save_pretrained(out / "unet", safe_serialization=True)
         SAMPLERS["ddpm"].build_scheduler(info.schedule).save_pretrained(out / "scheduler")
-        embed = model.label_embed.state_dict()
-        save_file({k: v.contiguous() for k, v in embed.items()}, str(out / "label_embed.safetensors"))
+        if info.model.label_on_time_path:
+            embed = model.label_embed.state_dict()
+            save_file({k: v.contiguous() for k, v in embed.items()}, str(out / "label_embed.safetensors"))
         if info.model.condition == "tokens":
             with torch.no_grad():
                 table = model.tokens.table().detach().float().contiguous()  # (24, D)
@@ -141,7 +151,8 @@ def _metadata(info) -> dict:
             "unet_class": unet_class(info), "model": info.model.model_dump(mode="json"),
             "schedule": info.schedule.model_dump(mode="json"), "sampler": info.sampler.model_dump(mode="json"),
             "preset": info.preset, "step": info.step, "source": str(info.path),
-            "note": _NOTES[info.model.condition] + (_SELF_NOTE if info.model.self_condition else "")}
+            "note": _NOTES[info.model.condition] + (_SELF_NOTE if info.model.self_condition else "")
+            + ("" if info.model.label_on_time_path else _TOKENS_ONLY_NOTE)}
 
 
 def unet_class(info) -> str:
@@ -162,7 +173,10 @@ def snippet(info, out: Path) -> str:
               "size": info.model.sample_size, "steps": resolve_steps(ddpm, info.schedule)}
     tokens, self_cond = info.model.condition == "tokens", info.model.self_condition
     calls = (_TOKENS_CALLS if tokens else _POOLED_CALLS).format(x="x_in" if self_cond else "x")
-    return (_HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())))
+    if not info.model.label_on_time_path:  # tokens alone: the UNet was built without class_labels
+        calls = _TOKENS_ONLY_CALLS.format(x="x_in" if self_cond else "x")
+    return (_HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())),
+                         emb=_EMB if info.model.label_on_time_path else "")
             + (_TOKENS_SETUP if tokens else "")
             + _LOOP.format(calls=(_SELF_INPUT if self_cond else "") + calls, x0_init=_SELF_INIT if self_cond else "",
                            step=_SELF_STEP if self_cond else _STEP, **fields))

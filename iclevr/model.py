@@ -4,8 +4,8 @@ docs/conditioning.md).
 Both designs take the (24,) multi-hot condition y; the null condition (classifier-free guidance) is all zeros.
 - pooled: y goes through nn.Linear(24, time_embed_dim) and is added to the time embedding as `class_labels`
   (UNet2DModel, class_embed_type="identity").
-- tokens: the same pooled vector on the time path, plus one token per requested object, which the UNet's
-  CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set: no position embedding, padded with
+- tokens: the same pooled vector on the time path (unless model.label_on_time_path is off), plus one token per
+  requested object, which the UNet's CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set: no position embedding, padded with
   a mask to the batch's largest object count, and a learned null token is always present, so the empty set
   (the null condition) still has one key to attend to.
 With model.self_condition (Chen, Zhang & Hinton 2022, "Analog Bits") the UNet takes 6 input channels: x_t and
@@ -61,7 +61,8 @@ class ConditionalUNet(nn.Module):
         self.cfg = cfg
         self.unet = _tokens_unet(cfg) if cfg.condition == "tokens" else _pooled_unet(cfg)
         self.time_embed_dim = 4 * cfg.block_out_channels[0]
-        self.label_embed = nn.Linear(NUM_CLASSES, self.time_embed_dim)
+        if cfg.label_on_time_path:
+            self.label_embed = nn.Linear(NUM_CLASSES, self.time_embed_dim)
         if cfg.condition == "tokens":
             self.tokens = ObjectTokens(_token_dim(cfg), cfg.token_embedding)
 
@@ -70,11 +71,17 @@ class ConditionalUNet(nn.Module):
         """Predict eps (or v) for noisy images x_t at timesteps t under conditions y; a self-conditioned model
         also takes an x0 estimate x0_self (None = zeros: no estimate yet)."""
         x = self.unet_input(x_t, x0_self)  # (B, 3 or 6, S, S)
-        class_emb = self.label_embed(y.to(self.label_embed.weight.dtype))  # (B, time_embed_dim)
+        class_emb = self.pooled(y)  # (B, time_embed_dim), or None without the time path
         if self.cfg.condition == "pooled":
             return self.unet(x, t, class_labels=class_emb).sample  # (B, 3, S, S)
         tokens, mask = self.tokens(y)  # (B, 1 + K, D), (B, 1 + K)
         return self.denoise(x, t, class_emb, tokens, mask)
+
+    def pooled(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The pooled label vector for the time path, (B, time_embed_dim); None when the model has none."""
+        if not self.cfg.label_on_time_path:
+            return None
+        return self.label_embed(y.to(self.label_embed.weight.dtype))
 
     def unet_input(self, x_t: torch.Tensor, x0_self: torch.Tensor | None) -> torch.Tensor:
         """x_t, or under self-conditioning (Chen, Zhang & Hinton 2022) x_t and x0_self (or zeros) on channels."""
@@ -152,7 +159,8 @@ def _tokens_unet(cfg: ModelSettings):
         block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types), attention_head_dim=heads,
         norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, cross_attention_dim=_token_dim(cfg),
-        resnet_time_scale_shift=cfg.resnet_time_scale_shift, class_embed_type="identity")
+        resnet_time_scale_shift=cfg.resnet_time_scale_shift,
+        class_embed_type="identity" if cfg.label_on_time_path else None)
 
 
 def build_model(cfg: ModelSettings) -> ConditionalUNet:
@@ -173,6 +181,8 @@ def build_model(cfg: ModelSettings) -> ConditionalUNet:
                         "(the blocks that attend to the object tokens)")
     if cfg.condition == "pooled" and any("CrossAttn" in b for b in cfg.down_block_types + cfg.up_block_types):
         raise UserError("model: CrossAttn blocks need condition=tokens (pooled has no tokens to attend to)")
+    if cfg.condition == "pooled" and not cfg.label_on_time_path:
+        raise UserError("model: condition=pooled needs label_on_time_path (it is pooled's only way in)")
     try:
         return ConditionalUNet(cfg)
     except (ValueError, TypeError) as e:

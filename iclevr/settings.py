@@ -58,6 +58,9 @@ class ModelSettings(Section):
     token_embedding: Literal["class", "shape_colour"] = Field(
         "class", description="tokens only: an object's token is a learned embedding of its class (class) or "
         "the sum of a shape and a colour embedding (shape_colour).")
+    label_on_time_path: bool = Field(
+        True, description="Add the pooled label vector (Linear(24 -> time embedding)) to the time embedding. "
+        "pooled needs it; tokens can leave it out, so the labels reach the UNet through the object tokens alone.")
     cross_attention_dim: int | None = Field(
         None, gt=0, description="tokens only: width of the object tokens; empty = the widest UNet level.")
     self_condition: bool = Field(

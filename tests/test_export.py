@@ -91,20 +91,23 @@ def test_pooled_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_p
     _assert_same(_run_readme_snippet(out), _ours(*load_weights(weights)))
 
 
-@pytest.mark.parametrize("embedding, shift, prediction", [("class", "default", "epsilon"),
-                                                          ("shape_colour", "scale_shift", "v_prediction")])
+@pytest.mark.parametrize("embedding, shift, prediction, time_path", [
+    ("class", "default", "epsilon", True), ("shape_colour", "scale_shift", "v_prediction", True),
+    ("shape_colour", "scale_shift", "v_prediction", False)])  # tokens alone: no label on the time path
 def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, embedding,
-                                                                           shift, prediction):
+                                                                           shift, prediction, time_path):
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
     from iclevr.weights import load_weights
 
     cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **TOKENS, "token_embedding": embedding,
-                                  "resnet_time_scale_shift": shift})
+                                  "resnet_time_scale_shift": shift, "label_on_time_path": time_path})
     weights, out = _export(tmp_path, cfg, prediction, scale_tokens=4.0)
     meta = json.loads((out / "iclevr.json").read_text())
     assert meta["condition"] == "tokens" and meta["unet_class"] == "UNet2DConditionModel"
+    assert (out / "label_embed.safetensors").exists() == time_path
+    assert ("class_labels" in (out / "README.md").read_text()) == time_path
     assert isinstance(UNet2DConditionModel.from_pretrained(out, subfolder="unet"), UNet2DConditionModel)
     model, info = load_weights(weights)
     tok = load_file(str(out / "object_tokens.safetensors"))

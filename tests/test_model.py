@@ -110,6 +110,27 @@ def test_tokens_model_forward_backward_at_16(tiny_model_cfg, embedding):
     assert all(g is not None and g.abs().sum() > 0 for g in grads)  # every token table learns
 
 
+def test_tokens_without_the_time_path_condition_through_the_tokens_alone(tiny_model_cfg):
+    model = _tokens_model(tiny_model_cfg, label_on_time_path=False)
+    assert not hasattr(model, "label_embed") and model.unet.config.class_embed_type is None
+    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 800])
+    y = _y([1, 9], [4])
+    out = model(x_t, t, y)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.tokens.parameters())
+    with torch.no_grad():  # the labels still matter, and the set is still unordered
+        assert not torch.allclose(model(x_t, t, y), model(x_t, t, _y([5], [6])), atol=1e-3)
+        tokens, mask = model.tokens(y)
+        perm = torch.tensor([2, 0, 1])
+        shuffled = model.denoise(x_t, t, None, tokens[:, perm], mask[:, perm])
+        assert torch.allclose(model(x_t, t, y), shuffled, atol=1e-5)
+
+
+def test_pooled_needs_the_time_path(tiny_model_cfg):
+    with pytest.raises(UserError, match="label_on_time_path"):
+        build_model(ModelSettings(**{**tiny_model_cfg.model_dump(), "label_on_time_path": False}))
+
+
 def test_tokens_are_a_set_permuting_them_changes_nothing(tiny_model_cfg):
     model = _tokens_model(tiny_model_cfg).eval()
     x_t, t, y = torch.randn(2, 3, 16, 16), torch.tensor([300, 700]), _y([1, 9, 23], [4])
