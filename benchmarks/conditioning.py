@@ -61,6 +61,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sc_tokens_only": ("shape+colour tokens, no pooled label vector on the time path",
                        {**SC, "model.label_on_time_path": False}),
     "sc_lr3e-3": ("shape+colour tokens, peak lr 3e-3 (tiny: 2e-3)", {**SC, "train.lr": 3e-3}),
+    "sc_lr1.4e-3": ("shape+colour tokens, peak lr 1.4e-3 (tiny: 2e-3)", {**SC, "train.lr": 1.4e-3}),
 }
 
 

@@ -22,3 +22,26 @@ def test_command_reference_matches_cli():
     for command in ("train", "sample", "denoise-trace", "eval", "compare-schedules", "demo", "data check",
                     "data synth", "evaluator train"):
         assert f"#### `iclevr {command}`" in block
+
+
+def test_the_demo_curve_is_the_committed_result_files():
+    """Every row of the tiny-tokens demo table matches its summary.json and val report.json."""
+    import json
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- TOKENS_DEMO_TABLE -->", 1)[1].split("<!-- /TOKENS_DEMO_TABLE -->", 1)[0]
+    rows = [r for r in block.splitlines() if re.match(r"\| \d+ min \|", r)]
+    assert len(rows) == 3
+    files = ROOT / "benchmarks" / "results" / "demo"
+    for row in rows:
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        minutes = int(cells[0].split()[0])
+        summary = json.loads((files / f"2026-12-03-tiny-tokens-{minutes}min.json").read_text())
+        val = json.loads((files / f"2026-12-03-tiny-tokens-{minutes}min-val.json").read_text())["splits"]["val"]
+        steps = summary["train"]["steps"]
+        assert cells[1] == f"{summary['train']['train_minutes']:.1f} min ({steps:,})"
+        for cell, split in ((cells[4], val), (cells[5], summary["accuracy"]["test"]),
+                            (cells[6], summary["accuracy"]["new_test"])):
+            assert cell == f"{split['mean']:.3f} ± {split['std']:.3f}"
+        assert cells[7] == f"{summary['mean_over_splits']:.3f}"
