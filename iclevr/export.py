@@ -172,9 +172,8 @@ def snippet(info, out: Path) -> str:
               "seed_note": f"image 0 of `iclevr sample --sampler ddpm --seed {ddpm.seed}`",
               "size": info.model.sample_size, "steps": resolve_steps(ddpm, info.schedule)}
     tokens, self_cond = info.model.condition == "tokens", info.model.self_condition
-    calls = (_TOKENS_CALLS if tokens else _POOLED_CALLS).format(x="x_in" if self_cond else "x")
-    if not info.model.label_on_time_path:  # tokens alone: the UNet was built without class_labels
-        calls = _TOKENS_ONLY_CALLS.format(x="x_in" if self_cond else "x")
+    tokens_calls = _TOKENS_CALLS if info.model.label_on_time_path else _TOKENS_ONLY_CALLS  # alone: no class_labels
+    calls = (tokens_calls if tokens else _POOLED_CALLS).format(x="x_in" if self_cond else "x")
     return (_HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())),
                          emb=_EMB if info.model.label_on_time_path else "")
             + (_TOKENS_SETUP if tokens else "")

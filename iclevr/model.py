@@ -5,9 +5,9 @@ Both designs take the (24,) multi-hot condition y; the null condition (classifie
 - pooled: y goes through nn.Linear(24, time_embed_dim) and is added to the time embedding as `class_labels`
   (UNet2DModel, class_embed_type="identity").
 - tokens: the same pooled vector on the time path (unless model.label_on_time_path is off), plus one token per
-  requested object, which the UNet's CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set: no position embedding, padded with
-  a mask to the batch's largest object count, and a learned null token is always present, so the empty set
-  (the null condition) still has one key to attend to.
+  requested object, which the UNet's CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set:
+  no position embedding, padded with a mask to the batch's largest object count, and a learned null token is
+  always present, so the empty set (the null condition) still has one key to attend to.
 With model.self_condition (Chen, Zhang & Hinton 2022, "Analog Bits") the UNet takes 6 input channels: x_t and
 an estimate of x0 (the sampling loop's previous prediction; zeros when there is none).
 """
