@@ -287,3 +287,14 @@ def read_jsonl(path: Path) -> list[dict]:
         elif k < len(lines) - 1:
             raise UserError(f"{path} line {n} is not a JSON object (the file is damaged); remove that line")
     return rows
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (identifies the exact weights, evaluator or autoencoder a result came from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

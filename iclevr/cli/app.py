@@ -11,7 +11,7 @@ import sys
 import typer
 
 from iclevr import __version__
-from iclevr.cli import compare, data, demo, evaluate, export, sample, train
+from iclevr.cli import autoencoder, compare, data, demo, evaluate, export, sample, train
 from iclevr.cli.common import STATE, console
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command("sample")(sample.sample_cmd)
 app.command("denoise-trace")(sample.denoise_trace_cmd)
 app.command("eval")(evaluate.eval_cmd)
 app.add_typer(evaluate.evaluator_app, name="evaluator")
+app.add_typer(autoencoder.autoencoder_app, name="autoencoder")
 app.command("compare-schedules")(compare.compare_schedules)
 app.command("demo")(demo.demo)
 app.command("export")(export.export_cmd)
