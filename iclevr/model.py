@@ -54,11 +54,13 @@ class ObjectTokens(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    """eps (or v) = model(x_t (B, 3, S, S), t (B,), y (B, 24) multi-hot[, x0_self (B, 3, S, S)])."""
+    """eps (or v) = model(x_t (B, C, H, W), t (B,), y (B, 24) multi-hot[, x0_self (B, C, H, W)]), where
+    (C, H, W) = x_shape: what the model denoises (model.design: pixels, 2x2-patched pixels or latents)."""
 
     def __init__(self, cfg: ModelSettings):
         super().__init__()
         self.cfg = cfg
+        self.__dict__["autoencoder"] = None  # latent: an iclevr.autoencoder.Autoencoder, kept out of state_dict
         self.unet = _tokens_unet(cfg) if cfg.condition == "tokens" else _pooled_unet(cfg)
         self.time_embed_dim = 4 * cfg.block_out_channels[0]
         if cfg.label_on_time_path:
@@ -70,12 +72,40 @@ class ConditionalUNet(nn.Module):
                 x0_self: torch.Tensor | None = None) -> torch.Tensor:
         """Predict eps (or v) for noisy images x_t at timesteps t under conditions y; a self-conditioned model
         also takes an x0 estimate x0_self (None = zeros: no estimate yet)."""
-        x = self.unet_input(x_t, x0_self)  # (B, 3 or 6, S, S)
+        x = self.unet_input(x_t, x0_self)  # (B, C or 2C, H, W)
         class_emb = self.pooled(y)  # (B, time_embed_dim), or None without the time path
         if self.cfg.condition == "pooled":
-            return self.unet(x, t, class_labels=class_emb).sample  # (B, 3, S, S)
+            return self.from_unet(self.unet(self.to_unet(x), t, class_labels=class_emb).sample)  # (B, C, H, W)
         tokens, mask = self.tokens(y)  # (B, 1 + K, D), (B, 1 + K)
         return self.denoise(x, t, class_emb, tokens, mask)
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of x_t: RGB at sample_size (pixels) or twice it (patch2), latents at sample_size (latent)."""
+        S = self.cfg.sample_size
+        if self.cfg.design == "latent":
+            return self.cfg.latent_channels, S, S
+        return (3, 2 * S, 2 * S) if self.cfg.design == "patch2" else (3, S, S)
+
+    def to_unet(self, x: torch.Tensor) -> torch.Tensor:
+        """patch2: (B, C, 2S, 2S) -> 2x2 patches on channels (B, 4C, S, S) (pixel-unshuffle); else x as is."""
+        return nn.functional.pixel_unshuffle(x, 2) if self.cfg.design == "patch2" else x
+
+    def from_unet(self, out: torch.Tensor) -> torch.Tensor:
+        """The inverse of to_unet for the UNet's output (pixel-shuffle under patch2)."""
+        return nn.functional.pixel_shuffle(out, 2) if self.cfg.design == "patch2" else out
+
+    def to_images(self, x0: torch.Tensor) -> torch.Tensor:
+        """Denoised x0 -> RGB images in [-1, 1]: the autoencoder's decoding of latents, else x0 itself."""
+        if self.cfg.design != "latent":
+            return x0
+        if self.autoencoder is None:
+            raise RuntimeError("a latent model needs its autoencoder attached (iclevr.weights.load_weights)")
+        return self.autoencoder.decode(x0)  # (B, 3, 64, 64)
+
+    def attach_autoencoder(self, autoencoder) -> None:
+        """Attach the latent design's autoencoder (not a submodule: it is neither trained nor saved with it)."""
+        self.__dict__["autoencoder"] = autoencoder
 
     def pooled(self, y: torch.Tensor) -> torch.Tensor | None:
         """The pooled label vector for the time path, (B, time_embed_dim); None when the model has none."""
@@ -91,18 +121,26 @@ class ConditionalUNet(nn.Module):
             return x_t
         if x0_self is None:
             x0_self = torch.zeros_like(x_t)
-        return torch.cat([x_t, x0_self.to(x_t.dtype)], 1)  # (B, 6, S, S)
+        return torch.cat([x_t, x0_self.to(x_t.dtype)], 1)  # (B, 2C, H, W)
 
     def denoise(self, x, t, class_emb, tokens, mask) -> torch.Tensor:
         """The tokens UNet on its input x (unet_input) and given tokens (B, N, D) with mask (B, N); the order of
         the tokens does not matter."""
-        return self.unet(x, t, encoder_hidden_states=tokens, class_labels=class_emb,
-                         encoder_attention_mask=mask.to(tokens.dtype)).sample  # (B, 3, S, S)
+        out = self.unet(self.to_unet(x), t, encoder_hidden_states=tokens, class_labels=class_emb,
+                        encoder_attention_mask=mask.to(tokens.dtype)).sample  # (B, C', S, S)
+        return self.from_unet(out)  # (B, C, H, W)
+
+
+def _out_channels(cfg: ModelSettings) -> int:
+    """UNet output channels: RGB, its 2x2 patches (patch2) or the latent channels."""
+    if cfg.design == "latent":
+        return cfg.latent_channels
+    return 12 if cfg.design == "patch2" else 3
 
 
 def _in_channels(cfg: ModelSettings) -> int:
     """UNet input channels: x_t, and the x0 estimate under self-conditioning."""
-    return 6 if cfg.self_condition else 3
+    return 2 * _out_channels(cfg) if cfg.self_condition else _out_channels(cfg)
 
 
 def _token_dim(cfg: ModelSettings) -> int:
@@ -115,7 +153,7 @@ def _pooled_unet(cfg: ModelSettings):
     from diffusers import UNet2DModel
 
     return UNet2DModel(
-        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=3,
+        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=_out_channels(cfg),
         layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types), attention_head_dim=cfg.attention_head_dim,
@@ -154,7 +192,7 @@ def _tokens_unet(cfg: ModelSettings):
 
     heads = _head_settings(cfg)
     return UNet2DConditionModel(
-        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=3,
+        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=_out_channels(cfg),
         layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
         up_block_types=tuple(cfg.up_block_types), attention_head_dim=heads,

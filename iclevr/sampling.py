@@ -35,7 +35,7 @@ class SamplerSpec:
 def _kwargs(schedule: ScheduleSettings) -> dict:
     from iclevr.schedules import scheduler_kwargs
 
-    return scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type)
+    return scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type, schedule.shift)
 
 
 def _ddpm(schedule: ScheduleSettings):
@@ -160,7 +160,8 @@ def sample_batches(model, y: torch.Tensor, *, schedule: ScheduleSettings, sample
                    device=None) -> Iterator[tuple[int, torch.Tensor]]:
     """Draw images for conditions y (B, 24) one chunk of `sampler.batch_size` at a time: yields (start, x0).
 
-    x0 is (b, 3, S, S) float in [-1, 1] on the CPU for images start .. start + b - 1. Only one chunk's UNet
+    x0 is (b, 3, H, W) float in [-1, 1] on the CPU for images start .. start + b - 1 (a latent model's
+    latents decoded by its autoencoder; callback's x_t and x0_pred stay in the space the model denoises). Only one chunk's UNet
     inputs and outputs are alive at a time, so memory does not grow with B beyond what the caller keeps.
     callback(dict(i, t, x_t, x0_pred, x_prev, steps, start)) is called after every step of every chunk:
     x_t is the step's input, x0_pred the predicted clean image, x_prev the step's output, `start` the index
@@ -184,10 +185,10 @@ def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, sc
     """The sampling loop for one chunk: conditions y (b, 24), one seed per image -> x0 (b, 3, S, S) on the CPU."""
     from iclevr.device import autocast
 
-    S = model.cfg.sample_size
+    shape = x_shape(model)  # (C, H, W): pixels, or latents decoded at the end
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     y = y.to(device=device, dtype=torch.float32)  # (b, 24)
-    x = torch.cat([torch.randn((1, 3, S, S), generator=g) for g in gens]).to(device)  # (b, 3, S, S) x_T
+    x = torch.cat([torch.randn((1, *shape), generator=g) for g in gens]).to(device)  # (b, C, H, W) x_T
     x = x * scheduler.init_noise_sigma
     scheduler.set_timesteps(steps, device=device)  # before every chunk: multistep schedulers keep state
     kwargs = _step_kwargs(scheduler, gens)
@@ -208,7 +209,18 @@ def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, sc
             x0_pred = predict_x0(x, eps, alpha_bars[int(t)], schedule.prediction_type)
             callback(dict(i=i, t=int(t), x_t=x, x0_pred=x0_pred, x_prev=x_prev, steps=steps, start=start))
         x = x_prev
-    return x.clamp(-1, 1).float().cpu()
+    return to_images(model, x.float()).clamp(-1, 1).cpu()
+
+
+def x_shape(model) -> tuple[int, int, int]:
+    """(C, H, W) the model denoises (duck-typed models without `x_shape`: RGB at cfg.sample_size)."""
+    S = model.cfg.sample_size
+    return getattr(model, "x_shape", (3, S, S))
+
+
+def to_images(model, x0: torch.Tensor) -> torch.Tensor:
+    """RGB images in [-1, 1] of denoised x0: decoded by a latent model's autoencoder, else x0 as is."""
+    return model.to_images(x0) if hasattr(model, "to_images") else x0
 
 
 def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: SamplerSettings,
@@ -220,5 +232,4 @@ def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: Sampl
     """
     out = [x for _, x in sample_batches(model, y, schedule=schedule, sampler=sampler, callback=callback,
                                         seeds=seeds, device=device)]
-    S = model.cfg.sample_size
-    return torch.cat(out) if out else torch.zeros(0, 3, S, S)
+    return torch.cat(out) if out else torch.zeros(0, 3, *x_shape(model)[1:])

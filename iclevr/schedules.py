@@ -98,10 +98,25 @@ def log_snr(name: str, T: int) -> torch.Tensor:
     return torch.log(ab) - torch.log1p(-ab)
 
 
-def scheduler_kwargs(name: str, T: int, prediction_type: str = "epsilon") -> dict:
-    """Keyword arguments that build any diffusers scheduler on this schedule (no from_config pitfalls)."""
+def shift_alpha_bar(ab: torch.Tensor, shift: float) -> torch.Tensor:
+    """The resolution-shifted schedule of Hoogeboom, Heek & Salimans 2023 ("simple diffusion", eq. 4):
+    log SNR'(t) = log SNR(t) - 2 log(shift), i.e. alpha_bar' = sigmoid(logit(alpha_bar) - 2 log(shift))."""
+    return torch.sigmoid(torch.logit(ab) - 2 * math.log(shift))
+
+
+def betas_from_alpha_bar(ab: torch.Tensor, max_beta: float = 0.999) -> torch.Tensor:
+    """beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} (alpha_bar_{-1} = 1), capped at max_beta like DDPM's cosine."""
+    prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    return (1 - ab / prev).clamp(max=max_beta)
+
+
+def scheduler_kwargs(name: str, T: int, prediction_type: str = "epsilon", shift: float = 1.0) -> dict:
+    """Keyword arguments that build any diffusers scheduler on this schedule (no from_config pitfalls); a
+    resolution shift other than 1 passes the shifted schedule as trained_betas."""
     kwargs = {"num_train_timesteps": T, "prediction_type": prediction_type}
-    if check_name(name) in DIFFUSERS_BUILTIN:
+    if shift != 1.0:
+        kwargs.update(trained_betas=betas_from_alpha_bar(shift_alpha_bar(alpha_bar(name, T), shift)).tolist())
+    elif check_name(name) in DIFFUSERS_BUILTIN:
         kwargs.update(beta_schedule=name, beta_start=BETA_START, beta_end=BETA_END)
     else:
         kwargs.update(trained_betas=betas(name, T).tolist())
@@ -112,4 +127,5 @@ def make_scheduler(schedule) -> "diffusers.DDPMScheduler":  # noqa: F821
     """The training DDPMScheduler for a ScheduleSettings section."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type))
+    return DDPMScheduler(**scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type,
+                                            schedule.shift))

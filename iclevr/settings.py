@@ -38,7 +38,17 @@ class DataSettings(Section):
 class ModelSettings(Section):
     """The conditional UNet (diffusers UNet2DModel, or UNet2DConditionModel for tokens) and its label embedding."""
 
-    sample_size: int = Field(64, gt=0, description="Resolution the UNet runs at; outputs are resized to 64x64.")
+    design: Literal["pixels", "patch2", "latent"] = Field(
+        "pixels", description="What the UNet denoises (docs/designs.md): pixels = RGB images at sample_size "
+        "(resized to 64x64 when that is lower); patch2 = RGB images at 2 x sample_size, entering the UNet as 2x2 "
+        "patches (pixel-unshuffle in, pixel-shuffle out; Hoogeboom et al. 2023); latent = the latents of an "
+        "autoencoder at sample_size, decoded to its resolution (Rombach et al. 2022).")
+    sample_size: int = Field(64, gt=0, description="Resolution the UNet runs at (pixels: the image; patch2: half "
+                             "the image; latent: the latent grid).")
+    latent_channels: int = Field(4, gt=0, description="latent only: channels of the autoencoder's latents.")
+    autoencoder_sha256: str | None = Field(None, description="latent only: SHA-256 of the autoencoder file the "
+                                           "model was trained with (set by `iclevr train`; sampling refuses any "
+                                           "other autoencoder).")
     block_out_channels: tuple[int, ...] = Field((128, 128, 256, 256, 512, 512),
                                                 description="Channels per UNet resolution level.")
     layers_per_block: int = Field(2, ge=1, description="ResNet layers per UNet block.")
@@ -76,6 +86,10 @@ class ScheduleSettings(Section):
                       "squaredcos_cap_v2 or cosine.")
     num_train_timesteps: int = Field(1000, gt=1, description="Number of diffusion timesteps T.")
     prediction_type: Literal["epsilon", "v_prediction"] = Field("epsilon", description="What the UNet predicts.")
+    shift: float = Field(1.0, gt=0, description="Resolution shift of the schedule (Hoogeboom et al. 2023, "
+                         "\"simple diffusion\", section 3.1): log SNR(t) - 2 log(shift); 2 = the schedule of a "
+                         "32x32 model moved to 64x64 images, so each step destroys as much of the scene at 64 "
+                         "as it did at 32.")
 
 
 class SamplerSettings(Section):
@@ -146,9 +160,14 @@ class TrainSettings(Section):
                                      "weights (what `iclevr sample` uses unless told otherwise); sample grids use "
                                      "it with train.sample_grids = run.")
     out: Path | None = Field(None, description="Run folder; empty = checkpoints/<preset>-<schedule>-s<seed>.")
+    autoencoder: str | None = Field(None, description="model.design = latent: the autoencoder file or its run "
+                                    "folder (`iclevr autoencoder train`); empty = the packaged one, which a "
+                                    "course kit (--data-dir) refuses: train one on that kit.")
+    init_from: str | None = Field(None, description="Start from existing weights (a .safetensors file, a run "
+                                  "folder, or 'packaged') of the same architecture; the optimizer starts fresh.")
 
 
-PRESETS: tuple[str, ...] = ("seed", "small", "small-tokens", "tiny", "tiny-tokens")
+PRESETS: tuple[str, ...] = ("seed", "small", "small-tokens", "tiny", "tiny-tokens", "tiny-latent", "tiny-patch")
 CPU_PRESETS: tuple[str, ...] = ("tiny", "tiny-tokens")  # sized for a 2-core CPU
 CPU_PRESET = "tiny-tokens"  # what `iclevr train` and `iclevr demo` use without a GPU (README "Conditioning")
 

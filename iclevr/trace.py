@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +39,8 @@ class TraceRecorder:
     """sample() callback keeping x_t and the predicted x0 (image 0 of the batch) at the chosen states."""
 
     keep: set[int]
-    x_t: dict[int, torch.Tensor] = field(default_factory=dict)  # state -> (3, S, S) on the CPU
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # latent models: (1, C, h, w) -> (1, 3, H, W)
+    x_t: dict[int, torch.Tensor] = field(default_factory=dict)  # state -> (3, H, W) on the CPU
     x0_pred: dict[int, torch.Tensor] = field(default_factory=dict)
     t: dict[int, int] = field(default_factory=dict)
 
@@ -48,12 +50,17 @@ class TraceRecorder:
             return
         i, last = step["i"], step["steps"] - 1
         if i in self.keep:
-            self.x_t[i] = step["x_t"][0].float().cpu()
-            self.x0_pred[i] = step["x0_pred"][0].float().clamp(-1, 1).cpu()
+            self.x_t[i] = self._image(step["x_t"])
+            self.x0_pred[i] = self._image(step["x0_pred"]).clamp(-1, 1)
             self.t[i] = step["t"]
         if i == last and last + 1 in self.keep:
-            final = step["x_prev"][0].float().clamp(-1, 1).cpu()
+            final = self._image(step["x_prev"]).clamp(-1, 1)
             self.x_t[last + 1], self.x0_pred[last + 1], self.t[last + 1] = final, final, -1
+
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        """Image 0 of a step's batch as RGB (3, H, W) on the CPU (a latent decoded by the autoencoder)."""
+        x = x[:1].float()
+        return (self.decode(x) if self.decode is not None else x)[0].float().cpu()
 
     def stack(self, states: list[int], which: str = "x_t") -> torch.Tensor:
         """The recorded images of `states` as (F, 3, S, S)."""
@@ -82,7 +89,8 @@ def record_trace(model, y: torch.Tensor, *, schedule, sampler: SamplerSettings, 
     steps = resolve_steps(sampler, schedule)
     states = frame_states(frames, steps)
     gif_states = frame_states(min(GIF_FRAMES, steps + 1), steps) if gif else []
-    recorder = TraceRecorder(keep=set(states) | set(gif_states))
+    decode = model.to_images if getattr(getattr(model, "cfg", None), "design", "pixels") == "latent" else None
+    recorder = TraceRecorder(keep=set(states) | set(gif_states), decode=decode)
     final = sample(model, y[:1], schedule=schedule, sampler=sampler, callback=recorder, device=device)
     trace = Trace(states=states, timesteps=[recorder.t[k] for k in states], x_t=recorder.stack(states),
                   x0_pred=recorder.stack(states, "x0_pred"), final=final)

@@ -137,7 +137,24 @@ def load_weights(path: Path, device="cpu"):
     if missing or unexpected:
         raise UserError(f"{path} does not match its own model settings ({len(missing)} missing, "
                         f"{len(unexpected)} unexpected tensors)")
+    if info.model.design == "latent":
+        attach_autoencoder(model, info, device)
     return model.to(device).eval(), info
+
+
+def attach_autoencoder(model, info: WeightsInfo, device="cpu") -> None:
+    """Give a latent model the autoencoder it was trained with (found by its SHA-256, checked against the
+    model's latent grid), or one clear error."""
+    from iclevr.autoencoder import find_autoencoder
+
+    if not info.model.autoencoder_sha256:
+        raise UserError(f"{info.path} is a latent model without the hash of its autoencoder (damaged metadata)")
+    ae = find_autoencoder(info.path, info.model.autoencoder_sha256, device)
+    if (ae.cfg.latent_size, ae.cfg.latent_channels) != (info.model.sample_size, info.model.latent_channels):
+        raise UserError(f"{ae.path} encodes {ae.cfg.latent_channels}x{ae.cfg.latent_size}x{ae.cfg.latent_size} "
+                        f"latents, but {info.path} denoises {info.model.latent_channels}x{info.model.sample_size}"
+                        f"x{info.model.sample_size}")
+    model.attach_autoencoder(ae)
 
 
 def newest_run(root: Path | None = None) -> Path | None:

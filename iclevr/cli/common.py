@@ -125,7 +125,8 @@ PrintConfigOpt = Annotated[bool, typer.Option("--print-config", "--dry-run",
                                               help="Print the resolved settings and exit.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Course data folder; "
                                                     "default: the embedded rendered kit.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, tiny or tiny-tokens.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, tiny, "
+                                                   "tiny-tokens, tiny-latent or tiny-patch.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Run folder (its EMA weights) or "

@@ -37,12 +37,17 @@ def eval_cmd(
     annotate_all_seeds: Annotated[bool, typer.Option("--annotate-all-seeds/--no-annotate-all-seeds",
                                                      help="An annotated grid for every sampling seed, not only "
                                                      "the first.")] = False,
+    fidelity: Annotated[Optional[bool], typer.Option("--kid/--no-kid", help="KID and FD against real images "
+                                                     "of the same conditions (default: when every split has "
+                                                     "at least --kid-subset-size images).")] = None,
+    kid_subset_size: Annotated[Optional[int], typer.Option("--kid-subset-size", help="Images per KID "
+                                                           "subset (default 50).")] = None,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
-    """Generate each split's conditions, score them with the course evaluator metric, write images, annotated
-    grids, report.json and a self-contained report.html."""
+    """Generate each split's conditions, score them with the course evaluator metric and, beside it, their
+    fidelity (KID, FD) against real images; write images, annotated grids, report.json and report.html."""
     from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.evaluation.report import print_report
     from iclevr.settings import resolve
@@ -51,7 +56,8 @@ def eval_cmd(
         "checkpoint": "checkpoint", "split": "split", "data_dir": "data_dir", "evaluator": "evaluator",
         "seeds": ("seeds", lambda text: parse_int_list(text, "--seeds")), "sampler": "sampler.sampler",
         "steps": "sampler.steps", "guidance_scale": "sampler.guidance_scale", "device": "sampler.device",
-        "out": "out", "images": "images", "annotate_all_seeds": "annotate_all_seeds"})
+        "out": "out", "images": "images", "annotate_all_seeds": "annotate_all_seeds", "fidelity": "fidelity",
+        "kid_subset_size": "kid_subset_size"})
     settings = resolve(EvalSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

@@ -43,6 +43,10 @@ def train_cmd(
                                                "run's own sampler settings) or off (use off for the seed "
                                                "preset on a CPU: its grid alone takes many minutes there).")] = None,
     p_uncond: Annotated[Optional[float], Opt(help="Probability of dropping the condition (CFG).")] = None,
+    autoencoder: Annotated[Optional[str], Opt(help="Latent presets: the autoencoder file or run folder "
+                                          "(`iclevr autoencoder train`; default: the packaged one).")] = None,
+    init_from: Annotated[Optional[str], Opt(help="Start from these weights (file, run folder or 'packaged') of "
+                                        "the same architecture; the optimizer starts fresh.")] = None,
 ) -> None:
     """Train the conditional diffusion model; re-run with --resume RUN_DIR to continue a run.
 
@@ -66,7 +70,8 @@ def train_cmd(
         "lr": "train.lr", "schedule": ("schedule.name", check_name), "prediction_type": "schedule.prediction_type",
         "seed": "train.seed", "mixed_precision": "train.mixed_precision", "device": "train.device",
         "compile": "train.compile", "sample_every": "train.sample_every",
-        "sample_grids": "train.sample_grids", "p_uncond": "train.p_uncond"})
+        "sample_grids": "train.sample_grids", "p_uncond": "train.p_uncond", "autoencoder": "autoencoder",
+        "init_from": "init_from"})
     settings = resolve(TrainSettings, preset=preset, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

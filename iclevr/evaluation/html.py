@@ -191,10 +191,30 @@ def _split_section(split: str, r: dict, grid: bytes | None) -> str:
     recall = ('<h3>per-class recall <span class="muted small">found / requested, all seeds</span></h3>'
               + _recall_chart(split, r["per_class_recall"]))
     return (f'<section id="split-{_e(split)}"><h2>{_e(split)} <span class="muted small">'
-            f'{len(r["conditions"])} conditions, {objects} objects</span></h2>{_accuracy_table(split, r)}{figure}'
+            f'{len(r["conditions"])} conditions, {objects} objects</span></h2>{_accuracy_table(split, r)}'
+            f'{_fidelity_table(split, r.get("fidelity"))}{figure}'
             f'<div class="cols"><div>{recall}</div><div><h3>wrong predictions</h3>{_wrong_breakdown(split, r)}'
             f"<h3>most often missed</h3>{_most_missed(split, r['most_missed'])}</div></div>"
             f"{_per_condition(split, r)}</section>")
+
+
+def _fidelity_table(split: str, f: dict | None) -> str:
+    """KID x 10^3 and FD of the generated images beside the real-vs-real floor, and what "real" is."""
+    if not f:
+        return ""
+    key = f"splits/{split}/fidelity"
+    rows = []
+    for name, label in (("generated", "generated vs real"), ("floor", "real vs real (floor)")):
+        m, k = f[name], f"{key}/{name}"
+        kid = _num(f"{k}/kid", m["kid"], f"{1e3 * m['kid']:.1f}")
+        std = _num(f"{k}/kid_std", m["kid_std"], f"{1e3 * m['kid_std']:.1f}")
+        fd = _num(f"{k}/fd", m["fd"], f"{m['fd']:.2f}", tag="td", cls="r")
+        rows.append(f'<tr><td>{label}</td><td class="r">{kid} ± {std}</td>{fd}'
+                    f'<td class="r">{m["n_generated"]} vs {m["n_reference"]}</td></tr>')
+    return ('<h3>fidelity <span class="muted small">lower is closer to real; '
+            f'{_e(f["reference"])}; features: {_e(f["features"])}</span></h3><table><tr><th></th>'
+            '<th class="r">KID ×10³ (± std over subsets)</th><th class="r">FD</th><th class="r">images</th></tr>'
+            + "".join(rows) + "</table>")
 
 
 def _setup_section(report: dict) -> str:

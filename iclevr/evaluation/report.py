@@ -33,6 +33,8 @@ def print_report(console, report: dict) -> None:
                       f"object's shape) {w['binding']}, right colour {w['colour']}, right shape {w['shape']}, "
                       f"other {w['other']}; images with a binding error: {b['images']}/{b['images_total']}, "
                       f"full colour/shape swaps: {b['full_swaps']}")
+        if (f := r.get("fidelity")) is not None:
+            console.print("  " + fidelity_line(f))
     console.print(_evaluator_line(report["evaluator"]))
     held = report["evaluator"].get("heldout") or {}
     if held and min(held.values()) < 0.95:
@@ -43,6 +45,14 @@ def print_report(console, report: dict) -> None:
     console.print(f"report: {out / 'report.html'} (and report.json)  grids: "
                   + ", ".join(str(out / f"{s}_grid.png") for s in report["splits"]) + "  annotated: "
                   + ", ".join(str(out / f"{s}_annotated.png") for s in report["splits"]))
+
+
+def fidelity_line(f: dict) -> str:
+    """One line of a split's fidelity: KID x 10^3 (mean ± std over subsets) and FD, with the real-vs-real floor."""
+    g, fl = f["generated"], f["floor"]
+    return (f"fidelity: KID x10^3 {1e3 * g['kid']:.1f} ± {1e3 * g['kid_std']:.1f} (real vs real "
+            f"{1e3 * fl['kid']:.1f} ± {1e3 * fl['kid_std']:.1f}), FD {g['fd']:.2f} (floor {fl['fd']:.2f}); "
+            f"{g['n_generated']} images vs {f['reference']}; features: {f['features']}")
 
 
 def print_trained(console, path: Path, info: dict) -> None:

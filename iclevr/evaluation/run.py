@@ -49,6 +49,10 @@ class EvalSettings(Section):
     out: Path | None = Field(None, description="Output folder; empty = <run folder>/eval (or ./eval).")
     images: Path | None = Field(None, description="Score already generated images (<dir>/<split>/0.png.. or a "
                                 "flat <dir>/0.png.. for one split) instead of sampling.")
+    fidelity: bool | None = Field(None, description="KID and FD against real images of the same conditions "
+                                  "(iclevr.evaluation.fidelity): true = required (an error when a split has "
+                                  "fewer images than --kid-subset-size), false = off, empty = when enough.")
+    kid_subset_size: int = Field(50, ge=2, description="Images per KID subset; each set needs at least this many.")
     annotate_all_seeds: bool = Field(False, description="Write an annotated grid for every sampling seed "
                                      "(<split>_annotated_s<seed>.png), not only the first seed's.")
     own_evaluator: EvaluatorTrainSettings = Field(default_factory=EvaluatorTrainSettings, description="How the "
@@ -196,6 +200,7 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
     note = derived_val_note(settings.data_dir) if L.VAL_SPLIT in splits else None
     if note and console is not None:
         console.print(note)
+    wanted = _fidelity_wanted(settings, conditions, console)  # a KID request that cannot be met fails here
     out = check_writable(settings.out or default_out(src["info"].path if src["info"] else None))
     evaluator = load_evaluator(settings.evaluator, settings.data_dir, src["device"], console, settings.own_evaluator)
     report = _report_head(settings, src, evaluator)
@@ -212,12 +217,46 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
                 runs = {"images": load_image_folder(src["folders"][split], len(conditions[split]))}
             save_grid(next(iter(runs.values())), out / f"{split}_grid.png", nrow=8)  # the first seed's
             report["splits"][split] = score_split(evaluator, runs, conditions[split])
+            if wanted:
+                report["splits"][split]["fidelity"] = _fidelity(evaluator, runs, conditions[split], settings)
             annotated[split] = _write_annotated(out, split, runs, report["splits"][split], settings.annotate_all_seeds)
             del runs
     write_json(out / "report.json", report)
     write_report(out / "report.html", report, images=annotated, title=_report_title(report))
     report["out"] = str(out)
     return report
+
+
+def _fidelity_wanted(settings: EvalSettings, conditions: dict, console) -> bool:
+    """Whether to measure KID/FD: asked for (then every split must have enough images, else one error before
+    anything is written), off, or by default wherever every split has enough images (else one note)."""
+    from iclevr.evaluation.fidelity import check_count
+
+    per_seed = 1 if settings.images is not None else len(settings.seeds)
+    smallest = min(conditions, key=lambda s: len(conditions[s]))
+    n = len(conditions[smallest]) * per_seed
+    if settings.fidelity is False:
+        return False
+    if settings.fidelity:
+        check_count(n, f"{smallest} ({len(conditions[smallest])} conditions x {per_seed} seed(s))",
+                    settings.kid_subset_size)
+        return True
+    if n < settings.kid_subset_size:
+        if console is not None:
+            console.print(f"[dim]fidelity (KID) skipped: {smallest} gives {n} images, fewer than the subset size "
+                          f"{settings.kid_subset_size}; score more seeds to measure it[/]")
+        return False
+    return True
+
+
+def _fidelity(evaluator, runs: dict, conditions: list[list[str]], settings: EvalSettings) -> dict:
+    """KID/FD of a split's images (all seeds pooled) against real images, with the real-vs-real floor."""
+    import torch
+
+    from iclevr.evaluation.fidelity import split_fidelity
+
+    generated = torch.cat([x for x in runs.values()])  # (seeds * N, 3, 64, 64)
+    return split_fidelity(evaluator.net, generated, conditions, settings.data_dir, settings.kid_subset_size)
 
 
 def _write_annotated(out: Path, split: str, runs: dict, split_report: dict, every_seed: bool) -> bytes:

@@ -143,7 +143,9 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     """The body of train(), run with the writer lock held."""
     from rich.console import Console
 
-    from iclevr.data.course import load_kit, load_train_tensors, to_model_range
+    from iclevr.autoencoder import FILE_NAME as AE_FILE
+    from iclevr.autoencoder import load_autoencoder
+    from iclevr.data.course import load_kit
     from iclevr.data.kits import resolve_data_dir
     from iclevr.ema import EMA
     from iclevr.labels import encode_many
@@ -155,6 +157,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     from iclevr.training.run_folder import (MetricsLog, bar_position, check_same_run, default_run_dir,
                                             prepare_run_dir, save_progress_grid, save_snapshot, train_bar)
     from iclevr.training.signals import interrupt_flag, stop_cause
+    from iclevr.training.design import init_weights, prepare_autoencoder, training_tensors, x0_batch
     from iclevr.training.state import list_states, load_latest
 
     cfg = settings.train
@@ -164,21 +167,29 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     if note:
         console.print(note)
     run = prepare_run_dir(settings, resume, overwrite) if main else default_run_dir(settings)
+    if main:  # latent: the autoencoder is copied into the run folder and its hash recorded
+        settings = prepare_autoencoder(settings, run, console)
     accelerator.wait_for_everyone()
+    if not main:
+        settings = prepare_autoencoder(settings, run, console)  # the copy exists now: only reads it
     settings = settings.model_copy(update={"out": run})
 
     # --- data: the whole training set as one uint8 tensor, optionally on the device --------------------------
     with accelerator.main_process_first():  # renders the embedded kit / builds the cache once
         kit = load_kit(resolve_data_dir(settings.data.data_dir, console), settings.data.images_dir)
-        images_u8, labels = load_train_tensors(kit, settings.model.sample_size, settings.data.cache)
+        images_u8, labels = training_tensors(kit, settings, run, console)  # images (uint8) or latents
     if cfg.data_on_device:
-        images_u8, labels = images_u8.to(device), labels.to(device)  # (N, 3, S, S) uint8, (N, 24)
+        images_u8, labels = images_u8.to(device), labels.to(device)  # (N, C, H, W), (N, 24)
     plan = make_plan(cfg, len(images_u8), accelerator.num_processes)
     y_grid = encode_many((kit.splits.get("test") or list(kit.train.values()))[:32])  # fixed grid conditions
 
     # --- model, EMA, optimizer; resume from the newest state (its step and elapsed time fix the LR path) -------
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
     model = build_model(settings.model)
+    if settings.model.design == "latent":  # decodes the progress grids; not trained, not saved with the UNet
+        model.attach_autoencoder(load_autoencoder(run / AE_FILE, device))
+    if settings.init_from and not (resume and list_states(run / "state")):
+        init_weights(model, settings, console)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
@@ -271,7 +282,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
                 torch.manual_seed(mix_seed(cfg.seed, 3, step, rank))  # dropout inside the UNet, if any
                 for k in range(plan.accum):
                     idx = batch_indices(perm, i, k, rank, plan)
-                    x0 = to_model_range(images_u8[idx].to(device))  # (B, 3, S, S) in [-1, 1]
+                    x0 = x0_batch(images_u8, idx, device)  # (B, C, H, W): images in [-1, 1] or latents
                     with accelerator.no_sync(net) if k < plan.accum - 1 else nullcontext():
                         loss = diffusion_loss(net, x0, labels[idx].to(device), alpha_bar, settings, g)
                         accelerator.backward(loss / plan.accum)
