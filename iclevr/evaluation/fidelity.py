@@ -21,6 +21,8 @@ disjoint random sets), and the report says so.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -67,7 +69,8 @@ def kid_fd(net: nn.Module, generated: torch.Tensor, reference: torch.Tensor, *, 
     check_count(len(reference), "the reference set", subset_size)
     feats = TextureFeatures(net).to(torch.float32)
     device = next(net.parameters()).device
-    with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global generator
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # KID's subsets come from the global RNG
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         torch.manual_seed(seed)
         kid = KernelInceptionDistance(feature=feats, subsets=subsets, subset_size=subset_size, normalize=True)
         fd = FrechetInceptionDistance(feature=feats, normalize=True)
@@ -112,8 +115,8 @@ def reference_sets(conditions: list[list[str]], data_dir, n: int) -> tuple[torch
 
     kit = load_kit(data_dir, splits=False)
     images, _ = load_train_tensors(kit, 64)
-    if len(images) < 2 * n:
-        raise UserError(f"{data_dir} has {len(images)} training images; fidelity needs {2 * n} (two sets of {n})")
+    n = min(n, len(images) // 2)
+    check_count(n, f"each of the two sets of training images of {data_dir}")
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(5))
     return (images[perm[:n]], images[perm[n:2 * n]],
             "course kit training images (random, not the same conditions: the kit has no renders of them)")
@@ -152,7 +155,7 @@ def split_fidelity(net: nn.Module, generated: torch.Tensor, conditions: list[lis
     floor (set B against A); images in [-1, 1] or uint8."""
     from iclevr.data.course import to_model_range
 
-    ref_a, ref_b, what = reference_sets(conditions, data_dir, max(len(generated), subset_size))
+    ref_a, ref_b, what = reference_sets(conditions, data_dir, len(generated))
     a, b = to_model_range(ref_a), to_model_range(ref_b)
     gen = to_model_range(generated) if generated.dtype == torch.uint8 else generated
     return {"generated": kid_fd(net, gen, a, subset_size=subset_size),

@@ -217,8 +217,8 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
                 runs = {"images": load_image_folder(src["folders"][split], len(conditions[split]))}
             save_grid(next(iter(runs.values())), out / f"{split}_grid.png", nrow=8)  # the first seed's
             report["splits"][split] = score_split(evaluator, runs, conditions[split])
-            if wanted:
-                report["splits"][split]["fidelity"] = _fidelity(evaluator, runs, conditions[split], settings)
+            if wanted and (f := _fidelity(evaluator, runs, conditions[split], settings, console)) is not None:
+                report["splits"][split]["fidelity"] = f
             annotated[split] = _write_annotated(out, split, runs, report["splits"][split], settings.annotate_all_seeds)
             del runs
     write_json(out / "report.json", report)
@@ -249,14 +249,22 @@ def _fidelity_wanted(settings: EvalSettings, conditions: dict, console) -> bool:
     return True
 
 
-def _fidelity(evaluator, runs: dict, conditions: list[list[str]], settings: EvalSettings) -> dict:
-    """KID/FD of a split's images (all seeds pooled) against real images, with the real-vs-real floor."""
+def _fidelity(evaluator, runs: dict, conditions: list[list[str]], settings: EvalSettings, console) -> dict | None:
+    """KID/FD of a split's images (all seeds pooled) against real images, with the real-vs-real floor; None
+    (with a note) where the default could not measure it, an error where --kid asked for it."""
     import torch
 
     from iclevr.evaluation.fidelity import split_fidelity
 
     generated = torch.cat([x for x in runs.values()])  # (seeds * N, 3, 64, 64)
-    return split_fidelity(evaluator.net, generated, conditions, settings.data_dir, settings.kid_subset_size)
+    try:
+        return split_fidelity(evaluator.net, generated, conditions, settings.data_dir, settings.kid_subset_size)
+    except UserError as e:
+        if settings.fidelity:
+            raise
+        if console is not None:
+            console.print(f"[dim]fidelity (KID) skipped: {e}[/]")
+        return None
 
 
 def _write_annotated(out: Path, split: str, runs: dict, split_report: dict, every_seed: bool) -> bytes:
