@@ -7,6 +7,8 @@
                                   (absent when model.label_on_time_path is off: the UNet takes no class_labels)
 <out>/object_tokens.safetensors   tokens only: table (24, D), every class's token precomputed (so shape_colour
                                   needs no code), and null (D,), the learned null token (docs/conditioning.md)
+<out>/vae/                        latent design only: AutoencoderKL.from_pretrained(out, subfolder="vae"), its
+                                  config's scaling_factor the latent scale (z = scaling_factor * posterior mean)
 <out>/iclevr.json                 label order, condition design, settings, sampler defaults
 <out>/README.md                   a loading and sampling snippet that reproduces `iclevr sample --sampler ddpm`
 """
@@ -40,12 +42,12 @@ y = torch.zeros(1, 24); y[0, idx] = 1                              # multi-hot c
 _LOOP = '''\
 s = {guidance}  # guidance scale
 g = torch.Generator().manual_seed({seed})  # {seed_note}
-x = torch.randn(1, 3, {size}, {size}, generator=g)
+x = torch.randn(1, {c}, {h}, {w}, generator=g)
 {x0_init}scheduler.set_timesteps({steps})
 with torch.no_grad():
     for t in scheduler.timesteps:
-{calls}        {step}
-image = (x.clamp(-1, 1) + 1) / 2                                   # (1, 3, {size}, {size}) in [0, 1]
+{calls}{unpatch}        {step}
+{decode}image = (x.clamp(-1, 1) + 1) / 2                                   # (1, 3, H, W) in [0, 1]
 '''
 
 _EMB = 'emb = load_file(root / "label_embed.safetensors")                 # weight (D, 24), bias (D,)\n'
@@ -82,6 +84,13 @@ _TOKENS_ONLY_CALLS = '''\
         null = unet({x}, t, encoder_hidden_states=no_tokens).sample
 '''
 
+# patch2: the UNet sees 2x2 patches of the 64x64 image on channels (pixel-unshuffle in, pixel-shuffle out)
+_UNPATCH = "        cond, null = F.pixel_shuffle(cond, 2), F.pixel_shuffle(null, 2)  # back to (1, 3, 64, 64)\n"
+# latent: the denoised latents are decoded by the exported autoencoder (scaling_factor in its config)
+_DECODE = ("vae = AutoencoderKL.from_pretrained(root, subfolder=\"vae\").eval()\n"
+           "with torch.no_grad():\n"
+           "    x = vae.decode(x / vae.config.scaling_factor).sample             # latents -> (1, 3, 64, 64)\n")
+
 _NOTES = {
     "pooled": "class_labels = multi_hot(24) @ weight.T + bias; the null condition is all zeros",
     "tokens": "class_labels = multi_hot(24) @ weight.T + bias; encoder_hidden_states = cat(null, table[requested "
@@ -89,6 +98,14 @@ _NOTES = {
               "conditions); the null condition is y = zeros with the null token alone",
 }
 
+
+_DESIGN_NOTES = {
+    "pixels": "",
+    "patch2": "; design patch2: x is the 64x64 image, the UNet takes pixel_unshuffle(x, 2) (12 channels) and its "
+              "output goes through pixel_shuffle(., 2)",
+    "latent": "; design latent: x is the autoencoder's latent (C, 16, 16); images = vae.decode(x / "
+              "vae.config.scaling_factor).sample",
+}
 
 _TOKENS_ONLY_NOTE = "; no label on the time path (model.label_on_time_path off): no class_labels, no label_embed"
 
@@ -136,6 +153,10 @@ def _write_tensors(model, info, out: Path) -> None:
         if info.model.label_on_time_path:
             embed = model.label_embed.state_dict()
             save_file({k: v.contiguous() for k, v in embed.items()}, str(out / "label_embed.safetensors"))
+        if info.model.design == "latent":
+            vae = model.autoencoder.vae
+            vae.register_to_config(scaling_factor=model.autoencoder.scale_factor)
+            vae.save_pretrained(out / "vae", safe_serialization=True)
         if info.model.condition == "tokens":
             with torch.no_grad():
                 table = model.tokens.table().detach().float().contiguous()  # (24, D)
@@ -151,7 +172,9 @@ def _metadata(info) -> dict:
             "unet_class": unet_class(info), "model": info.model.model_dump(mode="json"),
             "schedule": info.schedule.model_dump(mode="json"), "sampler": info.sampler.model_dump(mode="json"),
             "preset": info.preset, "step": info.step, "source": str(info.path),
-            "note": _NOTES[info.model.condition] + (_SELF_NOTE if info.model.self_condition else "")
+            "design": info.model.design,
+            "note": _NOTES[info.model.condition] + _DESIGN_NOTES[info.model.design]
+            + (_SELF_NOTE if info.model.self_condition else "")
             + ("" if info.model.label_on_time_path else _TOKENS_ONLY_NOTE)}
 
 
@@ -170,12 +193,22 @@ def snippet(info, out: Path) -> str:
     ddpm = with_weights_defaults(SamplerSettings(sampler="ddpm"), info.sampler)
     fields = {"guidance": ddpm.guidance_scale, "seed": image_seeds(ddpm.seed, 1)[0],
               "seed_note": f"image 0 of `iclevr sample --sampler ddpm --seed {ddpm.seed}`",
-              "size": info.model.sample_size, "steps": resolve_steps(ddpm, info.schedule)}
-    tokens, self_cond = info.model.condition == "tokens", info.model.self_condition
-    tokens_calls = _TOKENS_CALLS if info.model.label_on_time_path else _TOKENS_ONLY_CALLS  # alone: no class_labels
-    calls = (tokens_calls if tokens else _POOLED_CALLS).format(x="x_in" if self_cond else "x")
-    return (_HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())),
-                         emb=_EMB if info.model.label_on_time_path else "")
-            + (_TOKENS_SETUP if tokens else "")
+              "steps": resolve_steps(ddpm, info.schedule)}
+    m = info.model
+    c, h = (m.latent_channels, m.sample_size) if m.design == "latent" else (3, m.sample_size * (2 if m.design ==
+                                                                                              "patch2" else 1))
+    tokens, self_cond, patch = m.condition == "tokens", m.self_condition, m.design == "patch2"
+    tokens_calls = _TOKENS_CALLS if m.label_on_time_path else _TOKENS_ONLY_CALLS  # alone: no class_labels
+    x = "x_in" if self_cond else "x"
+    calls = (tokens_calls if tokens else _POOLED_CALLS).format(x=f"F.pixel_unshuffle({x}, 2)" if patch else x)
+    head = _HEAD.format(unet_class=unet_class(info), root=json.dumps(str(out.resolve())),
+                        emb=_EMB if m.label_on_time_path else "")
+    if patch:
+        head = head.replace("import torch\n", "import torch\nimport torch.nn.functional as F\n", 1)
+    if m.design == "latent":
+        head = head.replace("from diffusers import ", "from diffusers import AutoencoderKL, ", 1)
+    return (head + (_TOKENS_SETUP if tokens else "")
             + _LOOP.format(calls=(_SELF_INPUT if self_cond else "") + calls, x0_init=_SELF_INIT if self_cond else "",
-                           step=_SELF_STEP if self_cond else _STEP, **fields))
+                           step=_SELF_STEP if self_cond else _STEP, c=c, h=h, w=h,
+                           unpatch=_UNPATCH if patch else "", decode=_DECODE if m.design == "latent" else "",
+                           **fields))

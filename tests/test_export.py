@@ -147,6 +147,34 @@ def test_self_conditioned_export_feeds_back_x0_and_reproduces_our_samples(tmp_pa
     assert (_ours(model, info) - ours).abs().mean() > 100 * 2e-4
 
 
+@pytest.mark.parametrize("design", ["patch2", "latent"])
+def test_native_64_designs_export_and_reproduce_our_samples(tmp_path, tiny_model_cfg, design):
+    """patch2: the snippet cuts x into 2x2 patches like the model; latent: it decodes with the exported VAE."""
+    from diffusers import AutoencoderKL
+
+    from iclevr.autoencoder import AutoencoderSettings, build_autoencoder, save_autoencoder
+    from iclevr.fileio import file_sha256
+    from iclevr.weights import load_weights
+
+    update = {**TOKENS, "design": design}
+    if design == "latent":
+        torch.manual_seed(1)
+        ae_cfg = AutoencoderSettings(resolution=16, block_out_channels=(8, 16), norm_num_groups=8)
+        ae_file = save_autoencoder(build_autoencoder(ae_cfg), tmp_path / "autoencoder.safetensors", ae_cfg, 0.7, {})
+        update.update(sample_size=8, autoencoder_sha256=file_sha256(ae_file))
+    cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **update})
+    weights, out = _export(tmp_path, cfg, "v_prediction", scale_tokens=4.0)
+    meta = json.loads((out / "iclevr.json").read_text())
+    assert meta["design"] == design and f"design {design}" in meta["note"]
+    assert (out / "vae").is_dir() == (design == "latent")
+    if design == "latent":
+        assert AutoencoderKL.from_pretrained(out, subfolder="vae").config.scaling_factor == pytest.approx(0.7)
+    model, info = load_weights(weights)
+    ours = _ours(model, info)
+    assert ours.shape == ((1, 3, 32, 32) if design == "patch2" else (1, 3, 16, 16))
+    _assert_same(_run_readme_snippet(out), ours)
+
+
 def test_export_refuses_to_overwrite(tmp_path, tiny_model_cfg):
     from iclevr.weights import save_weights
     from iclevr.model import build_model
