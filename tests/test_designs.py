@@ -17,7 +17,7 @@ from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
-TINY_AE = {"resolution": 16, "block_out_channels": [8, 16], "norm_num_groups": 8, "latent_channels": 4}  # f = 2
+TINY_AE = {"block_out_channels": [8, 8, 8], "norm_num_groups": 8, "latent_channels": 4}  # 64x64 -> 16x16
 
 
 def flat(text: str) -> str:
@@ -76,14 +76,14 @@ def test_autoencoder_train_writes_its_file_and_resumes(tmp_path, big_kit):
 
     run = _train_autoencoder(tmp_path, big_kit)
     cfg, scale, info = read_meta(run / "autoencoder.safetensors")
-    assert cfg.latent_size == 8 and scale > 0 and info["steps"] == 3 and info["embedded"] is False
+    assert cfg.latent_size == 16 and scale > 0 and info["steps"] == 3 and info["embedded"] is False
     assert 0 < info["psnr_db"] < 60 and info["data"] == "course kit"
     report = json.loads((run / "report.json").read_text())
     assert report["psnr_db"] == info["psnr_db"]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     ae = load_autoencoder(run / "autoencoder.safetensors")
-    z = ae.encode(torch.zeros(2, 3, 16, 16))
-    assert z.shape == (2, 4, 8, 8) and ae.decode(z).shape == (2, 3, 16, 16)
+    z = ae.encode(torch.zeros(2, 3, 64, 64))
+    assert z.shape == (2, 4, 16, 16) and ae.decode(z).shape == (2, 3, 64, 64)
     # a second train into the same folder is refused; --resume continues to a larger budget
     r = runner.invoke(app, ["autoencoder", "train", "--out", str(run), "--max-steps", "5", "--device", "cpu",
                             "--data-dir", str(big_kit)])
@@ -96,7 +96,7 @@ def test_autoencoder_train_writes_its_file_and_resumes(tmp_path, big_kit):
 
 
 def _latent_config(tmp_path: Path) -> Path:
-    model = {**TINY_MODEL, "sample_size": 8, "design": "latent", "down_block_types": ["DownBlock2D",
+    model = {**TINY_MODEL, "design": "latent", "down_block_types": ["DownBlock2D",
              "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
     cfg = tmp_path / "latent.json"
     cfg.write_text(json.dumps({"model": model, "sampler": {"sampler": "ddim", "steps": 3},
@@ -127,7 +127,7 @@ def test_latent_model_trains_on_cached_latents_samples_decoded_images_and_refuse
     assert out["images"] == 2
     from PIL import Image
 
-    assert Image.open(tmp_path / "g.png").size == (2 * 64 + 3 * 2, 64 + 2 * 2)  # decoded, then shown at 64
+    assert Image.open(tmp_path / "g.png").size == (2 * 64 + 3 * 2, 64 + 2 * 2)  # decoded at 64, not resized
     same = run_sample(SampleSettings(checkpoint=run, labels=[["red sphere"], ["cyan cube"]], out=tmp_path / "h.png"))
     assert same["images"] == 2 and (tmp_path / "g.png").read_bytes() == (tmp_path / "h.png").read_bytes()
     # the autoencoder gone, or replaced by another: one line, exit 2
@@ -151,12 +151,16 @@ def test_latent_training_refuses_the_embedded_autoencoder_for_a_course_kit_and_a
     assert r.exit_code == 2 and "trained on the embedded kit" in flat(r.output)
     assert "iclevr autoencoder train --data-dir" in flat(r.output)
     cfg = json.loads(_latent_config(tmp_path).read_text())
-    cfg["model"]["sample_size"] = 4
+    cfg["model"]["sample_size"] = 8
     (tmp_path / "c4.json").write_text(json.dumps(cfg))
     r = runner.invoke(app, ["train", "--config", str(tmp_path / "c4.json"), "--data-dir", str(big_kit),
                             "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path / "r2"),
                             "--autoencoder", str(ae_run)])
-    assert r.exit_code == 2 and "makes 8x8 latents" in flat(r.output)
+    assert r.exit_code == 2 and "makes 16x16 latents" in flat(r.output)
+    small = tmp_path / "small.safetensors"  # an autoencoder of another resolution
+    save_autoencoder(ae.vae, small, ae.cfg.model_copy(update={"resolution": 32}), ae.scale_factor, ae.info)
+    r = runner.invoke(app, base + ["--out", str(tmp_path / "r4"), "--autoencoder", str(small)])
+    assert r.exit_code == 2 and "is for 32x32 images" in flat(r.output) and not (tmp_path / "r4" / "weights").exists()
     r = runner.invoke(app, base + ["--out", str(tmp_path / "r3"), "--autoencoder", str(tmp_path / "none")])
     assert r.exit_code == 2 and "autoencoder not found" in flat(r.output)
 

@@ -37,6 +37,12 @@ def prepare_autoencoder(settings: TrainSettings, run: Path, console) -> TrainSet
         raise UserError(f"the autoencoder {source} was trained on the embedded kit, not on {settings.data.data_dir}; "
                         f"train one on your kit with `iclevr autoencoder train --data-dir {settings.data.data_dir}` "
                         "and pass it with --autoencoder RUN")
+    from iclevr.images import OUTPUT_SIZE
+
+    if cfg.resolution != OUTPUT_SIZE:
+        raise UserError(f"the autoencoder {source} is for {cfg.resolution}x{cfg.resolution} images; the latent "
+                        f"design draws the course's {OUTPUT_SIZE}x{OUTPUT_SIZE} (train one with the default "
+                        "--resolution)")
     if cfg.latent_size != settings.model.sample_size:
         raise UserError(f"the autoencoder {source} makes {cfg.latent_size}x{cfg.latent_size} latents from "
                         f"{cfg.resolution}x{cfg.resolution} images; set model.sample_size = {cfg.latent_size}")
