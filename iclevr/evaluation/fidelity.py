@@ -8,10 +8,10 @@ with the cubic polynomial kernel, mean and std over random subsets) and the Frec
 
 Features (`TextureFeatures`): the evaluator in use (own or course, both resnet18) up to its first residual
 stage, 64 channels at 16x16, summarised per image by each channel's mean and standard deviation (128 numbers).
-Its pooled penultimate layer was checked first and is blind to blur: on 500 vs 500 held-out renders of the
-embedded kit (subsets of 50, KID x 1e3) real vs real 5 +- 397, real vs the same renders through 32x32 102 +-
-387; the first stage's statistics give real vs real 0.2 +- 4.3, through 32x32 43 +- 15, with added noise (std
-0.1) 412 +- 19 (benchmarks/results/fidelity/, docs/fidelity.md).
+Its pooled penultimate layer was checked first and is blind to blur: on 500 vs 500 training renders of the
+embedded kit (KID x 10^3, 100 subsets of 50; benchmarks/results/fidelity/check.json) real vs real -36 +- 294,
+real vs the same renders through 32x32 29 +- 292. The first stage's statistics: real vs real -1.1 +- 5.2, through
+32x32 35.8 +- 17.5, with noise of std 0.1 418 +- 20; FD 0.08, 0.76 and 7.4 (docs/fidelity.md).
 
 Real images: the embedded kit renders each condition `per_condition` times (reference set A, seed 1) and once
 more as an independent set (B, seed 2) whose distance to A is the floor: what two real samples of the same
