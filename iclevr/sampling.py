@@ -35,7 +35,8 @@ class SamplerSpec:
 def _kwargs(schedule: ScheduleSettings) -> dict:
     from iclevr.schedules import scheduler_kwargs
 
-    return scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type, schedule.shift)
+    return scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type,
+                            getattr(schedule, "shift", 1.0))
 
 
 def _ddpm(schedule: ScheduleSettings):

@@ -128,4 +128,4 @@ def make_scheduler(schedule) -> "diffusers.DDPMScheduler":  # noqa: F821
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type,
-                                            schedule.shift))
+                                            getattr(schedule, "shift", 1.0)))
