@@ -84,7 +84,8 @@ def test_dry_run_prints_resolved_settings(tmp_path):
     s = json.loads(r.output)
     assert s["preset"] == "seed" and s["model"]["block_out_channels"] == [128, 128, 256, 256, 512, 512]
     assert s["train"]["lr"] == 3e-4 and s["train"]["batch_size"] == 16 and s["train"]["epochs"] == 3
-    assert s["schedule"] == {"name": "cosine", "num_train_timesteps": 1000, "prediction_type": "v_prediction"}
+    assert s["schedule"] == {"name": "cosine", "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+                             "shift": 1.0}
 
 
 @pytest.mark.parametrize("args,message", [
