@@ -145,7 +145,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app, sock: socket.socket, jobs: JobQueue):
+def make_server(app, jobs: JobQueue):
     """A uvicorn server whose Ctrl-C / SIGTERM cancels every job first, then stops without re-raising."""
     import uvicorn
 
@@ -177,7 +177,7 @@ def serve(settings: ServeSettings, console=None, ready=None) -> dict:
     engine = Engine(settings.checkpoint, settings.evaluator, settings.device)
     sock = bind(settings.host, settings.port)
     jobs = JobQueue(engine.run, limit=settings.queue)
-    server = make_server(build_app(engine, jobs), sock, jobs)
+    server = make_server(build_app(engine, jobs), jobs)
     url = url_of(sock, settings.host)
     if console is not None:
         console.print(engine.model_line, markup=False, soft_wrap=True)

@@ -46,16 +46,16 @@ def png_url(x: torch.Tensor, nrow: int | None = None) -> str:
 
 
 class LiveTrace:
-    """sample() callback: stops a cancelled job, streams a frame per step, keeps the GIF's states."""
+    """sample() callback: stops a cancelled job, streams a frame per step (a few KiB of PNG per image, so
+    every step is sent), keeps the GIF's states."""
 
-    def __init__(self, job: Job, steps: int, emit_every: float = 0.0):
+    def __init__(self, job: Job, steps: int):
         from iclevr.trace import GIF_FRAMES, frame_states
 
-        self.job, self.steps, self.emit_every = job, steps, emit_every
+        self.job, self.steps = job, steps
         self.keep = set(frame_states(min(GIF_FRAMES, steps + 1), steps))
         self.x_t: list[torch.Tensor] = []  # (B, 3, 64, 64) uint8 per kept state
         self.x0_pred: list[torch.Tensor] = []
-        self.last_emit = 0.0
 
     def _keep(self, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
         from iclevr.images import to_output_size, to_uint8
@@ -72,11 +72,8 @@ class LiveTrace:
             self._keep(step["x_t"], step["x0_pred"])
         if i == self.steps - 1 and self.steps in self.keep:
             self._keep(step["x_prev"], step["x_prev"])  # the final image
-        now = time.perf_counter()
-        if i == self.steps - 1 or now - self.last_emit >= self.emit_every:
-            self.last_emit = now
-            self.job.emit({"type": "frame", "i": i + 1, "steps": self.steps, "t": step["t"],
-                           "x_t": png_url(step["x_t"]), "x0": png_url(step["x0_pred"])})
+        self.job.emit({"type": "frame", "i": i + 1, "steps": self.steps, "t": step["t"],
+                       "x_t": png_url(step["x_t"]), "x0": png_url(step["x0_pred"])})
 
     def gif(self, k: int) -> bytes:
         """Image k's animation: x_t beside the predicted x0, from noise to the final image."""
@@ -148,7 +145,7 @@ class Engine:
         y = L.encode(r.objects)[None].repeat(r.num, 1)  # (n, 24)
         job.emit({"type": "started", "steps": r.steps, "images": r.num})
         began = time.perf_counter()
-        trace = LiveTrace(job, r.steps, emit_every=0.0)
+        trace = LiveTrace(job, r.steps)
         x0 = sample(self.model, y, schedule=self.info.schedule, sampler=sampler, callback=trace,
                     device=self.device)  # (n, 3, S, S)
         x64 = to_output_size(x0)  # (n, 3, 64, 64): what the evaluator judges and the page shows
