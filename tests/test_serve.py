@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -124,7 +125,7 @@ def test_a_generation_streams_every_step_and_returns_images_gifs_and_verdicts(en
     expected = to_uint8(to_output_size(sample(engine.model, encode(["red sphere", "cyan cube"])[None].repeat(3, 1),
                                               schedule=engine.info.schedule, sampler=sampler)))  # (3, 3, 64, 64)
     for k, image in enumerate(done["images"]):
-        png = torch.from_numpy(__import__("numpy").asarray(decode(image["png"]).convert("RGB"))).permute(2, 0, 1)
+        png = torch.from_numpy(np.array(decode(image["png"]).convert("RGB"))).permute(2, 0, 1)  # (3, 64, 64)
         assert torch.equal(png, expected[k])
         gif = decode(image["gif"])
         assert gif.n_frames == 5 and gif.size == (128, 64)  # noise .. final, x_t beside predicted x0
