@@ -125,18 +125,28 @@ def trace_figure(trace: Trace, x0_row: bool = False, size: int = 64):
     return figure
 
 
-def write_gif(trace: Trace, path: Path, x0_row: bool = False, size: int = 64, ms: int = 80) -> Path:
-    """Write the animation (x_t, and predicted x0 beside it with x0_row) as a looping GIF, atomically."""
-    from iclevr.fileio import atomic_path
+def gif_bytes(x_t: torch.Tensor, x0_pred: torch.Tensor | None = None, size: int = 64, ms: int = 80) -> bytes:
+    """A looping GIF of states x_t (G, 3, S, S) in model range, with x0_pred (G, 3, S, S) beside them when
+    given; the last frame (the final image) is held longer."""
+    import io
+
     from iclevr.images import to_output_size, to_pil
 
-    x_t = to_output_size(trace.gif_x_t.clamp(-1, 1), size)  # (G, 3, 64, 64)
-    if x0_row:
-        x_t = torch.cat([x_t, to_output_size(trace.gif_x0_pred, size)], dim=-1)  # (G, 3, 64, 128)
-    frames = [to_pil(f).convert("P", palette=1, colors=256) for f in x_t]  # 1 = adaptive palette
-    durations = [ms] * (len(frames) - 1) + [1500]  # hold the final image
-    with atomic_path(Path(path)) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    frames = to_output_size(x_t.float().clamp(-1, 1), size)  # (G, 3, 64, 64)
+    if x0_pred is not None:
+        frames = torch.cat([frames, to_output_size(x0_pred.float().clamp(-1, 1), size)], dim=-1)  # (G, 3, 64, 128)
+    images = [to_pil(f).convert("P", palette=1, colors=256) for f in frames]  # 1 = adaptive palette
+    durations = [ms] * (len(images) - 1) + [1500]  # hold the final image
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return buf.getvalue()
+
+
+def write_gif(trace: Trace, path: Path, x0_row: bool = False, size: int = 64, ms: int = 80) -> Path:
+    """Write the animation (x_t, and predicted x0 beside it with x0_row) as a looping GIF, atomically."""
+    from iclevr.fileio import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), gif_bytes(trace.gif_x_t, trace.gif_x0_pred if x0_row else None, size, ms))
     return Path(path)
 
 

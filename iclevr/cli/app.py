@@ -11,7 +11,7 @@ import sys
 import typer
 
 from iclevr import __version__
-from iclevr.cli import autoencoder, compare, data, demo, evaluate, export, sample, train
+from iclevr.cli import autoencoder, compare, data, demo, evaluate, export, sample, serve, train
 from iclevr.cli.common import STATE, console
 
 app = typer.Typer(
@@ -35,7 +35,7 @@ def root(
                                  help="Show the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of unexpected errors."),
 ) -> None:
-    """Class-conditional diffusion for i-CLEVR: data, train, sample, denoise-trace, eval, compare-schedules."""
+    """Class-conditional diffusion for i-CLEVR: data, train, sample, denoise-trace, eval, compare-schedules, serve."""
     STATE["debug"] = debug
 
 
@@ -50,6 +50,7 @@ app.add_typer(autoencoder.autoencoder_app, name="autoencoder")
 app.command("compare-schedules")(compare.compare_schedules)
 app.command("demo")(demo.demo)
 app.command("export")(export.export_cmd)
+app.command("serve")(serve.serve_cmd)
 
 
 def main() -> None:
