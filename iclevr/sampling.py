@@ -195,15 +195,16 @@ def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, sc
     kwargs = _step_kwargs(scheduler, gens)
     alpha_bars = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     self_condition = getattr(model.cfg, "self_condition", False)  # duck-typed test models have no such field
-    x0_self = torch.zeros_like(x) if self_condition else None  # (b, 3, S, S): no estimate yet
+    x0_self = torch.zeros_like(x) if self_condition else None  # (b, C, H, W): no estimate yet
+    clip = sampler.clip_x0 and clips_x0(model)
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
         with autocast(device):
             eps = guided_output(model, x_in, t.to(device), y, sampler.guidance_scale, x0_self)
         if x0_self is not None:  # the next step's estimate: this step's guided x0, clipped like the step's
             x0_self = predict_x0(x, eps, alpha_bars[int(t)], schedule.prediction_type)
-            x0_self = x0_self.clamp(-1, 1) if sampler.clip_x0 else x0_self
-        if sampler.clip_x0:
+            x0_self = x0_self.clamp(-1, 1) if clip else x0_self
+        if clip:
             eps = clip_output(x, eps, alpha_bars[int(t)], schedule.prediction_type)
         x_prev = scheduler.step(eps, t, x, **kwargs).prev_sample.float()
         if callback is not None:
@@ -211,6 +212,12 @@ def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, sc
             callback(dict(i=i, t=int(t), x_t=x, x0_pred=x0_pred, x_prev=x_prev, steps=steps, start=start))
         x = x_prev
     return to_images(model, x.float()).clamp(-1, 1).cpu()
+
+
+def clips_x0(model) -> bool:
+    """Whether x0 lives in [-1, 1] and clip_x0 applies: pixels yes; a latent model's scaled latents (unit
+    variance, unbounded) no: clipping them to [-1, 1] would wash out every decoded colour."""
+    return getattr(getattr(model, "cfg", None), "design", "pixels") != "latent"
 
 
 def x_shape(model) -> tuple[int, int, int]:

@@ -104,6 +104,7 @@ class SamplerSettings(Section):
     seed: int = Field(0, ge=0, description="Base seed; image i uses generator seed (seed, i).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     clip_x0: bool = Field(True, description="Clip the predicted x0 to [-1, 1] at every step, for every sampler "
+                          "(pixel designs only: latents are not bounded) "
                           "(DDPM's clip_sample; keeps multistep solvers stable at the cosine schedule's t=999).")
 
 

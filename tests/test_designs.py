@@ -201,3 +201,21 @@ def test_patch2_samples_at_64_without_resizing(tmp_path):
     x = sample(model, torch.zeros(2, 24), schedule=ScheduleSettings(shift=2.0),
                sampler=SamplerSettings(sampler="ddim", steps=2))
     assert x.shape == (2, 3, 32, 32) and x.abs().max() <= 1
+
+
+def test_latents_are_never_clipped_to_the_pixel_range():
+    """clip_x0 bounds pixels to [-1, 1]; a latent model's x0 has unit variance and would lose its colours."""
+    from iclevr.model import build_model
+    from iclevr.sampling import clips_x0, sample
+
+    torch.manual_seed(0)
+    cfg = ModelSettings(**TINY_MODEL, design="latent", autoencoder_sha256="0" * 64)
+    model = build_model(cfg).eval()
+    model.attach_autoencoder(type("Identity", (), {"decode": staticmethod(lambda z: z[:, :3])})())
+    with torch.no_grad():
+        model.unet.conv_out.bias.fill_(-3.0)  # a prediction far outside [-1, 1]
+    kw = dict(schedule=ScheduleSettings(), device="cpu")
+    clipped = sample(model, torch.zeros(2, 24), sampler=SamplerSettings(sampler="ddim", steps=3), **kw)
+    free = sample(model, torch.zeros(2, 24), sampler=SamplerSettings(sampler="ddim", steps=3, clip_x0=False), **kw)
+    assert not clips_x0(model) and clips_x0(build_model(ModelSettings(**TINY_MODEL)))
+    assert torch.equal(clipped, free)

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from iclevr.errors import EXIT_CTRL_C, EXIT_RESUMABLE, TrainingInterrupted, TrainingStopped, WriteError
-from iclevr.sampling import predict_x0
+from iclevr.sampling import clips_x0, predict_x0
 from iclevr.settings import TrainLoopSettings, TrainSettings
 from iclevr.training.noise import immiscible_permutation
 from iclevr.training.plan import (batch_indices, budget_reached, budget_s, describe, epoch_permutation, make_plan,
@@ -86,7 +86,10 @@ def self_condition_input(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Ten
         return zeros
     with torch.no_grad():
         out = model(x_t, t, y, x0_self=zeros).float()  # (B, 3, S, S)
-    return predict_x0(x_t, out, ab, prediction_type).clamp(-1, 1)
+    from iclevr.model import unwrap
+
+    x0 = predict_x0(x_t, out, ab, prediction_type)
+    return x0.clamp(-1, 1) if clips_x0(unwrap(model)) else x0  # latents are not bounded
 
 
 def make_optimizer(model, cfg: TrainLoopSettings) -> torch.optim.Optimizer:
