@@ -152,10 +152,11 @@ def run_trace(settings: TraceSettings, console=None) -> dict:
     """Load weights, record the trace of one image and write the PNG (and GIF); returns a summary dict."""
     from iclevr.fileio import check_writable
     from iclevr.labels import encode
-    from iclevr.generate import load_model, with_weights_defaults
+    from iclevr.generate import load_model, warn_crowded, with_weights_defaults
     from iclevr.images import save_png
     from iclevr.sampling import resolve_steps
 
+    warn_crowded([settings.labels], console)
     y = encode(settings.labels)[None]  # (1, 24)
     check_writable(settings.out.parent)
     model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)

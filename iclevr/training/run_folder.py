@@ -168,12 +168,17 @@ def train_bar(console, enabled: bool):
 
 
 def bar_position(step: int, elapsed_s: float, total_steps: int | None, budget_s: float | None) -> tuple:
-    """(completed, total, text) of the bar: steps of a step budget; seconds of a time budget (whose step count
-    is unknown ahead), shown as minutes used of the budget, never past it."""
-    if total_steps:
+    """(completed, total, text) of the bar, following the budget that will stop the run: steps of a step budget;
+    seconds of a time budget (whose step count is unknown ahead), shown as minutes used of the budget, never past
+    it; with both, whichever is further along (a CPU run of 200 epochs under a 30-minute cap counts minutes)."""
+    if total_steps and not budget_s:
         return step, total_steps, f"{step}/{total_steps}"
     used = min(elapsed_s, budget_s)
-    return used, budget_s, f"step {step}, {used / 60:.1f}/{budget_s / 60:g} min"
+    if not total_steps:
+        return used, budget_s, f"step {step}, {used / 60:.1f}/{budget_s / 60:g} min"
+    if step / total_steps >= used / budget_s:  # the step budget ends first at this pace
+        return step, total_steps, f"{step}/{total_steps} (cap {budget_s / 60:g} min)"
+    return used, budget_s, f"step {step} of {total_steps}, {used / 60:.1f}/{budget_s / 60:g} min"
 
 
 def is_finished(run_dir: Path, settings: TrainSettings | None = None) -> bool:
