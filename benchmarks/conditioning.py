@@ -2,7 +2,7 @@
 
     python benchmarks/conditioning.py --only pooled tokens --steps 600 --threads 1      # equal images
     python benchmarks/conditioning.py --only pooled tokens_shape_colour --minutes 14 --threads 1   # equal wall time
-    python benchmarks/conditioning.py --table                                           # the README table
+    python benchmarks/conditioning.py --table                                # the table of docs/conditioning.md
 
 Every variant is the `tiny` preset with the changes listed in VARIANTS, trained from --train-seed on the
 embedded kit for --steps optimizer steps of 32 images (equal images) or for --minutes of wall time (equal
@@ -24,7 +24,11 @@ from pathlib import Path
 
 import torch
 
+from iclevr.fileio import portable
+
+
 RESULTS = Path(__file__).parent / "results" / "conditioning"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 CROSS_8_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
              "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
 CROSS_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D"],
@@ -170,7 +174,7 @@ def main() -> None:
                "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         stem = _row_name(name, args.steps, args.minutes, args.train_seed)
         suffix = "" if args.guidance == 2.0 else f"-g{args.guidance:g}"
-        (RESULTS / f"{stem}{suffix}.json").write_text(json.dumps(row, indent=1) + "\n")
+        (RESULTS / f"{stem}{suffix}.json").write_text(json.dumps(portable(row, REPO), indent=1) + "\n")
         print(f"{stem:40s} {row['steps']:5d} steps {row['s_per_step']:.2f} s/step  val {scores['val']['mean']:.3f}  "
               f"test {scores['test']['mean']:.3f}  new_test {scores['new_test']['mean']:.3f}", flush=True)
 

@@ -29,6 +29,7 @@ from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings
 
 OURS = [("dpmpp-sde", 20), ("dpmpp", 10), ("dpmpp", 20), ("dpmpp", 25), ("dpmpp", 50), ("ddim", 50)]
 RESULTS = Path(__file__).parent / "results" / "sample_speed.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -146,7 +147,7 @@ def machine(device) -> str:
 
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write the JSON."""
-    from iclevr.fileio import write_json
+    from iclevr.fileio import write_result_json
     from iclevr.device import pick_device
     from iclevr.labels import encode_many
     from iclevr.generate import read_label_file
@@ -187,11 +188,11 @@ def main(argv=None) -> int:
     for r in rows:
         r["images_per_s"], r["speedup"] = n / r["seconds"], base / r["seconds"]
     print_table(rows, device)
-    write_json(args.out, {"machine": machine(device), "device": str(device), "model": what,
-                          "parameters": sum(p.numel() for p in model.parameters()),
-                          "resolution": model.cfg.sample_size, "images": n, "guidance_scale": args.guidance_scale,
-                          "memory": "peak GPU allocated" if device.type == "cuda" else "process peak RSS (monotone)",
-                          "rows": rows})
+    write_result_json(args.out, {"machine": machine(device), "device": str(device), "model": what,
+                                 "parameters": sum(p.numel() for p in model.parameters()),
+                                 "resolution": model.cfg.sample_size, "images": n, "guidance_scale": args.guidance_scale,
+                                 "memory": "peak GPU allocated" if device.type == "cuda" else "process peak RSS (monotone)",
+                                 "rows": rows}, base=REPO)
     print(f"wrote {args.out}")
     return 0
 

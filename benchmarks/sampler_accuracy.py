@@ -24,7 +24,11 @@ from pathlib import Path
 
 import torch
 
+from iclevr.fileio import portable
+
+
 RESULTS = Path(__file__).parent / "results" / "sampler_accuracy"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def main() -> None:
@@ -82,7 +86,7 @@ def main() -> None:
                        when=time.strftime("%Y-%m-%d %H:%M:%S"))
             suffix = f"-{key}" if len(evaluators) > 1 else ""
             (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}{suffix}.json").write_text(
-                json.dumps(row, indent=1) + "\n")
+                json.dumps(portable(row, REPO), indent=1) + "\n")
             scores = "  ".join(f"{split} {s['mean']:.3f}" for split, s in row["splits"].items())
             print(f"{name}-{steps} {key}: {scores}  mean {row['mean']:.3f}  ({wall} s)", flush=True)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def rss_bytes(pid: int) -> int:
@@ -267,7 +268,9 @@ def main() -> None:
     Console(width=max(Console().width, 130)).print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.write_text(json.dumps(old + rows, indent=1) + "\n")
+    from iclevr.fileio import portable
+
+    RESULTS.write_text(json.dumps(portable(old + rows, REPO), indent=1) + "\n")
 
 
 if __name__ == "__main__":
