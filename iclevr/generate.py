@@ -22,8 +22,8 @@ class SampleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest run, "
-                                    "else the packaged pretrained model.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
+                                    "newest finished run, else the packaged pretrained model.")
     labels: list[list[str]] | None = Field(None, description="Conditions to draw (lists of label names).")
     labels_file: Path | None = Field(None, description="JSON file holding a list of conditions, like test.json.")
     num: int = Field(1, ge=1, le=10000, description="Images per condition.")

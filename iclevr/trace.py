@@ -137,8 +137,8 @@ class TraceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest run, "
-                                    "else the packaged pretrained model.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
+                                    "newest finished run, else the packaged pretrained model.")
     labels: list[str] = Field(list(TRACE_LABELS), min_length=1, description="The condition (label names).")
     frames: int = Field(10, ge=2, description="Frames in the row, from pure noise to the final image (course: >= 8).")
     x0_row: bool = Field(False, description="Add a second row with the predicted x0 at each frame.")

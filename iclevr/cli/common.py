@@ -129,8 +129,8 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings pre
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Run folder (its EMA weights) or "
-                                                       ".safetensors file; default: newest run under checkpoints/, "
-                                                       "else the packaged pretrained model.")]
+                                                       ".safetensors file; default: the newest finished run under "
+                                                       "checkpoints/, else the packaged pretrained model.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp, dpmpp-sde or unipc.")]
 StepsOpt = Annotated[Optional[int], optional_int("--steps", help="Sampling steps (default: the sampler's; none = "
                                                   "the sampler's default even where the weights store others).")]
