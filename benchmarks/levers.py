@@ -26,7 +26,6 @@ import torch
 
 from iclevr.fileio import portable
 
-
 RESULTS = Path(__file__).parent / "results" / "levers"
 REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 SAMPLER = ("dpmpp-sde", 20)  # iclevr's default sampler: the rows score what a user would get
@@ -56,8 +55,8 @@ VARIANTS: dict[str, tuple[str, dict, int]] = {
 def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds: list[int]) -> dict:
     """Train one variant for its share of `steps` and score it; the result row."""
     from iclevr.evaluation.run import score_run
-    from iclevr.settings import DataSettings, SamplerSettings, TrainSettings, resolve
     from iclevr.fileio import read_json
+    from iclevr.settings import DataSettings, SamplerSettings, TrainSettings, resolve
     from iclevr.training.loop import train
     from iclevr.training.run_folder import is_finished
 

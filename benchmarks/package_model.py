@@ -67,7 +67,7 @@ def half_size_mb(model) -> float:
 
 
 def score_file(weights: Path, seeds: list[int], evaluator: Path, out: Path, device: str, console=None) -> dict:
-    """Accuracy of a weights file per split like `iclevr eval` (stored sampler): {"accuracy", "sampler", "evaluator"}."""
+    """Accuracy of a weights file per split like `iclevr eval` (its stored sampler): {accuracy, sampler, evaluator}."""
     from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.settings import SamplerSettings
 

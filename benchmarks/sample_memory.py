@@ -82,11 +82,11 @@ def reset_peak() -> bool:
 def prepare(work: Path, counts: list[int], args) -> None:
     """Write the random-init tiny weights, a conditions file and a data folder (test.json) per count."""
     import torch
+    from sample_speed import course_like_conditions
 
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings, load_preset
-    from sample_speed import course_like_conditions
+    from iclevr.weights import save_weights
 
     preset = load_preset("tiny")
     torch.manual_seed(0)
@@ -110,8 +110,8 @@ def child(command: str, n: int, work: Path, args) -> dict:
     import torchvision.models  # noqa: F401
     from PIL import Image  # noqa: F401
 
-    from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.evaluation.evaluator import packaged_evaluator_path
+    from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.generate import SampleSettings, run_sample
     from iclevr.settings import SamplerSettings
 

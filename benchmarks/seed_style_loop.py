@@ -258,7 +258,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_result_json(args.out, {"part": args.part, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}, base=REPO)
+    write_result_json(args.out, {"part": args.part, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows},
+                      base=REPO)
     return 0
 
 

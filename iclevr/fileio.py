@@ -10,9 +10,9 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 WRITE_FAULTS = {  # errno -> what the user reads; every other failure is a bug or an unusual environment
     errno.ENOSPC: "no space left on device",

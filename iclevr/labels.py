@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from iclevr.errors import UserError
 

@@ -151,9 +151,9 @@ class TraceSettings(BaseModel):
 def run_trace(settings: TraceSettings, console=None) -> dict:
     """Load weights, record the trace of one image and write the PNG (and GIF); returns a summary dict."""
     from iclevr.fileio import check_writable
-    from iclevr.labels import encode
     from iclevr.generate import load_model, warn_crowded, with_weights_defaults
     from iclevr.images import save_png
+    from iclevr.labels import encode
     from iclevr.sampling import resolve_steps
 
     warn_crowded([settings.labels], console)

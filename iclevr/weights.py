@@ -43,9 +43,9 @@ class WeightsInfo:
     """What a weights file says about itself."""
 
     path: Path
-    model: "ModelSettings"  # noqa: F821
-    schedule: "ScheduleSettings"  # noqa: F821
-    sampler: "SamplerSettings"  # noqa: F821
+    model: ModelSettings  # noqa: F821
+    schedule: ScheduleSettings  # noqa: F821
+    sampler: SamplerSettings  # noqa: F821
     preset: str
     step: int
     packaged: dict | None = None  # the packaging record of a packaged model; None for a run's weights

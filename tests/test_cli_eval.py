@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from evaluator_standin import colour_reader, colour_reader_topk, expected_hits, fixed_ranking, fixed_topk, paint
 from typer.testing import CliRunner
 
-from evaluator_standin import (colour_reader, colour_reader_topk, expected_hits, fixed_ranking, fixed_topk,
-                               paint)
 from iclevr.cli.app import app
 
 runner = CliRunner()
@@ -22,9 +21,9 @@ runner = CliRunner()
 @pytest.fixture
 def tiny_run(tiny_model_cfg) -> Path:
     """A run folder under $ICLEVR_CHECKPOINTS holding a tiny random-weight UNet."""
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
 
     torch.manual_seed(0)
     run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"

@@ -17,9 +17,9 @@ runner = CliRunner()
 @pytest.fixture
 def weights(tmp_path, tiny_model_cfg):
     """A random-weight tiny model saved with our metadata (stored sampler: ddim, 6 steps)."""
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
 
     torch.manual_seed(0)
     return save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
@@ -149,7 +149,9 @@ def test_denoise_trace_writes_png_and_gif(weights, tmp_path):
 def test_more_objects_than_any_training_image_gives_one_warning_line(weights, tmp_path):
     """Five objects where the kits hold at most three: drawn anyway, with one warning line (trap 3)."""
     five = "red sphere,cyan cylinder,cyan cube,gray cube,blue sphere"
-    for cmd in (["sample", "--out", tmp_path / "s.png"], ["denoise-trace", "--frames", "2", "--out", tmp_path / "t.png"]):
+    commands = (["sample", "--out", tmp_path / "s.png"],
+                ["denoise-trace", "--frames", "2", "--out", tmp_path / "t.png"])
+    for cmd in commands:
         r = run(*cmd, "--checkpoint", weights, "--labels", five, "--steps", "2", "--device", "cpu")
         assert r.exit_code == 0, r.output
         warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]

@@ -10,7 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "iclevr"
 CITED = re.compile(r"docs/[\w./-]*\w")  # docs/metric.md, docs/demo_trace.png
-OUTSIDE_CITATION = re.compile(r"§\s*\d|\bspec(ification)? section \d", re.IGNORECASE)  # sections of a file not in the repo
+# sections of a file that is not in the repo
+OUTSIDE_CITATION = re.compile(r"§\s*\d|\bspec(ification)? section \d", re.IGNORECASE)
 
 
 def development_map() -> list[str]:

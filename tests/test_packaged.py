@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL
 from iclevr.cli.app import app
 
 runner = CliRunner()

@@ -26,6 +26,18 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in ci.splitlines()
 
 
+def test_ci_lints_with_the_pinned_ruff_before_the_tests():
+    """.ci/run runs `ruff check` and `ruff format --check` with the ruff the test extra pins, before pytest."""
+    import tomllib
+
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    [pin] = [r for r in extra if r.startswith("ruff")]
+    assert f'pip install "{pin}"' in ci
+    tests = next(i for i, line in enumerate(ci) if "python -m pytest" in line)
+    assert ci.index("ruff check .") < tests and ci.index("ruff format --check .") < tests
+
+
 def test_the_demo_curve_is_the_committed_result_files():
     """Every row of the tiny-tokens demo table (docs/training-on-a-cpu.md) matches its summary.json and val
     report.json."""
@@ -49,7 +61,8 @@ def test_the_demo_curve_is_the_committed_result_files():
 def test_the_model_card_is_the_packaging_record():
     """docs/model-card.md's scores and training rows are benchmarks/results/pretrained/metrics.json."""
     record = json.loads(PRETRAINED.read_text())
-    rows = [r for r in marked_block("docs/model-card.md", "PRETRAINED_SCORES").splitlines() if re.match(r"\| \w+ \(", r)]
+    block = marked_block("docs/model-card.md", "PRETRAINED_SCORES")
+    rows = [r for r in block.splitlines() if re.match(r"\| \w+ \(", r)]
     assert [r.split("|")[1].split()[0] for r in rows] == ["val", "test", "new_test"]
     for row in rows:
         cells = [c.strip().strip("*") for c in row.strip("|").split("|")]

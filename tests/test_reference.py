@@ -6,7 +6,8 @@ from iclevr.cli import reference
 
 
 def test_the_committed_command_reference_is_current():
-    assert reference.PAGE.read_text() == reference.generate(), f"docs/commands.md is stale: run `{reference.REGENERATE}`"
+    stale = f"docs/commands.md is stale: run `{reference.REGENERATE}`"
+    assert reference.PAGE.read_text() == reference.generate(), stale
 
 
 def test_the_reference_names_every_command_and_option():

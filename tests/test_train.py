@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
-from conftest import TINY_MODEL
 from iclevr.errors import TrainingInterrupted, UserError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -342,10 +341,10 @@ def test_sigkill_at_random_moments_then_resume(course_kit, tmp_path):
                                      "resume" if k else "new", str(pause)], stdout=out, stderr=subprocess.STDOUT)
         try:
             if moment == "state-write":  # a new temporary state file: the write is under way
-                _wait_until(lambda: set(state_dir.glob(".step-*.tmp")) - debris, proc, log)
+                _wait_until(lambda old=debris: set(state_dir.glob(".step-*.tmp")) - old, proc, log)
             else:  # a few steps past the resumed state, then somewhere within a step, a log or a save
                 target = saved + rng.randint(3, 6)
-                _wait_until(lambda: _last_step(log) >= target, proc, log)
+                _wait_until(lambda log=log, target=target: _last_step(log) >= target, proc, log)
                 time.sleep(rng.uniform(0.0, 0.08))
         finally:
             proc.kill()  # SIGKILL: no handler, no cleanup

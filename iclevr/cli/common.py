@@ -7,8 +7,9 @@ Nothing heavy is imported here (no torch), so `iclevr --help` stays instant.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -125,7 +126,8 @@ PrintConfigOpt = Annotated[bool, typer.Option("--print-config", "--dry-run",
                                               help="Print the resolved settings and exit.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Course data folder; "
                                                     "default: the embedded rendered kit.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, tiny or tiny-tokens.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, "
+                                                  "tiny or tiny-tokens.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Run folder (its EMA weights) or "

@@ -8,9 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console, optional_int, print_settings, typed_overrides
-from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, SeedOpt
-
+from iclevr.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    PrintConfigOpt,
+    SeedOpt,
+    command,
+    console,
+    optional_int,
+    print_settings,
+    typed_overrides,
+)
 
 data_app = typer.Typer(help="Check, render and preview course-layout data.", no_args_is_help=True)
 

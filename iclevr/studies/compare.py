@@ -46,7 +46,7 @@ class CompareSettings(Section):
                             "(report.json); no training.")
 
     @model_validator(mode="after")
-    def _check(self) -> "CompareSettings":
+    def _check(self) -> CompareSettings:
         from iclevr.schedules import check_name
 
         for name in self.schedules:

@@ -2,7 +2,8 @@
 
 1. render (or reuse) the embedded course-layout kit,
 2. load the evaluator (the course's if the kit has one, else the project's own),
-3. train the CPU preset (settings.CPU_PRESET) for a wall-time budget (or reuse a finished run; resume an interrupted one),
+3. train the CPU preset (settings.CPU_PRESET) for a wall-time budget (or reuse a finished run; resume an
+   interrupted one),
 4. sample and score test and new_test over several seeds (course metric, docs/metric.md),
 5. write the denoising trace of the course's trace condition,
 6. write `<out>/summary.json`: steps, stage minutes, accuracy per split and seed, the machine, so every

@@ -16,9 +16,9 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from iclevr.errors import UserError
 from iclevr.runinfo import lock_path, read_holder  # the lock file's reading side (re-exported)

@@ -112,11 +112,10 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
     so a kill between the writes leaves the weights at or behind the newest state, never ahead of it.
     `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
-    from iclevr.fileio import write_json
-    from iclevr.weights import save_weights
-    from iclevr.fileio import remove_stale_temps
+    from iclevr.fileio import remove_stale_temps, write_json
     from iclevr.settings import to_json
     from iclevr.training.state import rng_states, save_state
+    from iclevr.weights import save_weights
 
     state = {"step": step, "wall_s": wall_s, "settings": to_json(settings), "model": model.state_dict(),
              "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
