@@ -520,7 +520,9 @@ def test_progress_bar_follows_the_time_cap_that_stops_a_long_step_budget():
     assert (completed, total) == (90.0, 1800.0) and text == "step 57 of 112400, 1.5/30 min"
     assert bar_position(57, 1900.0, 112_400, 1800.0)[:2] == (1800.0, 1800.0)  # never past the cap
     completed, total, text = bar_position(900, 60.0, 1000, 1800.0)  # a fast machine: the steps end first
-    assert (completed, total) == (900, 1000) and text == "900/1000 (cap 30 min)"
+    assert (completed, total) == (0.9 * 1800.0, 1800.0) and text == "900/1000 (cap 30 min)"
+    shares = [bar_position(s, 60.0 + s, 1000, 1800.0)[0] for s in range(0, 1001, 50)]
+    assert shares == sorted(shares) and shares[-1] == 1800.0  # one unit all along: the ETA never jumps
 
 
 def test_a_time_cap_that_stops_a_step_budget_is_said_once_the_speed_is_known():

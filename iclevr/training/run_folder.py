@@ -175,9 +175,12 @@ def bar_position(step: int, elapsed_s: float, total_steps: int | None, budget_s:
     used = min(elapsed_s, budget_s)
     if not total_steps:
         return used, budget_s, f"step {step}, {used / 60:.1f}/{budget_s / 60:g} min"
-    if step / total_steps >= used / budget_s:  # the step budget ends first at this pace
-        return step, total_steps, f"{step}/{total_steps} (cap {budget_s / 60:g} min)"
-    return used, budget_s, f"step {step} of {total_steps}, {used / 60:.1f}/{budget_s / 60:g} min"
+    # both: the share of the budget that is further along, in seconds of the time budget, so the bar (and its ETA)
+    # moves continuously when the lead passes from one budget to the other
+    done = max(step / total_steps, used / budget_s)
+    text = f"{step}/{total_steps} (cap {budget_s / 60:g} min)" if step / total_steps >= used / budget_s else \
+        f"step {step} of {total_steps}, {used / 60:.1f}/{budget_s / 60:g} min"
+    return min(done, 1.0) * budget_s, budget_s, text
 
 
 def is_finished(run_dir: Path, settings: TrainSettings | None = None) -> bool:
