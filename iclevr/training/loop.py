@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,15 +33,8 @@ from iclevr.errors import EXIT_CTRL_C, EXIT_RESUMABLE, TrainingInterrupted, Trai
 from iclevr.sampling import predict_x0
 from iclevr.settings import TrainLoopSettings, TrainSettings
 from iclevr.training.noise import immiscible_permutation
-from iclevr.training.plan import (
-    batch_indices,
-    budget_reached,
-    budget_s,
-    describe,
-    epoch_permutation,
-    make_plan,
-    speed_notes,
-)
+from iclevr.training.plan import (batch_indices, budget_reached, budget_s, describe, epoch_permutation, make_plan,
+                                  speed_notes)
 
 MEASURE_STEPS = (1, 4)  # session steps between which the speed is measured (step 1 includes warm-up)
 
@@ -159,16 +152,8 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     from iclevr.seeding import mix_seed
     from iclevr.settings import write_settings
     from iclevr.training.lr import lr_at, run_progress, warmup_ramp
-    from iclevr.training.run_folder import (
-        MetricsLog,
-        bar_position,
-        check_same_run,
-        default_run_dir,
-        prepare_run_dir,
-        save_progress_grid,
-        save_snapshot,
-        train_bar,
-    )
+    from iclevr.training.run_folder import (MetricsLog, bar_position, check_same_run, default_run_dir,
+                                            prepare_run_dir, save_progress_grid, save_snapshot, train_bar)
     from iclevr.training.signals import interrupt_flag, stop_cause
     from iclevr.training.state import list_states, load_latest
 
