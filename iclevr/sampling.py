@@ -14,8 +14,8 @@ guided x0 prediction (clipped to [-1, 1] with clip_x0; zeros at the first step),
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 

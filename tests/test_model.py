@@ -205,8 +205,7 @@ def test_every_attention_block_of_a_tokens_preset_has_heads_of_the_requested_wid
 def test_an_attention_layout_diffusers_cannot_express_is_a_user_error(tiny_model_cfg):
     # entry 1 would be a head width for the plain Attn up block and a head count for the CrossAttn down block
     cfg = {**tiny_model_cfg.model_dump(), "condition": "tokens",
-           "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-           "up_block_types": ["UpBlock2D", "AttnUpBlock2D"],
+           "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["UpBlock2D", "AttnUpBlock2D"],
            "attention_head_dim": 4}
     with pytest.raises(UserError, match="head width"):
         build_model(ModelSettings(**cfg))

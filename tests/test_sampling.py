@@ -9,16 +9,8 @@ from torch import nn
 from iclevr.errors import UserError
 from iclevr.generate import read_label_file, with_weights_defaults
 from iclevr.images import save_grid, save_images, to_output_size
-from iclevr.sampling import (
-    SAMPLERS,
-    check_sampler,
-    guided_output,
-    image_seeds,
-    predict_x0,
-    resolve_steps,
-    sample,
-    sample_batches,
-)
+from iclevr.sampling import (SAMPLERS, check_sampler, guided_output, image_seeds, predict_x0, resolve_steps, sample,
+                             sample_batches)
 from iclevr.seeding import mix_seed
 from iclevr.settings import SamplerSettings, ScheduleSettings
 
@@ -32,10 +24,9 @@ TOKENS = {"condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnD
 @pytest.fixture(scope="module", params=["pooled", "tokens"])
 def model(request):
     """A 16x16 model of each conditioning design (docs/conditioning.md)."""
-    from conftest import TINY_MODEL
-
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings
+    from conftest import TINY_MODEL
 
     torch.manual_seed(0)
     m = build_model(ModelSettings(**{**TINY_MODEL, **(TOKENS if request.param == "tokens" else {})})).eval()
@@ -271,9 +262,9 @@ class _NearOracle(torch.nn.Module):
 def test_x0_clipping_keeps_solvers_stable_on_cosine_schedule(name):
     """At t=999 of squaredcos_cap_v2 alpha_bar ~ 2e-9: an eps error of 0.02 means an x0 error of ~400 unless
     the predicted x0 is clipped; with clipping every sampler lands near the true image."""
-    from iclevr.sampling import sample
     from iclevr.schedules import alpha_bar
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.sampling import sample
 
     schedule = ScheduleSettings()
     model = _NearOracle(alpha_bar(schedule.name, schedule.num_train_timesteps))
@@ -293,8 +284,7 @@ def test_clip_output_clamps_implied_x0_and_keeps_in_range_outputs(prediction_typ
     raw_x0 = predict_x0(x_t, out, ab, prediction_type)
     assert raw_x0.abs().max() > (100 if prediction_type == "epsilon" else 1.5)  # some x0 out of range
     clipped = clip_output(x_t, out, ab, prediction_type)
-    # fp32 at alpha_bar ~ 1e-9
-    assert torch.allclose(predict_x0(x_t, clipped, ab, prediction_type), raw_x0.clamp(-1, 1), atol=1e-2)
+    assert torch.allclose(predict_x0(x_t, clipped, ab, prediction_type), raw_x0.clamp(-1, 1), atol=1e-2)  # fp32 at alpha_bar ~ 1e-9
     ab = torch.tensor(0.9)
     x0 = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1
     eps = torch.randn(4, 3, 8, 8, generator=gen)
@@ -320,10 +310,9 @@ class _Recorder(nn.Module):
 @pytest.fixture(scope="module", params=["pooled", "tokens"])
 def self_cond_model(request):
     """A 16x16 self-conditioned model whose x0 input channels clearly change its output."""
-    from conftest import TINY_MODEL
-
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings
+    from conftest import TINY_MODEL
 
     torch.manual_seed(0)
     extra = TOKENS if request.param == "tokens" else {}

@@ -7,24 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import (
-    CheckpointOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    GuidanceOpt,
-    PrintConfigOpt,
-    SamplerOpt,
-    SeedOpt,
-    StepsOpt,
-    command,
-    console,
-    optional_float,
-    optional_int,
-    parse_int_list,
-    print_settings,
-    typed_overrides,
-)
+from iclevr.cli.common import (command, console, optional_float, optional_int, parse_int_list, print_settings,
+                               typed_overrides)
+from iclevr.cli.common import (CheckpointOpt, ConfigOpt, DataDirOpt, DeviceOpt, GuidanceOpt, PrintConfigOpt,
+                               SamplerOpt, SeedOpt, StepsOpt)
 
 evaluator_app = typer.Typer(help="Train the project's own evaluator, or export it in the course format.",
                             no_args_is_help=True)
@@ -57,8 +43,8 @@ def eval_cmd(
 ) -> None:
     """Generate each split's conditions, score them with the course evaluator metric, write images, annotated
     grids, report.json and a self-contained report.html."""
-    from iclevr.evaluation.report import print_report
     from iclevr.evaluation.run import EvalSettings, evaluate
+    from iclevr.evaluation.report import print_report
     from iclevr.settings import resolve
 
     overrides = typed_overrides(ctx, {
@@ -95,8 +81,8 @@ def evaluator_train_cmd(
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Train the project's own evaluator (resnet18, 24 sigmoid outputs) and report its held-out accuracy."""
-    from iclevr.evaluation.fit import EvaluatorTrainSettings, train_evaluator
     from iclevr.evaluation.report import print_trained
+    from iclevr.evaluation.fit import EvaluatorTrainSettings, train_evaluator
     from iclevr.settings import resolve
 
     names = ("data_dir", "out", "minutes", "max_steps", "pool", "heldout", "init", "lr", "seed", "device")
@@ -116,8 +102,8 @@ def evaluator_export_cmd(
 ) -> None:
     """Write an evaluator (default: the one `iclevr eval` would use — the cached own, else the packaged one) as a
     course checkpoint.pth ({"model": state_dict})."""
-    from iclevr.errors import UserError
     from iclevr.evaluation.evaluator import choose_evaluator_file, export_course, load_file, own_default_path
+    from iclevr.errors import UserError
 
     source = choose_evaluator_file(evaluator, None)
     if source is None:

@@ -8,20 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    PresetOpt,
-    PrintConfigOpt,
-    SeedOpt,
-    command,
-    console,
-    optional_float,
-    optional_int,
-    print_settings,
-    typed_overrides,
-)
+from iclevr.cli.common import command, console, optional_float, optional_int, print_settings, typed_overrides
+from iclevr.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, PresetOpt, PrintConfigOpt, SeedOpt
 
 Opt = typer.Option
 
@@ -88,7 +76,7 @@ def train_cmd(
 
 
 def default_preset(preset: str | None, config: Path | None) -> tuple[str | None, str]:
-    """(preset, why): an explicit --preset, the config file's, else `seed` with a CUDA GPU, the CPU preset without."""
+    """(preset, why): an explicit --preset, the config file's, else `seed` with a CUDA GPU and the CPU preset without."""
     from iclevr.device import has_gpu
     from iclevr.settings import read_config
 
