@@ -2,7 +2,7 @@
 
     python benchmarks/conditioning.py --only pooled tokens --steps 600 --threads 1      # equal images
     python benchmarks/conditioning.py --only pooled tokens_shape_colour --minutes 14 --threads 1   # equal wall time
-    python benchmarks/conditioning.py --table                                           # the README table
+    python benchmarks/conditioning.py --table                                # the table of docs/conditioning.md
 
 Every variant is the `tiny` preset with the changes listed in VARIANTS, trained from --train-seed on the
 embedded kit for --steps optimizer steps of 32 images (equal images) or for --minutes of wall time (equal
@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
+from iclevr.fileio import portable
+
 RESULTS = Path(__file__).parent / "results" / "conditioning"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 CROSS_8_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
              "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}
 CROSS_4 = {"down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "CrossAttnDownBlock2D"],
@@ -48,7 +51,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "tokens_flip": ("tokens + horizontal flips", {**TOKENS, "data.flip": True}),
     "tokens_no_ema_warmup": ("tokens, EMA without warm-up (decay 0.995 from step 0)",
                              {**TOKENS, "train.ema_warmup": False}),
-    "tokens_immiscible": ("tokens + immiscible noise assignment (Li et al. 2024)", {**TOKENS, "train.immiscible": True}),
+    "tokens_immiscible": ("tokens + immiscible noise assignment (Li et al. 2024)",
+                          {**TOKENS, "train.immiscible": True}),
     "tokens_self_cond": ("tokens + self-conditioning (Chen et al. 2022)", {**TOKENS, "model.self_condition": True}),
     # the levers again on the chosen tokens (shape + colour embeddings = the tiny-tokens preset)
     "sc_flip": ("shape+colour tokens + horizontal flips", {**SC, "data.flip": True}),
@@ -56,7 +60,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                          {**SC, "train.ema_warmup": False}),
     "sc_immiscible": ("shape+colour tokens + immiscible noise assignment (Li et al. 2024)",
                       {**SC, "train.immiscible": True}),
-    "sc_self_cond": ("shape+colour tokens + self-conditioning (Chen et al. 2022)", {**SC, "model.self_condition": True}),
+    "sc_self_cond": ("shape+colour tokens + self-conditioning (Chen et al. 2022)",
+                     {**SC, "model.self_condition": True}),
     # what the binding counts suggested next: the labels through the tokens alone; a faster lr for short budgets
     "sc_tokens_only": ("shape+colour tokens, no pooled label vector on the time path",
                        {**SC, "model.label_on_time_path": False}),
@@ -109,7 +114,8 @@ def table(results: Path = RESULTS) -> str:
     """The study's rows as one markdown table (val first: it decides; test / new_test are reported)."""
     rows = [json.loads(f.read_text()) for f in sorted(results.glob("*.json"))]
     lines = ["| row | change | budget | steps × 32 | s/step | val | test | new_test | test/new_test | val: wrong "
-             "predictions (binding / colour / shape) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "predictions (binding / colour / shape) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def order(r: dict) -> tuple:
         """Equal-images rows first (by steps), then equal-wall-time rows (by minutes); variants alphabetical."""
@@ -170,7 +176,7 @@ def main() -> None:
                "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         stem = _row_name(name, args.steps, args.minutes, args.train_seed)
         suffix = "" if args.guidance == 2.0 else f"-g{args.guidance:g}"
-        (RESULTS / f"{stem}{suffix}.json").write_text(json.dumps(row, indent=1) + "\n")
+        (RESULTS / f"{stem}{suffix}.json").write_text(json.dumps(portable(row, REPO), indent=1) + "\n")
         print(f"{stem:40s} {row['steps']:5d} steps {row['s_per_step']:.2f} s/step  val {scores['val']['mean']:.3f}  "
               f"test {scores['test']['mean']:.3f}  new_test {scores['new_test']['mean']:.3f}", flush=True)
 

@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
+from iclevr.fileio import portable
+
 RESULTS = Path(__file__).parent / "results" / "levers"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 SAMPLER = ("dpmpp-sde", 20)  # iclevr's default sampler: the rows score what a user would get
 OLD_ARCH = {"block_out_channels": [32, 64, 128], "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
             "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]}
@@ -52,8 +55,8 @@ VARIANTS: dict[str, tuple[str, dict, int]] = {
 def run_variant(name: str, steps: int, data_dir: Path | None, work: Path, seeds: list[int]) -> dict:
     """Train one variant for its share of `steps` and score it; the result row."""
     from iclevr.evaluation.run import score_run
-    from iclevr.settings import DataSettings, SamplerSettings, TrainSettings, resolve
     from iclevr.fileio import read_json
+    from iclevr.settings import DataSettings, SamplerSettings, TrainSettings, resolve
     from iclevr.training.loop import train
     from iclevr.training.run_folder import is_finished
 
@@ -102,7 +105,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.only:
         row = run_variant(name, args.steps, args.data_dir, args.work, seeds)
-        (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+        (RESULTS / f"{name}.json").write_text(json.dumps(portable(row, REPO), indent=1) + "\n")
         print(f"{name:20s} steps {row['steps']:5d} x {row['batch']:3d}  {row['s_per_step']:.2f} s/step  "
               f"test {row['test']:.3f}  new_test {row['new_test']:.3f}  mean {row['mean']:.3f}", flush=True)
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "iclevr" / "assets" / "pretrained.safetensors"
 METRICS = Path(__file__).parent / "results" / "pretrained" / "metrics.json"
 # The issue asked for "at most ~12 MB". The CPU token design (tiny-tokens, 6.78 M parameters) takes 13.6 MB as
-# float16; the bound is 14 MB rather than a smaller, untested design (README "Pretrained model").
+# float16; the bound is 14 MB rather than a smaller, untested design (docs/model-card.md).
 MAX_MB = 14.0
 CURVE_POINTS = 200
 SPLITS = ("val", "test", "new_test")
@@ -67,7 +67,7 @@ def half_size_mb(model) -> float:
 
 
 def score_file(weights: Path, seeds: list[int], evaluator: Path, out: Path, device: str, console=None) -> dict:
-    """Accuracy of a weights file per split like `iclevr eval` (stored sampler): {"accuracy", "sampler", "evaluator"}."""
+    """Accuracy of a weights file per split like `iclevr eval` (its stored sampler): {accuracy, sampler, evaluator}."""
     from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.settings import SamplerSettings
 
@@ -131,7 +131,7 @@ def package(run: Path, out: Path = DEFAULT_OUT, *, seeds=(0, 1, 2), command: str
     `sampler` replaces fields of the run's stored sampler (e.g. {"steps": 16}, chosen on val) in the file."""
     from iclevr.errors import UserError
     from iclevr.evaluation.evaluator import PACKAGED
-    from iclevr.fileio import write_json
+    from iclevr.fileio import portable, write_result_json
     from iclevr.weights import load_weights, save_weights
 
     run, out = Path(run), Path(out)
@@ -146,16 +146,16 @@ def package(run: Path, out: Path = DEFAULT_OUT, *, seeds=(0, 1, 2), command: str
         halved = save_weights(model, Path(tmp) / "halved.safetensors", **meta)
         model, _ = load_weights(halved)  # the float16 tensors that ship, scored as they will run
         scores = score_file(halved, list(seeds), Path(evaluator or PACKAGED), run / "package-eval", device, console)
-    record = build_record(run, files, info, scores, seeds=seeds, command=command, machine=machine,
-                          processes=processes)
+    record = portable(build_record(run, files, info, scores, seeds=seeds, command=command, machine=machine,
+                                   processes=processes), ROOT)  # no path of this machine in the file
     record["sampler_changed_from_run"] = sampler or {}
     save_weights(model, out, **meta, packaged=record)
     if (size := out.stat().st_size) > max_mb * 1e6:
         out.unlink()
         raise UserError(f"{out} came out at {size / 1e6:.1f} MB, above {max_mb:g} MB; removed")
     if metrics is not None:
-        write_json(metrics, {**record, "file": str(out), "bytes": out.stat().st_size,
-                             "loss_curve": thin_curve(files["metrics"])})
+        write_result_json(metrics, {**record, "file": str(out), "bytes": out.stat().st_size,
+                                    "loss_curve": thin_curve(files["metrics"])}, base=ROOT)
     return record
 
 

@@ -26,6 +26,7 @@ from rich.table import Table
 from iclevr.data.synth import DEFAULT_KIT, write_kit
 
 RESULTS = Path(__file__).parent / "results" / "render_speed.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def time_kit(scenes: int, size: tuple[int, int], workers: int, max_objects: int = 3) -> dict:
@@ -77,7 +78,9 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {"cores": cores, "machine": platform.machine(), "python": platform.python_version(),
               "samples": runs, "full_default_kit": full}
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    from iclevr.fileio import portable
+
+    RESULTS.write_text(json.dumps(portable(report, REPO), indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "sample_fresh.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 LABELS = "red sphere,cyan cylinder,cyan cube"
 
 
@@ -54,7 +55,7 @@ def one_run(model: Path, threads: int | None) -> dict:
 
 def main(argv=None) -> int:
     """Run the repeats and write the JSON."""
-    from iclevr.fileio import write_json
+    from iclevr.fileio import write_result_json
     from iclevr.paths import packaged_model_path
     from iclevr.studies.demo import machine_info
 
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
               "seconds": seconds, "median_s": statistics.median(seconds), "max_s": max(seconds),
               "threads": args.threads or "unset (torch default)", "load_avg_1min": round(os.getloadavg()[0], 2),
               "machine": machine_info("cpu"), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json(args.out, result)
+    write_result_json(args.out, result, base=REPO)
     print(f"{runs[0]['model_line']}\nfresh `iclevr sample`: {', '.join(f'{s:.1f}' for s in seconds)} s "
           f"(median {result['median_s']:.1f} s) -> {args.out}")
     return 0

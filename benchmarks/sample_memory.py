@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "sample_memory.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 ALLOCATORS = {"default": {}, "fixed": {"MALLOC_MMAP_THRESHOLD_": "131072"}}  # environment of the case process
 COMMANDS = ("sample", "eval")
 IMAGE_BYTES = {"sample": 3 * 64 * 64, "eval": 3 * 64 * 64 * 4}  # per image kept: uint8 grid / float scoring
@@ -81,11 +82,11 @@ def reset_peak() -> bool:
 def prepare(work: Path, counts: list[int], args) -> None:
     """Write the random-init tiny weights, a conditions file and a data folder (test.json) per count."""
     import torch
+    from sample_speed import course_like_conditions
 
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings, load_preset
-    from sample_speed import course_like_conditions
+    from iclevr.weights import save_weights
 
     preset = load_preset("tiny")
     torch.manual_seed(0)
@@ -109,8 +110,8 @@ def child(command: str, n: int, work: Path, args) -> dict:
     import torchvision.models  # noqa: F401
     from PIL import Image  # noqa: F401
 
-    from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.evaluation.evaluator import packaged_evaluator_path
+    from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.generate import SampleSettings, run_sample
     from iclevr.settings import SamplerSettings
 
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from iclevr.fileio import write_json
+    from iclevr.fileio import write_result_json
 
     with tempfile.TemporaryDirectory(prefix="iclevr-memory-") as tmp:
         work = Path(tmp)
@@ -186,13 +187,13 @@ def main(argv=None) -> int:
     print_table(rows)
     machine = (f"CPU {platform.processor() or platform.machine()}, {args.threads} torch thread(s), "
                f"torch {torch.__version__}")
-    write_json(args.out, {"machine": machine, "model": "random-init preset tiny (32x32, outputs 64x64)",
-                          "sampler": {"sampler": args.sampler, "steps": args.steps, "guidance_scale": 2.0,
-                                      "batch_size": args.batch_size},
-                          "memory": "peak RSS of a fresh process per case, growth = peak - RSS before the call; "
-                                    f"median of {args.repeats} runs",
-                          "allocators": {a: ALLOCATORS[a] or "glibc default" for a in args.allocators},
-                          "rows": rows})
+    write_result_json(args.out, {"machine": machine, "model": "random-init preset tiny (32x32, outputs 64x64)",
+                                 "sampler": {"sampler": args.sampler, "steps": args.steps, "guidance_scale": 2.0,
+                                             "batch_size": args.batch_size},
+                                 "memory": "peak RSS of a fresh process per case, growth = peak - RSS before the call; "
+                                           f"median of {args.repeats} runs",
+                                 "allocators": {a: ALLOCATORS[a] or "glibc default" for a in args.allocators},
+                                 "rows": rows}, base=REPO)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "sample_ratio.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def _train_step_seconds(model, settings, rounds: int) -> list[float]:
@@ -87,7 +88,9 @@ def main() -> None:
            "threads": torch.get_num_threads(),
            "machine": f"{platform.node()} {platform.machine()}", "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(row, indent=1) + "\n")
+    from iclevr.fileio import portable
+
+    args.out.write_text(json.dumps(portable(row, REPO), indent=1) + "\n")
     print(json.dumps(row["median_s_per_image"]), f"ratio {row[f'ratio_{b}_over_{a}']}")
 
 

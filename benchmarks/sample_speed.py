@@ -29,6 +29,7 @@ from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings
 
 OURS = [("dpmpp-sde", 20), ("dpmpp", 10), ("dpmpp", 20), ("dpmpp", 25), ("dpmpp", 50), ("ddim", 50)]
 RESULTS = Path(__file__).parent / "results" / "sample_speed.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ddpm-steps", type=int, default=1000, help="Seed-sampler steps to time (extrapolated to 1000).")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="Guidance scale s (the seed's: 2).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--score", action="store_true", help="Also score the images with iclevr.evaluation.run (if present).")
+    p.add_argument("--score", action="store_true", help="Also score the images with iclevr.evaluation.run.")
     p.add_argument("--evaluator", type=Path, help="Evaluator file for --score.")
     p.add_argument("--data-dir", type=Path, help="Course data folder: its test.json conditions (unless "
                    "--labels-file) and checkpoint.pth evaluator.")
@@ -62,9 +63,9 @@ def course_like_conditions(n: int = 32, seed: int = 0) -> list[list[str]]:
 
 def load_model(args, device):
     """(model, schedule, description): the checkpoint, the newest run, or a random-init preset model."""
-    from iclevr.weights import load_weights, newest_run, resolve_checkpoint
     from iclevr.model import build_model
     from iclevr.settings import load_preset
+    from iclevr.weights import load_weights, newest_run, resolve_checkpoint
 
     path = args.checkpoint or (None if args.random_init else newest_run())
     if path is not None:
@@ -146,11 +147,11 @@ def machine(device) -> str:
 
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write the JSON."""
-    from iclevr.fileio import write_json
     from iclevr.device import pick_device
-    from iclevr.labels import encode_many
+    from iclevr.fileio import write_result_json
     from iclevr.generate import read_label_file
     from iclevr.images import to_output_size
+    from iclevr.labels import encode_many
     from iclevr.sampling import sample
 
     args = parse_args(argv)
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
              "accuracy": score(to_output_size(x), y, args, device) if args.score and not extrapolated else None}]
     for name, steps in OURS:
         settings = SamplerSettings(sampler=name, steps=steps, guidance_scale=args.guidance_scale, batch_size=n)
-        x, sec, mem = timed(lambda: sample(model, y, schedule=schedule, sampler=settings, device=device), device)
+        x, sec, mem = timed(lambda s=settings: sample(model, y, schedule=schedule, sampler=s, device=device), device)
         rows.append({"sampler": f"ours: {name}, batched CFG", "steps": steps, "forward_passes": steps,
                      "seconds": sec, "timed_steps": steps, "extrapolated": False, "peak_mib": mem,
                      "accuracy": score(to_output_size(x), y, args, device) if args.score else None})
@@ -187,11 +188,13 @@ def main(argv=None) -> int:
     for r in rows:
         r["images_per_s"], r["speedup"] = n / r["seconds"], base / r["seconds"]
     print_table(rows, device)
-    write_json(args.out, {"machine": machine(device), "device": str(device), "model": what,
-                          "parameters": sum(p.numel() for p in model.parameters()),
-                          "resolution": model.cfg.sample_size, "images": n, "guidance_scale": args.guidance_scale,
-                          "memory": "peak GPU allocated" if device.type == "cuda" else "process peak RSS (monotone)",
-                          "rows": rows})
+    write_result_json(args.out, {"machine": machine(device), "device": str(device), "model": what,
+                                 "parameters": sum(p.numel() for p in model.parameters()),
+                                 "resolution": model.cfg.sample_size, "images": n,
+                                 "guidance_scale": args.guidance_scale,
+                                 "memory": "peak GPU allocated" if device.type == "cuda"
+                                 else "process peak RSS (monotone)",
+                                 "rows": rows}, base=REPO)
     print(f"wrote {args.out}")
     return 0
 

@@ -24,17 +24,20 @@ from pathlib import Path
 
 import torch
 
+from iclevr.fileio import portable
+
 RESULTS = Path(__file__).parent / "results" / "sampler_accuracy"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def main() -> None:
     """Parse arguments, sample and score with every sampler, write the rows."""
-    from iclevr.weights import resolve_checkpoint
     from iclevr.data.course import load_conditions
     from iclevr.evaluation.fit import load_evaluator
     from iclevr.evaluation.run import generate, score_split
     from iclevr.generate import load_model
     from iclevr.settings import SamplerSettings
+    from iclevr.weights import resolve_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="Run folder or weights file.")
@@ -82,7 +85,7 @@ def main() -> None:
                        when=time.strftime("%Y-%m-%d %H:%M:%S"))
             suffix = f"-{key}" if len(evaluators) > 1 else ""
             (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}{suffix}.json").write_text(
-                json.dumps(row, indent=1) + "\n")
+                json.dumps(portable(row, REPO), indent=1) + "\n")
             scores = "  ".join(f"{split} {s['mean']:.3f}" for split, s in row["splits"].items())
             print(f"{name}-{steps} {key}: {scores}  mean {row['mean']:.3f}  ({wall} s)", flush=True)
 

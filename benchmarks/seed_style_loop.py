@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 TINY_MODEL = {"sample_size": 16, "block_out_channels": [16, 32], "layers_per_block": 1,
               "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
               "attention_head_dim": 8, "norm_num_groups": 8}
@@ -249,7 +250,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Run one part and write its rows as JSON."""
     from iclevr.errors import UserError
-    from iclevr.fileio import write_json
+    from iclevr.fileio import write_result_json
 
     args = parse_args(argv)
     try:
@@ -257,7 +258,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_json(args.out, {"part": args.part, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows})
+    write_result_json(args.out, {"part": args.part, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows},
+                      base=REPO)
     return 0
 
 

@@ -4,7 +4,8 @@
 
 Both loops train the same ConditionalUNet of the preset (same initial weights, batch size, data, machine):
 
-- seed-style (written here after the seed's description in docs/reference-config.md): a torch Dataset that opens every PNG
+- seed-style (written here after the seed's description in docs/reference-config.md): a torch Dataset that opens
+  every PNG
   with PIL and applies Resize((S, S)) + ToTensor + Normalize, a shuffling DataLoader (--workers worker
   processes; each value is a row), diffusers DDPMScheduler.add_noise, MSE on eps, Adam (not foreach),
   `loss.item()` every step (the seed logs every step), fp32 on CPU; on CUDA torch.autocast fp16 + GradScaler.
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
 
 
 def rss_bytes(pid: int) -> int:
@@ -224,9 +226,11 @@ def bench_preset(preset: str, args, kit, device) -> list[dict]:
         ips = statistics.median(r["images_per_s"] for r in runs)
         rows.append({"preset": preset, "loop": name, "params_M": round(count_parameters(model) / 1e6, 2),
                      "resolution": settings.model.sample_size, "batch": settings.train.batch_size,
-                     "images_per_s": round(ips, 1), "s_per_step": round(statistics.median(r["s_per_step"] for r in runs), 3),
+                     "images_per_s": round(ips, 1),
+                     "s_per_step": round(statistics.median(r["s_per_step"] for r in runs), 3),
                      "ratio_vs_best_seed_style": round(ips / base, 2),
-                     "gflop_per_step": round(gflop, 1), "achieved_gflops": round(gflop * ips / settings.train.batch_size, 1),
+                     "gflop_per_step": round(gflop, 1),
+                     "achieved_gflops": round(gflop * ips / settings.train.batch_size, 1),
                      "matmul_gflops": round(roof, 1),
                      "peak_mem_MiB": round(max(r["peak_mem_MiB"] for r in runs)),
                      "rounds": args.rounds, "steps": args.steps, "device": str(device),
@@ -267,7 +271,9 @@ def main() -> None:
     Console(width=max(Console().width, 130)).print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.write_text(json.dumps(old + rows, indent=1) + "\n")
+    from iclevr.fileio import portable
+
+    RESULTS.write_text(json.dumps(portable(old + rows, REPO), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,8 @@ _SELF_NOTE = ("; self-conditioning: the UNet's 6 input channels are x_t and the 
 class ExportSettings(Section):
     """Settings of `iclevr export`."""
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = newest run, "
-                                    "else the packaged model.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
+                                    "newest finished run, else the packaged model.")
     out: Path = Field(..., description="Folder to write (must be new or empty unless overwrite).")
     overwrite: bool = Field(False, description="Replace the exported files in an existing folder.")
 

@@ -10,9 +10,9 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 WRITE_FAULTS = {  # errno -> what the user reads; every other failure is a bug or an unusual environment
     errno.ENOSPC: "no space left on device",
@@ -262,6 +262,42 @@ def write_json(path: Path, data) -> None:
     import json
 
     atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+# an absolute path inside a string: "/" + at least two names, at the start or after a space, quote, "=" or ":"
+_ABSOLUTE = re.compile(r"""(?:^|(?<=[\s"'=(:,\[]))/(?!/)[\w.@+-]+/[^\s"'()\],]*""")
+PACKAGE_DIR = Path(__file__).resolve().parent  # iclevr/: its files are named iclevr/... on every machine
+
+
+def portable_path(path: str | Path, base: Path) -> str:
+    """`path` as a result file holds it: a file of the package as `iclevr/...`, anything else relative to `base`
+    (the folder the result is written in, or the repository) -- never the absolute path of this machine."""
+    path = Path(os.path.abspath(path))
+    for root in (PACKAGE_DIR, Path(os.path.abspath(PACKAGE_DIR))):
+        if path.is_relative_to(root):
+            return (Path("iclevr") / path.relative_to(root)).as_posix()
+    return Path(os.path.relpath(path, os.path.abspath(base))).as_posix()
+
+
+def portable(data, base: Path):
+    """A copy of JSON-like `data` in which every absolute path (a whole string or one inside a command line or
+    message) is written by `portable_path` relative to `base`."""
+    if isinstance(data, dict):
+        return {k: portable(v, base) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [portable(v, base) for v in data]
+    if isinstance(data, Path):
+        data = str(data)
+    if isinstance(data, str) and "/" in data:
+        return _ABSOLUTE.sub(lambda m: portable_path(m.group(), base), data)
+    return data
+
+
+def write_result_json(path: Path, data, base: Path | None = None) -> None:
+    """Write a result (report.json, summary.json, a benchmark's file) with `write_json`, its absolute paths made
+    relative to `base` (default: the folder it is written in) by `portable`."""
+    path = Path(path)
+    write_json(path, portable(data, base if base is not None else path.parent))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -22,8 +22,8 @@ class SampleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest run, "
-                                    "else the packaged pretrained model.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
+                                    "newest finished run, else the packaged pretrained model.")
     labels: list[list[str]] | None = Field(None, description="Conditions to draw (lists of label names).")
     labels_file: Path | None = Field(None, description="JSON file holding a list of conditions, like test.json.")
     num: int = Field(1, ge=1, le=10000, description="Images per condition.")
@@ -98,6 +98,15 @@ def _conditions(settings: SampleSettings) -> list[list[str]]:
     raise UserError('name what to draw: --labels "red sphere,cyan cube" or --labels-file test.json')
 
 
+def warn_crowded(conditions: list[list[str]], console=None) -> None:
+    """Print the one warning line of labels.crowded_warning on `console` when a condition has too many objects."""
+    from iclevr.labels import crowded_warning
+
+    line = crowded_warning(conditions)
+    if line and console is not None:
+        console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
 def run_sample(settings: SampleSettings, console=None) -> dict:
     """Load weights, draw `num` images per condition batch by batch, write the grid (and each batch's PNGs as it
     is drawn); returns a summary dict."""
@@ -106,7 +115,9 @@ def run_sample(settings: SampleSettings, console=None) -> dict:
     from iclevr.labels import encode_many
     from iclevr.sampling import resolve_steps, sample_batches
 
-    y = encode_many(_conditions(settings)).repeat_interleave(settings.num, dim=0)  # (N * num, 24)
+    conditions = _conditions(settings)
+    warn_crowded(conditions, console)
+    y = encode_many(conditions).repeat_interleave(settings.num, dim=0)  # (N * num, 24)
     check_writable(settings.out.parent)
     model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
     sampler = with_weights_defaults(settings.sampler, info.sampler)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from iclevr.errors import UserError
 
@@ -21,6 +21,8 @@ SPLITS: tuple[str, ...] = ("test", "new_test")  # the course's scored condition 
 VAL_SPLIT = "val"  # val.json: design choices are tuned on it, so SPLITS are only reported (disjoint from both)
 ALL_SPLITS: tuple[str, ...] = SPLITS + (VAL_SPLIT,)  # every condition list a kit has
 SPLIT_ROLE = {VAL_SPLIT: "chooses", **{s: "reported" for s in SPLITS}}  # what each list is for in a study
+# the most objects in one training image of the course kit and the default embedded kit (docs/course-kit.md)
+MAX_TRAINING_OBJECTS = 3
 
 
 def ordered_splits(splits) -> list[str]:
@@ -137,3 +139,16 @@ def check_objects_mapping(mapping: dict) -> None:
         detail = "; ".join(diffs[:3] + [f'unknown "{e}"' for e in extra[:3]])
         raise UserError(f"objects.json disagrees with the built-in 24-class order ({detail}); "
                         "the evaluator's outputs follow that order, so this file cannot be used")
+
+
+def crowded_warning(conditions: Sequence[Sequence[str]]) -> str | None:
+    """One warning line when a condition asks for more objects than any training image holds, else None."""
+    counts = [len(set(c)) for c in conditions]
+    over = [n for n in counts if n > MAX_TRAINING_OBJECTS]
+    if not over:
+        return None
+    kit = f"the training images of the course kit and the default kit hold at most {MAX_TRAINING_OBJECTS}"
+    if len(counts) == 1:
+        return f"warning: the condition asks for {over[0]} objects, but {kit}: expect some of them to be missing"
+    return (f"warning: {len(over)} of {len(counts)} conditions ask for more objects (up to {max(over)}) than any "
+            f"training image holds ({kit}): expect some of them to be missing")

@@ -12,7 +12,7 @@ Notation used across iclevr:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -123,7 +123,7 @@ def scheduler_kwargs(name: str, T: int, prediction_type: str = "epsilon", shift:
     return kwargs
 
 
-def make_scheduler(schedule) -> "diffusers.DDPMScheduler":  # noqa: F821
+def make_scheduler(schedule) -> diffusers.DDPMScheduler:  # noqa: F821
     """The training DDPMScheduler for a ScheduleSettings section."""
     from diffusers import DDPMScheduler
 

@@ -95,8 +95,8 @@ class ScheduleSettings(Section):
 class SamplerSettings(Section):
     """How images are drawn from a trained model."""
 
-    sampler: str = Field("dpmpp-sde", description="Sampler: ddpm, ddim, dpmpp, dpmpp-sde or unipc (README "
-                         "'Sampling speed and accuracy' compares them).")
+    sampler: str = Field("dpmpp-sde", description="Sampler: ddpm, ddim, dpmpp, dpmpp-sde or unipc "
+                         "(docs/performance.md, 'Sampling speed and accuracy', compares them).")
     steps: int | None = Field(None, gt=0, description="Sampling steps; empty = the sampler's default.")
     guidance_scale: float = Field(2.0, ge=0.0, le=50.0, description="Classifier-free guidance scale s "
                                   "(eps = eps_uncond + s * (eps_cond - eps_uncond)); 1 = conditional only.")
@@ -170,7 +170,7 @@ class TrainSettings(Section):
 
 PRESETS: tuple[str, ...] = ("seed", "small", "small-tokens", "tiny", "tiny-tokens", "tiny-latent", "tiny-patch")
 CPU_PRESETS: tuple[str, ...] = ("tiny", "tiny-tokens")  # sized for a 2-core CPU
-CPU_PRESET = "tiny-tokens"  # what `iclevr train` and `iclevr demo` use without a GPU (README "Conditioning")
+CPU_PRESET = "tiny-tokens"  # what `iclevr train` and `iclevr demo` use without a GPU (docs/conditioning.md)
 
 
 class _Unset:

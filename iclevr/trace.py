@@ -155,8 +155,8 @@ class TraceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest run, "
-                                    "else the packaged pretrained model.")
+    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
+                                    "newest finished run, else the packaged pretrained model.")
     labels: list[str] = Field(list(TRACE_LABELS), min_length=1, description="The condition (label names).")
     frames: int = Field(10, ge=2, description="Frames in the row, from pure noise to the final image (course: >= 8).")
     x0_row: bool = Field(False, description="Add a second row with the predicted x0 at each frame.")
@@ -169,11 +169,12 @@ class TraceSettings(BaseModel):
 def run_trace(settings: TraceSettings, console=None) -> dict:
     """Load weights, record the trace of one image and write the PNG (and GIF); returns a summary dict."""
     from iclevr.fileio import check_writable
-    from iclevr.labels import encode
-    from iclevr.generate import load_model, with_weights_defaults
+    from iclevr.generate import load_model, warn_crowded, with_weights_defaults
     from iclevr.images import save_png
+    from iclevr.labels import encode
     from iclevr.sampling import resolve_steps
 
+    warn_crowded([settings.labels], console)
     y = encode(settings.labels)[None]  # (1, 24)
     check_writable(settings.out.parent)
     model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)

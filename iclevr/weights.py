@@ -14,8 +14,10 @@ Run folder layout (`checkpoints/<run-name>/`):
   tb/                        TensorBoard logs
 
 Which weights a command uses (`resolve_model`, the same for sample, denoise-trace, eval and export):
---checkpoint, else the newest run under checkpoints/, else the packaged pretrained model
-(paths.packaged_model_path), else the "no trained model" error. `model_line` is the one line naming it.
+--checkpoint, else the newest finished run under checkpoints/, else the packaged pretrained model
+(paths.packaged_model_path), else the "no trained model" error. A run that has not finished (progress.json
+says so: interrupted, killed, or still training) is used only when named, or when nothing else exists; a
+newer unfinished run that was passed over is named in the line. `model_line` is the one line naming it.
 
 Tensor dtypes: a run's files hold float32; a packaged file holds float16 (half the size) plus the JSON
 `packaged` metadata (how it was trained and scored, written by benchmarks/package_model.py). Loading always
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from iclevr.errors import UserError
 from iclevr.paths import checkpoints_root, packaged_model_path
+from iclevr.runinfo import no_weights_line, unfinished_step
 
 FORMAT = "iclevr-unet"
 FORMAT_VERSION = "1"
@@ -40,9 +43,9 @@ class WeightsInfo:
     """What a weights file says about itself."""
 
     path: Path
-    model: "ModelSettings"  # noqa: F821
-    schedule: "ScheduleSettings"  # noqa: F821
-    sampler: "SamplerSettings"  # noqa: F821
+    model: ModelSettings  # noqa: F821
+    schedule: ScheduleSettings  # noqa: F821
+    sampler: SamplerSettings  # noqa: F821
     preset: str
     step: int
     packaged: dict | None = None  # the packaging record of a packaged model; None for a run's weights
@@ -157,13 +160,19 @@ def attach_autoencoder(model, info: WeightsInfo, device="cpu") -> None:
     model.attach_autoencoder(ae)
 
 
-def newest_run(root: Path | None = None) -> Path | None:
-    """The most recently updated run folder (one holding weights/ema.safetensors) under `root`."""
+def runs_newest_first(root: Path | None = None) -> list[Path]:
+    """The run folders holding weights/ema.safetensors under `root`, the most recently updated first."""
     root = Path(root) if root else checkpoints_root()
     if not root.is_dir():
-        return None
+        return []
     runs = [p for p in root.iterdir() if (p / "weights" / "ema.safetensors").is_file()]
-    return max(runs, key=lambda p: (p / "weights" / "ema.safetensors").stat().st_mtime, default=None)
+    return sorted(runs, key=lambda p: (p / "weights" / "ema.safetensors").stat().st_mtime, reverse=True)
+
+
+def newest_run(root: Path | None = None) -> Path | None:
+    """The most recently updated run folder (one holding weights/ema.safetensors) under `root`."""
+    runs = runs_newest_first(root)
+    return runs[0] if runs else None
 
 
 @dataclass(frozen=True)
@@ -171,20 +180,34 @@ class ModelSource:
     """Which weights a command uses and why."""
 
     path: Path  # the weights file
-    kind: str  # "checkpoint" (--checkpoint), "run" (the newest run) or "packaged" (the packaged model)
-    named: Path | None = None  # what --checkpoint said, or the newest run's folder
+    kind: str  # "checkpoint" (--checkpoint), "run" (the newest finished run) or "packaged" (the packaged model)
+    named: Path | None = None  # what --checkpoint said, or the run's folder
+    unfinished: int | None = None  # the step of the chosen weights when their run has not finished
+    passed_over: Path | None = None  # a newer run that was not used because it has not finished
+    passed_over_step: int = 0
 
 
 def resolve_model(checkpoint: Path | None) -> ModelSource:
-    """THE model choice: --checkpoint, else the newest run under checkpoints/, else the packaged model."""
+    """THE model choice: --checkpoint, else the newest finished run under checkpoints/, else the packaged model.
+
+    A run that has not finished (interrupted, killed, still training) is used when named with --checkpoint,
+    or when nothing else exists; otherwise it is passed over and `model_line` says so and how to use it."""
     if checkpoint is not None:
-        return ModelSource(_checkpoint_file(Path(checkpoint)), "checkpoint", Path(checkpoint))
-    run = newest_run()
-    if run is not None:
-        return ModelSource(run / "weights" / "ema.safetensors", "run", run)
+        named = Path(checkpoint)
+        path = _checkpoint_file(named)
+        return ModelSource(path, "checkpoint", named, unfinished=unfinished_step(path.parent.parent)
+                           if path.parent.name == "weights" else None)
+    runs = runs_newest_first()
+    skipped = runs[0] if runs and unfinished_step(runs[0]) is not None else None
+    extra = {"passed_over": skipped, "passed_over_step": unfinished_step(skipped)} if skipped else {}
+    finished = [r for r in runs if unfinished_step(r) is None]
+    if finished:
+        return ModelSource(finished[0] / "weights" / "ema.safetensors", "run", finished[0], **extra)
     packaged = packaged_model_path()
     if packaged.is_file():
-        return ModelSource(packaged, "packaged")
+        return ModelSource(packaged, "packaged", **extra)
+    if runs:  # only unfinished runs and no packaged model: the newest, said plainly
+        return ModelSource(runs[0] / "weights" / "ema.safetensors", "run", runs[0], unfinished=unfinished_step(runs[0]))
     raise UserError(f"no trained model found under {checkpoints_root()}/; train one with "
                     "`iclevr train` (or `iclevr demo`), or pass --checkpoint PATH")
 
@@ -200,8 +223,6 @@ def _checkpoint_file(path: Path) -> Path:
         for name in ("ema.safetensors", "model.safetensors"):
             if (path / "weights" / name).is_file():
                 return path / "weights" / name
-        from iclevr.training.lock import no_weights_line
-
         raise UserError(no_weights_line(path) or f"{path} is not a run folder with weights (no "
                         "weights/ema.safetensors); pass a run folder or an iclevr .safetensors weights file")
     if not path.exists():
@@ -218,14 +239,29 @@ def packaged_accuracy(info: WeightsInfo) -> dict[str, float]:
     return {split: float(a["mean"]) for split, a in scores.items() if isinstance(a, dict) and "mean" in a}
 
 
+MODEL_CARD = "docs/model-card.md"  # what the packaged model is, how it was trained and scored, its limits
+
+
 def model_line(source: ModelSource, info: WeightsInfo) -> str:
     """The one line sample, denoise-trace, eval and export print: which weights they use and why."""
     if source.kind == "packaged":
         acc = packaged_accuracy(info)
         scored = (f"test/new_test {acc['test']:.3f}/{acc['new_test']:.3f}" if {"test", "new_test"} <= set(acc)
                   else "not scored")
-        return (f"model: packaged pretrained model {source.path} ({info.model.condition}, {info.step:,} steps, "
-                f"{scored})")
-    if source.kind == "run":
-        return f"model: newest run {source.named} (step {info.step:,})"
-    return f"model: --checkpoint {source.named} (step {info.step:,})"
+        line = (f"model: packaged pretrained model {source.path} ({info.model.condition}, {info.step:,} steps, "
+                f"{scored}; model card: {MODEL_CARD})")
+    elif source.kind == "run":
+        line = f"model: newest run {source.named} (step {info.step:,}{_unfinished(source)})"
+    else:
+        line = f"model: --checkpoint {source.named} (step {info.step:,}{_unfinished(source)})"
+    if source.passed_over:
+        line += (f"; not the newer run {source.passed_over}, which has not finished (step "
+                 f"{source.passed_over_step:,}): name it with --checkpoint to use it")
+    return line
+
+
+def _unfinished(source: ModelSource) -> str:
+    """', unfinished: ...' for weights whose run has not finished, else ''."""
+    if source.unfinished is None:
+        return ""
+    return ", unfinished: its training stopped before its budget or is still going"

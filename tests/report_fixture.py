@@ -9,7 +9,6 @@ import statistics
 import numpy as np
 
 from iclevr import labels as L
-
 from iclevr.evaluation.metric import analyse
 
 

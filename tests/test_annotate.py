@@ -7,12 +7,10 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
-
-from iclevr import labels as L
-from iclevr.evaluation.annotate import (FOUND, MISSED, WRONG, annotate_split, annotated_grid, hits_from,
-                                        save_annotated)
 from report_fixture import fake_conditions, fake_split, solid_images
 
+from iclevr import labels as L
+from iclevr.evaluation.annotate import FOUND, MISSED, WRONG, annotate_split, annotated_grid, hits_from, save_annotated
 from iclevr.evaluation.metric import image_hits, topk_predictions
 
 # a stand-in evaluator whose answers are known: condition -> its top-k predictions

@@ -19,9 +19,9 @@ runner = CliRunner()
 @pytest.fixture
 def world(tmp_path, course_kit, tiny_model_cfg):
     """A course kit, one tiny weights file, decoys of other formats and a user file to protect."""
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
 
     torch.manual_seed(0)
     weights = save_weights(build_model(tiny_model_cfg), tmp_path / "tiny.safetensors", model_cfg=tiny_model_cfg,

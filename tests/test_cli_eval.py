@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from evaluator_standin import colour_reader, colour_reader_topk, expected_hits, fixed_ranking, fixed_topk, paint
 from typer.testing import CliRunner
 
-from evaluator_standin import (colour_reader, colour_reader_topk, expected_hits, fixed_ranking, fixed_topk,
-                               paint)
 from iclevr.cli.app import app
 
 runner = CliRunner()
@@ -22,9 +21,9 @@ runner = CliRunner()
 @pytest.fixture
 def tiny_run(tiny_model_cfg) -> Path:
     """A run folder under $ICLEVR_CHECKPOINTS holding a tiny random-weight UNet."""
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
 
     torch.manual_seed(0)
     run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"
@@ -101,7 +100,8 @@ def test_eval_scores_sampled_images_with_a_known_evaluator(tiny_run, course_kit,
         assert f"{r['mean']:.4f} ± {r['std']:.4f}" in text and f"{r['hits']} / {r['total']}" in text
     assert report["evaluator"]["kind"] == "own" and report["checkpoint"].endswith("ema.safetensors")
     assert report["sampler"]["sampler"] == "ddim" and report["sampler"]["steps"] == 2
-    assert report["data_dir"] == str(course_kit)
+    assert (out / report["data_dir"]).resolve() == course_kit.resolve()  # relative to the report's folder
+    assert "/" + str(tmp_path).strip("/") not in (out / "report.json").read_text()  # no absolute path
     assert "most often missed" in text and "binding" in text
     _assert_report_page(out, report)
 
@@ -140,7 +140,8 @@ def test_eval_images_mode_with_course_checkpoint_in_data_dir(tiny_run, course_ki
                                    "--data-dir", str(course_kit), "--out", str(out)]))
     report = json.loads((out / "report.json").read_text())
     assert list(report["splits"]) == ["test"] and report["evaluator"]["kind"] == "course"
-    assert report["evaluator"]["path"] == str(course_kit / "checkpoint.pth") and report["checkpoint"] is None
+    assert (out / report["evaluator"]["path"]).resolve() == (course_kit / "checkpoint.pth").resolve()
+    assert report["checkpoint"] is None
     assert [run["seed"] for run in report["splits"]["test"]["runs"]] == ["images"]
     _assert_scored(report["splits"]["test"], conditions, predicted)
     assert (out / "test_grid.png").is_file() and not (out / "images").exists()
@@ -166,7 +167,7 @@ def test_eval_images_mode_needs_no_training_images(tmp_path):
                             "--evaluator", str(evaluator), "--out", str(out)]))
     report = json.loads((out / "report.json").read_text())
     _assert_scored(report["splits"]["new_test"], conditions, predicted)
-    assert report["data_dir"] is None and report["evaluator"]["path"] == str(evaluator)
+    assert report["data_dir"] is None and (out / report["evaluator"]["path"]).resolve() == evaluator.resolve()
     assert not list(iclevr_home().rglob("*.png"))  # no kit rendered, no training image read
 
 

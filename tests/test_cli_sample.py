@@ -17,9 +17,9 @@ runner = CliRunner()
 @pytest.fixture
 def weights(tmp_path, tiny_model_cfg):
     """A random-weight tiny model saved with our metadata (stored sampler: ddim, 6 steps)."""
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
 
     torch.manual_seed(0)
     return save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
@@ -144,3 +144,27 @@ def test_denoise_trace_writes_png_and_gif(weights, tmp_path):
     assert r.exit_code == 2 and "needs at least 7 sampling steps" in r.stderr.replace("\n", "")
     r = run("denoise-trace", "--checkpoint", weights, "--labels", "red sphere,red sphere", "--out", out)
     assert r.exit_code == 2 and "duplicate label" in r.stderr
+
+
+def test_more_objects_than_any_training_image_gives_one_warning_line(weights, tmp_path):
+    """Five objects where the kits hold at most three: drawn anyway, with one warning line (trap 3)."""
+    five = "red sphere,cyan cylinder,cyan cube,gray cube,blue sphere"
+    commands = (["sample", "--out", tmp_path / "s.png"],
+                ["denoise-trace", "--frames", "2", "--out", tmp_path / "t.png"])
+    for cmd in commands:
+        r = run(*cmd, "--checkpoint", weights, "--labels", five, "--steps", "2", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]
+        assert warnings == ["warning: the condition asks for 5 objects, but the training images of the course kit "
+                            "and the default kit hold at most 3: expect some of them to be missing"], r.output
+    r = run("sample", "--checkpoint", weights, "--labels", "red sphere,cyan cube,gray cube", "--steps", "2",
+            "--out", tmp_path / "three.png", "--device", "cpu")
+    assert r.exit_code == 0 and "warning" not in r.output
+
+
+def test_crowded_warning_counts_the_conditions_over_the_limit():
+    from iclevr.labels import crowded_warning
+
+    assert crowded_warning([["red sphere"], ["red sphere", "red sphere", "red cube", "gray cube"]]) is None
+    line = crowded_warning([["red sphere"], ["a", "b", "c", "d"], ["a", "b", "c", "d", "e"]])
+    assert line.startswith("warning: 2 of 3 conditions ask for more objects (up to 5) than any training image")

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_MODEL
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL
 from iclevr.cli.app import app
 from iclevr.settings import CPU_PRESET
 

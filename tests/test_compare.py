@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TINY_MODEL
+from evaluator_standin import expected_hits, fixed_ranking, fixed_topk
 from typer.testing import CliRunner
 
 from iclevr.cli.app import app
-from conftest import TINY_MODEL
-from evaluator_standin import expected_hits, fixed_ranking, fixed_topk
 
 runner = CliRunner()
 
@@ -202,8 +202,8 @@ def test_study_trains_and_scores_a_tokens_model(tmp_path, course_kit):
 def test_best_schedule_is_chosen_on_val_alone():
     from rich.console import Console
 
-    from iclevr.studies.compare import best_schedule
     from iclevr.evaluation.html import render_comparison
+    from iclevr.studies.compare import best_schedule
     from iclevr.studies.compare_report import print_report
 
     rows = []  # cosine wins test and new_test, linear wins val: the study must pick linear

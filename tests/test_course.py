@@ -6,8 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from iclevr.data.course import (cache_dir_for, check_images, load_conditions, load_image, load_kit,
-                                load_train_tensors, summarise, to_model_range)
+from iclevr.data.course import (
+    cache_dir_for,
+    check_images,
+    load_conditions,
+    load_image,
+    load_kit,
+    load_train_tensors,
+    summarise,
+    to_model_range,
+)
 from iclevr.errors import UserError
 
 

@@ -65,7 +65,7 @@ def test_demo_writes_a_summary_with_steps_minutes_accuracy_and_machine(stubbed_s
     assert "population" in summary["std"]
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["torch"]
     assert summary["evaluator"]["sha256"] == "ab" and summary["sampler"]["sampler"] == "dpmpp-sde"
-    assert summary["report"] == str(tmp_path / "demo" / "eval" / "report.html")  # the eval page is linked
+    assert summary["report"] == "eval/report.html"  # the eval page is linked, relative to the summary
 
 
 def test_demo_summary_names_the_html_report(stubbed_stages, tmp_path):
@@ -113,7 +113,7 @@ def test_demo_sets_the_packaged_models_recorded_score_beside_the_fresh_one(stubb
     assert "20,000 steps, 6.5 h" in text and "as measured when packaged" in text
     packaged = json.loads((tmp_path / "demo" / "summary.json").read_text())["packaged_model"]
     assert packaged["steps"] == 20000 and packaged["accuracy"]["test"]["mean"] == 0.93
-    assert packaged["path"] == str(tmp_path / "p.safetensors") and "when packaged" in packaged["note"]
+    assert packaged["path"] == "../p.safetensors" and "when packaged" in packaged["note"]  # relative to demo/
 
 
 def test_demo_without_a_packaged_model_says_so_in_one_line(stubbed_stages, tmp_path):

@@ -1,20 +1,22 @@
-"""The docs stay true: the README's Development map names every module, and every docs/ path cited exists."""
+"""The docs stay true: the package map of docs/development.md names every module, every docs/ path cited exists,
+and no result file or page holds an absolute path of the machine that wrote it."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "iclevr"
 CITED = re.compile(r"docs/[\w./-]*\w")  # docs/metric.md, docs/demo_trace.png
-OUTSIDE_CITATION = re.compile(r"§\s*\d|\bspec(ification)? section \d", re.IGNORECASE)  # sections of a file not in the repo
+# sections of a file that is not in the repo
+OUTSIDE_CITATION = re.compile(r"§\s*\d|\bspec(ification)? section \d", re.IGNORECASE)
 
 
 def development_map() -> list[str]:
-    """The module paths listed under iclevr/ in the README's Development section, e.g. 'training/loop.py'."""
-    section = (ROOT / "README.md").read_text().split("## Development", 1)[1]
-    block = section.split("```\niclevr/\n", 1)[1].split("```", 1)[0]
+    """The module paths listed under iclevr/ in docs/development.md's package map, e.g. 'training/loop.py'."""
+    block = (ROOT / "docs" / "development.md").read_text().split("```\niclevr/\n", 1)[1].split("```", 1)[0]
     return [line.split()[0] for line in block.splitlines() if line.startswith("  ") and line.split()]
 
 
@@ -40,12 +42,12 @@ def test_the_development_map_parses():
 def test_every_module_is_in_the_development_map():
     listed = set(development_map())
     missing = [m for m in package_modules() if m not in listed]
-    assert not missing, f"add to the README's Development map: {', '.join(missing)}"
+    assert not missing, f"add to the package map of docs/development.md: {', '.join(missing)}"
 
 
 def test_every_module_in_the_development_map_exists():
     gone = [m for m in development_map() if not (PACKAGE / m).is_file()]
-    assert not gone, f"the README's Development map lists modules that do not exist: {', '.join(gone)}"
+    assert not gone, f"docs/development.md's package map lists modules that do not exist: {', '.join(gone)}"
 
 
 def test_every_cited_docs_path_exists():
@@ -65,3 +67,32 @@ def test_docs_link_to_files_that_exist():
               for target in re.findall(r"\]\(([^)#]+)\)", page.read_text(encoding="utf-8"))
               if "://" not in target and not (page.parent / target).exists()]
     assert not broken, "broken links in docs/: " + "; ".join(broken)
+
+
+ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s"'=(:,\[]))/(?!/)(?!path/to/)[\w.@+-]+/[^\s"'()\],]*""")
+
+
+def test_no_absolute_path_of_a_machine_in_results_or_docs():
+    """Result files and docs name files relative to the repository or the run folder, never /home/me/..."""
+    files = [p for folder in ("benchmarks/results", "docs") for p in sorted((ROOT / folder).rglob("*"))
+             if p.is_file() and p.suffix not in (".png", ".gif", ".jpg")]
+    found = [f"{p.relative_to(ROOT)}: {m.group()}" for p in files
+             for m in ABSOLUTE_PATH.finditer(p.read_text(encoding="utf-8"))]
+    assert not found, "absolute paths (write them with iclevr.fileio.portable): " + "; ".join(found[:10])
+
+
+def test_results_are_written_with_relative_paths(tmp_path):
+    from iclevr.fileio import PACKAGE_DIR, portable, write_result_json
+
+    data = {"out": str(tmp_path / "run" / "eval"), "evaluator": {"path": str(PACKAGE_DIR / "assets" / "x.pt")},
+            "command": f"iclevr eval --checkpoint {tmp_path / 'run'} --split test", "ratio": "test/new_test 0.9/0.8",
+            "url": "https://example.org/a/b", "rows": [tmp_path / "other" / "w.safetensors"]}
+    write_result_json(tmp_path / "run" / "report.json", data)
+    text = (tmp_path / "run" / "report.json").read_text()
+    assert not ABSOLUTE_PATH.search(text), text
+    written = json.loads(text)
+    assert written["out"] == "eval" and written["evaluator"]["path"] == "iclevr/assets/x.pt"
+    assert written["command"] == "iclevr eval --checkpoint . --split test"
+    assert written["ratio"] == data["ratio"] and written["url"] == data["url"]
+    assert written["rows"] == ["../other/w.safetensors"]
+    assert portable({"a": "/x/y"}, tmp_path)["a"].startswith("..")

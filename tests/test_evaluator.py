@@ -7,9 +7,18 @@ import pytest
 import torch
 
 from iclevr.errors import UserError
-from iclevr.evaluation.evaluator import (PACKAGED, build_evaluator, choose_evaluator_file, export_course,
-                                         forward_logits, load_course, load_file, load_own, own_default_path,
-                                         save_own)
+from iclevr.evaluation.evaluator import (
+    PACKAGED,
+    build_evaluator,
+    choose_evaluator_file,
+    export_course,
+    forward_logits,
+    load_course,
+    load_file,
+    load_own,
+    own_default_path,
+    save_own,
+)
 from iclevr.evaluation.fit import EvaluatorTrainSettings, augment, load_evaluator, preprocess
 
 

@@ -127,10 +127,10 @@ def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_p
 @pytest.mark.parametrize("design, prediction", [("pooled", "v_prediction"), ("tokens", "epsilon")])
 def test_self_conditioned_export_feeds_back_x0_and_reproduces_our_samples(tmp_path, tiny_model_cfg, design,
                                                                           prediction):
+    import diffusers
+
     from iclevr.export import unet_class
     from iclevr.weights import load_weights
-
-    import diffusers
 
     cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **(TOKENS if design == "tokens" else {}),
                                   "self_condition": True})
@@ -176,9 +176,9 @@ def test_native_64_designs_export_and_reproduce_our_samples(tmp_path, tiny_model
 
 
 def test_export_refuses_to_overwrite(tmp_path, tiny_model_cfg):
-    from iclevr.weights import save_weights
     from iclevr.model import build_model
     from iclevr.settings import ScheduleSettings
+    from iclevr.weights import save_weights
 
     weights = save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
                            schedule_cfg=ScheduleSettings())

@@ -14,11 +14,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from PIL import Image
+from report_fixture import fake_conditions, fake_report, solid_images
 
 from iclevr import labels as L
 from iclevr.evaluation.annotate import annotate_split, png_bytes
 from iclevr.evaluation.html import render_comparison, render_report, write_report
-from report_fixture import fake_conditions, fake_report, solid_images
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 SVG_EMPTY = {"rect", "path", "line", "circle"}  # written self-closing (<rect .../>) inside inline SVG

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle between iclevr's modules (deferred imports inside functions included)."""
+"""The package's shape: every import points down a fixed order of floors, and no import cycle within a floor
+(deferred imports inside functions included)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,21 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "iclevr"
+
+# The floors, lowest first (the README's Development map, docs/development.md). A module may import its own floor
+# and the floors below; a module of a sub-package belongs to the floor of its longest listed prefix.
+FLOORS: list[tuple[str, ...]] = [
+    ("iclevr", "iclevr.errors", "iclevr.paths", "iclevr.seeding", "iclevr.progress", "iclevr.fileio",
+     "iclevr.labels", "iclevr.images", "iclevr.device", "iclevr.settings", "iclevr.runinfo", "iclevr.ema",
+     "iclevr.schedules"),                                                     # the ground floor
+    ("iclevr.model", "iclevr.sampling", "iclevr.weights"),                   # the model and its weights
+    ("iclevr.generate", "iclevr.trace", "iclevr.export"),                    # how a model is used
+    ("iclevr.data",),                                                         # kits, the renderer
+    ("iclevr.training",),                                                     # train(settings) -> run_dir
+    ("iclevr.evaluation",),                                                   # scoring (may use the lr shape)
+    ("iclevr.studies",),                                                      # studies built from the above
+    ("iclevr.cli", "iclevr.__main__"),                                        # the thin CLI on top
+]
 
 
 def module_name(path: Path) -> str:
@@ -67,6 +83,36 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycle_inside_the_package():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def floor_of(module: str) -> int | None:
+    """The index in FLOORS of `module` (its longest listed prefix), or None when no floor lists it."""
+    best: tuple[int, int] | None = None
+    for i, names in enumerate(FLOORS):
+        for name in names:
+            inside = module.startswith(name + ".") and name != "iclevr"  # the root package holds only itself
+            if (module == name or inside) and (best is None or len(name) > best[1]):
+                best = (i, len(name))
+    return best[0] if best else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for every import from a lower floor to a higher one (and modules no floor lists)."""
+    found = [f"{m} is on no floor" for m in sorted(graph) if floor_of(m) is None]
+    return found + [f"{m} -> {n}" for m in sorted(graph) for n in sorted(graph[m])
+                    if None not in (floor_of(m), floor_of(n)) and floor_of(n) > floor_of(m)]
+
+
+def test_the_floor_check_finds_an_upward_import():
+    assert upward_imports({"iclevr.weights": {"iclevr.training.lock"}, "iclevr.training.lock": set()}) == [
+        "iclevr.weights -> iclevr.training.lock"]
+    assert upward_imports({"iclevr.cli.app": {"iclevr.model"}, "iclevr.model": set()}) == []
+    assert upward_imports({"iclevr.newthing": set()}) == ["iclevr.newthing is on no floor"]
+
+
+def test_every_import_points_down():
+    up = upward_imports(import_graph())
+    assert not up, "imports that point up the floors of tests/test_layout.py: " + "; ".join(up)
 
 
 def test_the_metric_imports_nothing_from_iclevr():

@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
+
 from iclevr.training.noise import immiscible_permutation
 
 pytestmark = pytest.mark.usefixtures("one_thread")

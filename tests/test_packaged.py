@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL
 from iclevr.cli.app import app
 
 runner = CliRunner()
@@ -28,7 +28,7 @@ def _package_module():
     return module
 
 
-def make_run(folder: Path, *, step: int, seed: int, log_rows: int = 3) -> Path:
+def make_run(folder: Path, *, step: int, seed: int, log_rows: int = 3, finished: bool = True) -> Path:
     """A run folder as `iclevr train` leaves it (settings, progress, metrics, EMA weights) with a random tiny
     model; its stored sampler is ddim at 2 steps so scoring it takes seconds."""
     from iclevr.model import build_model
@@ -39,7 +39,7 @@ def make_run(folder: Path, *, step: int, seed: int, log_rows: int = 3) -> Path:
     settings = TrainSettings(preset="tiny", model=cfg, sampler=SamplerSettings(sampler="ddim", steps=2))
     folder.mkdir(parents=True)
     (folder / "settings.json").write_text(to_json(settings))
-    (folder / "progress.json").write_text(json.dumps({"step": step, "wall_s": 5400.0, "finished": True}))
+    (folder / "progress.json").write_text(json.dumps({"step": step, "wall_s": 5400.0, "finished": finished}))
     rows = [{"step": 25 * (i + 1), "loss": 1.0 / (i + 1), "lr": 1e-3, "wall_s": float(i)} for i in range(log_rows)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(seed)
@@ -96,11 +96,32 @@ def test_resolution_order_explicit_then_newest_run_then_packaged(use_packaged, t
     assert chosen.kind == "checkpoint" and chosen.path == other / "weights" / "ema.safetensors"
 
 
+def test_an_unfinished_run_is_used_only_when_named(use_packaged, tmp_path):
+    """An interrupted newest run does not silently replace the packaged model or a finished run."""
+    from iclevr.weights import resolve_model
+
+    root = Path(os.environ["ICLEVR_CHECKPOINTS"])
+    sample = ["sample", "--labels", "red sphere", "--out", tmp_path / "s.png", "--device", "cpu"]
+    stopped = make_run(root / "stopped", step=57, seed=3, finished=False)
+    assert resolve_model(None).kind == "packaged" and resolve_model(None).passed_over == stopped
+    [line] = model_lines(invoke(*sample))
+    assert line.startswith("model: packaged pretrained model") and line.endswith(
+        f"; not the newer run {stopped}, which has not finished (step 57): name it with --checkpoint to use it")
+    done = make_run(root / "done", step=7, seed=1)
+    os.utime(stopped / "weights" / "ema.safetensors")  # the unfinished run stays the newest
+    chosen = resolve_model(None)
+    assert chosen.kind == "run" and chosen.named == done and chosen.passed_over == stopped
+    [line] = model_lines(invoke(*sample, "--checkpoint", stopped))
+    assert line == (f"model: --checkpoint {stopped} (step 57, unfinished: its training stopped before its "
+                    "budget or is still going)")
+
+
 def test_each_command_prints_one_line_naming_the_model(use_packaged, tmp_path):
     sample = ["sample", "--labels", "red sphere,cyan cube", "--out", tmp_path / "s.png", "--device", "cpu"]
     lines = model_lines(invoke(*sample))
     assert lines == [f"model: packaged pretrained model {use_packaged} (pooled, 1,234 steps, test/new_test "
-                     f"{_mean(use_packaged, 'test'):.3f}/{_mean(use_packaged, 'new_test'):.3f})"], lines
+                     f"{_mean(use_packaged, 'test'):.3f}/{_mean(use_packaged, 'new_test'):.3f}; model card: "
+                     "docs/model-card.md)"], lines
     trace = model_lines(invoke("denoise-trace", "--frames", "2", "--out", tmp_path / "t.png", "--device", "cpu"))
     export = model_lines(invoke("export", "--out", tmp_path / "export"))
     assert trace == export == lines[:1]
@@ -129,8 +150,8 @@ def test_fresh_home_samples_and_scores_the_packaged_model_without_rendering(use_
     text = invoke("eval", "--split", "new_test", "--seeds", "0", "--device", "cpu")
     assert len(model_lines(text)) == 1 and "packaged pretrained model" in model_lines(text)[0]
     report = json.loads(Path("eval/report.json").read_text())  # ./eval: the packaged file is in no run folder
-    assert report["checkpoint"] == str(use_packaged) and report["model"]["step"] == 1234
-    assert report["evaluator"]["path"] == str(PACKAGED) and report["splits"]["new_test"]["total"] > 0
+    assert Path("eval", report["checkpoint"]).resolve() == use_packaged.resolve() and report["model"]["step"] == 1234
+    assert report["evaluator"]["path"] == "iclevr/assets/" + PACKAGED.name and report["splits"]["new_test"]["total"] > 0
     assert not (iclevr_home() / "kits").exists(), "the embedded kit was rendered"
     assert not own_default_path().exists(), "an evaluator was trained instead of using the packaged one"
 

@@ -19,7 +19,7 @@ def test_the_shipped_file_is_small_float16_and_fully_described():
     from iclevr.weights import read_info
 
     assert SHIPPED.is_file(), "iclevr/assets/pretrained.safetensors is missing"
-    assert SHIPPED.stat().st_size <= 14e6  # benchmarks/package_model.py MAX_MB (README "Pretrained model": why not 12)
+    assert SHIPPED.stat().st_size <= 14e6  # benchmarks/package_model.py MAX_MB (docs/model-card.md: why not 12)
     from safetensors import safe_open
 
     with safe_open(str(SHIPPED), framework="pt") as f:

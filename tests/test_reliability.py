@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL
 from iclevr.cli.app import app
 from iclevr.errors import EXIT_RESUMABLE, TrainingStopped, UserError
 

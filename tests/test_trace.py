@@ -15,6 +15,7 @@ SCHEDULE = ScheduleSettings()
 @pytest.fixture(scope="module")
 def model():
     from conftest import TINY_MODEL
+
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings
 
@@ -69,9 +70,9 @@ def test_figure_and_gif_sizes(model, tmp_path):
 
 
 def test_trace_of_a_tokens_model_from_saved_weights(tmp_path):
+    from conftest import TINY_MODEL
     from typer.testing import CliRunner
 
-    from conftest import TINY_MODEL
     from iclevr.cli.app import app
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings

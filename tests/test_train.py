@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from safetensors.torch import load_file
 
-from conftest import TINY_MODEL
 from iclevr.errors import TrainingInterrupted, UserError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -342,10 +341,10 @@ def test_sigkill_at_random_moments_then_resume(course_kit, tmp_path):
                                      "resume" if k else "new", str(pause)], stdout=out, stderr=subprocess.STDOUT)
         try:
             if moment == "state-write":  # a new temporary state file: the write is under way
-                _wait_until(lambda: set(state_dir.glob(".step-*.tmp")) - debris, proc, log)
+                _wait_until(lambda old=debris: set(state_dir.glob(".step-*.tmp")) - old, proc, log)
             else:  # a few steps past the resumed state, then somewhere within a step, a log or a save
                 target = saved + rng.randint(3, 6)
-                _wait_until(lambda: _last_step(log) >= target, proc, log)
+                _wait_until(lambda log=log, target=target: _last_step(log) >= target, proc, log)
                 time.sleep(rng.uniform(0.0, 0.08))
         finally:
             proc.kill()  # SIGKILL: no handler, no cleanup
@@ -511,6 +510,39 @@ def test_progress_bar_never_passes_its_total():
         completed, total, text = bar_position(1114, elapsed, None, 600.0)
         assert completed <= total == 600.0 and text.startswith("step 1114, ")
     assert bar_position(1114, 612.5, None, 600.0)[2] == "step 1114, 10.0/10 min"
+
+
+def test_progress_bar_follows_the_time_cap_that_stops_a_long_step_budget():
+    """`iclevr train --epochs 200` on a CPU: 112,400 steps asked, the preset's 30 minutes will stop it (trap 1)."""
+    from iclevr.training.run_folder import bar_position
+
+    completed, total, text = bar_position(57, 90.0, 112_400, 1800.0)
+    assert (completed, total) == (90.0, 1800.0) and text == "step 57 of 112400, 1.5/30 min"
+    assert bar_position(57, 1900.0, 112_400, 1800.0)[:2] == (1800.0, 1800.0)  # never past the cap
+    completed, total, text = bar_position(900, 60.0, 1000, 1800.0)  # a fast machine: the steps end first
+    assert (completed, total) == (0.9 * 1800.0, 1800.0) and text == "900/1000 (cap 30 min)"
+    shares = [bar_position(s, 60.0 + s, 1000, 1800.0)[0] for s in range(0, 1001, 50)]
+    assert shares == sorted(shares) and shares[-1] == 1800.0  # one unit all along: the ETA never jumps
+
+
+def test_a_time_cap_that_stops_a_step_budget_is_said_once_the_speed_is_known():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from iclevr.settings import TrainSettings
+    from iclevr.training.plan import speed_notes
+
+    settings = TrainSettings(preset="tiny-tokens")
+    settings.train.epochs, settings.train.max_minutes = 200, 30.0
+    plan = SimpleNamespace(total_steps=112_400, steps_per_epoch=562)
+    console = Console(record=True, width=400)
+    speed_notes(0.85, 4, 4.0, plan, settings, SimpleNamespace(type="cpu"), console)
+    text = console.export_text()
+    assert "the 30 min budget stops this run at about step 2,116 (epoch 3.8) of the 112,400" in text, text
+    console = Console(record=True, width=400)
+    speed_notes(0.01, 4, 4.0, plan, settings, SimpleNamespace(type="cpu"), console)  # the steps end first
+    assert "stops this run" not in console.export_text()
 
 
 def test_sample_grids_off_writes_none(course_kit, tmp_path):

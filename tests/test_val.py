@@ -12,15 +12,15 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from evaluator_standin import colour_reader, fixed_ranking, fixed_topk
+from test_cli_eval import _assert_scored, _painted, tiny_run  # noqa: F401 - tiny_run is a fixture
 from typer.testing import CliRunner
 
-from evaluator_standin import colour_reader, fixed_ranking, fixed_topk
 from iclevr import labels as L
 from iclevr.cli.app import app
 from iclevr.data import plan as P
 from iclevr.data.course import derived_val_note, load_conditions, load_kit
 from iclevr.errors import UserError
-from test_cli_eval import _assert_scored, _painted, tiny_run  # noqa: F401 - tiny_run is a fixture
 
 runner = CliRunner()
 

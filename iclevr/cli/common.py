@@ -7,8 +7,9 @@ Nothing heavy is imported here (no torch), so `iclevr --help` stays instant.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -125,13 +126,13 @@ PrintConfigOpt = Annotated[bool, typer.Option("--print-config", "--dry-run",
                                               help="Print the resolved settings and exit.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Course data folder; "
                                                     "default: the embedded rendered kit.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, tiny, "
-                                                   "tiny-tokens, tiny-latent or tiny-patch.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, "
+                                                  "tiny, tiny-tokens, tiny-latent or tiny-patch.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Run folder (its EMA weights) or "
-                                                       ".safetensors file; default: newest run under checkpoints/, "
-                                                       "else the packaged pretrained model.")]
+                                                       ".safetensors file; default: the newest finished run under "
+                                                       "checkpoints/, else the packaged pretrained model.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp, dpmpp-sde or unipc.")]
 StepsOpt = Annotated[Optional[int], optional_int("--steps", help="Sampling steps (default: the sampler's; none = "
                                                   "the sampler's default even where the weights store others).")]

@@ -7,8 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console, optional_int, parse_int_list, print_settings, typed_overrides
-from iclevr.cli.common import ConfigOpt, DataDirOpt, GuidanceOpt, PresetOpt, PrintConfigOpt, SamplerOpt, StepsOpt
+from iclevr.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    GuidanceOpt,
+    PresetOpt,
+    PrintConfigOpt,
+    SamplerOpt,
+    StepsOpt,
+    command,
+    console,
+    optional_int,
+    parse_int_list,
+    print_settings,
+    typed_overrides,
+)
 
 
 @command
@@ -33,9 +46,9 @@ def compare_schedules(
     print_config: PrintConfigOpt = False,
 ) -> None:
     """Train one model per noise schedule (all else identical); val picks the best, test and new_test are reported."""
+    from iclevr.settings import resolve
     from iclevr.studies.compare import CompareSettings, check_names, run_study
     from iclevr.studies.compare_report import print_report
-    from iclevr.settings import resolve
 
     overrides = typed_overrides(ctx, {
         "schedules": ("schedules", check_names), "preset": "preset", "epochs": "epochs", "max_steps": "max_steps",

@@ -8,9 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console, optional_int, print_settings, typed_overrides
-from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, SeedOpt
-
+from iclevr.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    PrintConfigOpt,
+    SeedOpt,
+    command,
+    console,
+    optional_int,
+    print_settings,
+    typed_overrides,
+)
 
 data_app = typer.Typer(help="Check, render and preview course-layout data.", no_args_is_help=True)
 
@@ -27,10 +35,13 @@ def check(
     from iclevr.data.course import check_images, load_kit, summarise
     from iclevr.data.kits import resolve_data_dir
     from iclevr.data.report import print_check_report
+    from iclevr.evaluation.evaluator import COURSE_FILE, choose_evaluator_file
 
     kit = load_kit(resolve_data_dir(data_dir, console), images_dir)
     missing, corrupt = check_images(kit, verify=not quick)
-    ok = print_check_report(console, kit, summarise(kit), missing, corrupt)
+    evaluator = choose_evaluator_file(None, kit.data_dir)  # what `iclevr eval --data-dir` would use
+    course = evaluator if evaluator == kit.data_dir / COURSE_FILE else None
+    ok = print_check_report(console, kit, summarise(kit), missing, corrupt, course)
     if not ok:
         raise typer.Exit(2)
 

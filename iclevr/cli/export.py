@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from iclevr.cli.common import command, console, typed_overrides
-from iclevr.cli.common import CheckpointOpt
+from iclevr.cli.common import CheckpointOpt, command, console, typed_overrides
 
 
 @command

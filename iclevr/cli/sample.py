@@ -7,9 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import command, console, print_settings, typed_overrides
-from iclevr.cli.common import (CheckpointOpt, ConfigOpt, DeviceOpt, GuidanceOpt, PrintConfigOpt, SamplerOpt,
-                               SeedOpt, StepsOpt)
+from iclevr.cli.common import (
+    CheckpointOpt,
+    ConfigOpt,
+    DeviceOpt,
+    GuidanceOpt,
+    PrintConfigOpt,
+    SamplerOpt,
+    SeedOpt,
+    StepsOpt,
+    command,
+    console,
+    print_settings,
+    typed_overrides,
+)
 
 LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help='One condition: "red sphere,cyan cube" '
                                                   '(or a JSON list of names).')]
@@ -29,8 +40,8 @@ def _finish(settings, print_config: bool) -> bool:
     """Apply the weights' sampler defaults for --print-config; True when the command should stop here."""
     if not print_config:
         return False
-    from iclevr.weights import read_info, resolve_checkpoint
     from iclevr.generate import with_weights_defaults
+    from iclevr.weights import read_info, resolve_checkpoint
 
     info = read_info(resolve_checkpoint(settings.checkpoint))
     settings.sampler = with_weights_defaults(settings.sampler, info.sampler)

@@ -13,9 +13,9 @@ kit, which ships none.
 
 from __future__ import annotations
 
-import numpy as np
-
 from itertools import combinations
+
+import numpy as np
 
 from iclevr import labels as L
 from iclevr.errors import UserError

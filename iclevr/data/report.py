@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
 from iclevr.data.course import CourseKit
 
 
-def print_check_report(console, kit: CourseKit, summary: dict, missing: list[str], corrupt: list[str]) -> bool:
-    """Print the summary tables and problems; return True when the folder is usable."""
+def print_check_report(console, kit: CourseKit, summary: dict, missing: list[str], corrupt: list[str],
+                       course_evaluator: Path | None = None) -> bool:
+    """Print the summary tables and problems (`course_evaluator`: the kit's own evaluator file, which
+    `iclevr eval --data-dir` would use, or None); return True when the folder is usable."""
     console.print(f"[bold]data folder[/] {kit.data_dir}  [dim](images: {kit.images_dir})[/]")
     head = Table(title="training set", show_header=True)
     head.add_column("objects per image")
@@ -34,11 +38,8 @@ def print_check_report(console, kit: CourseKit, summary: dict, missing: list[str
     if summary["extra_pngs"]:
         console.print(f"[dim]{summary['extra_pngs']} PNGs in the images folder are not named in train.json "
                       "(ignored)[/]")
-    from iclevr.evaluation.evaluator import COURSE_FILE, choose_evaluator_file
-
-    evaluator = choose_evaluator_file(None, kit.data_dir)  # what `iclevr eval --data-dir` would use
-    console.print(f"evaluator: {evaluator}" if evaluator == kit.data_dir / COURSE_FILE else
-                  f"evaluator: no {COURSE_FILE} (the project evaluator is used)")
+    console.print(f"evaluator: {course_evaluator}" if course_evaluator else
+                  "evaluator: no checkpoint.pth (the project evaluator is used)")
     problems = []
     if missing:
         problems.append(f"{len(missing)} images missing (first: {', '.join(missing[:5])})")

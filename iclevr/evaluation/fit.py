@@ -314,8 +314,13 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
 def load_evaluator(path: Path | None = None, data_dir: Path | None = None, device="cpu", console=None,
                    own: EvaluatorTrainSettings | None = None):
     """The evaluator choose_evaluator_file names, loaded; the own one trained first when there is none yet."""
-    from iclevr.evaluation.evaluator import (choose_evaluator_file, load_file, load_own, own_default_path,
-                                             packaged_evaluator_path)
+    from iclevr.evaluation.evaluator import (
+        choose_evaluator_file,
+        load_file,
+        load_own,
+        own_default_path,
+        packaged_evaluator_path,
+    )
 
     chosen = choose_evaluator_file(path, data_dir)
     if path is None and chosen == own_default_path():

@@ -14,7 +14,7 @@ nothing from the rest of the package: callers pass the vocabulary in.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 # Why a predicted-but-not-requested object is wrong: "binding" = a requested colour on another requested
 # object's shape; "colour" = only its colour was requested; "shape" = only its shape was; else "other".

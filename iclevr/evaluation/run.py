@@ -189,7 +189,7 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
     from iclevr.data.course import derived_val_note, load_conditions
     from iclevr.evaluation.fit import load_evaluator
     from iclevr.evaluation.html import write_report
-    from iclevr.fileio import check_writable, write_json
+    from iclevr.fileio import check_writable, write_result_json
     from iclevr.images import save_grid, save_images
     from iclevr.progress import progress_bar
 
@@ -221,7 +221,7 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
                 report["splits"][split]["fidelity"] = f
             annotated[split] = _write_annotated(out, split, runs, report["splits"][split], settings.annotate_all_seeds)
             del runs
-    write_json(out / "report.json", report)
+    write_result_json(out / "report.json", report)  # paths relative to out (or iclevr/...)
     write_report(out / "report.html", report, images=annotated, title=_report_title(report))
     report["out"] = str(out)
     return report

@@ -46,7 +46,7 @@ class CompareSettings(Section):
                             "(report.json); no training.")
 
     @model_validator(mode="after")
-    def _check(self) -> "CompareSettings":
+    def _check(self) -> CompareSettings:
         from iclevr.schedules import check_name
 
         for name in self.schedules:
@@ -74,7 +74,7 @@ def schedule_table(names: list[str], T: int = PLOT_T) -> list[dict]:
 
 def run_study(settings: CompareSettings, console) -> dict:
     """Train (or reuse) one run per schedule and seed, evaluate each, and write figures and the report."""
-    from iclevr.fileio import check_writable, write_json
+    from iclevr.fileio import check_writable, write_result_json
     from iclevr.studies.plots import plot_accuracy, plot_schedules
 
     out = check_writable(settings.out)
@@ -88,7 +88,7 @@ def run_study(settings: CompareSettings, console) -> dict:
         report["runs"] = rows
         report["choose_on"], report["best"] = VAL_SPLIT, best_schedule(rows)
         plot_accuracy(rows, out / "accuracy.png")
-    write_json(out / "report.json", report)  # --plot-only too: the table's numbers then have a file
+    write_result_json(out / "report.json", report)  # --plot-only too: the table's numbers then have a file
     if not settings.plot_only:
         _write_page(settings, out, report)
     return report

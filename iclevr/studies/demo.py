@@ -2,11 +2,12 @@
 
 1. render (or reuse) the embedded course-layout kit,
 2. load the evaluator (the course's if the kit has one, else the project's own),
-3. train the CPU preset (settings.CPU_PRESET) for a wall-time budget (or reuse a finished run; resume an interrupted one),
+3. train the CPU preset (settings.CPU_PRESET) for a wall-time budget (or reuse a finished run; resume an
+   interrupted one),
 4. sample and score test and new_test over several seeds (course metric, docs/metric.md),
 5. write the denoising trace of the course's trace condition,
 6. write `<out>/summary.json`: steps, stage minutes, accuracy per split and seed, the machine, so every
-   number the README quotes from a demo run has a file behind it.
+   number the docs quote from a demo run has a file behind it.
 
 Beside the fresh model's scores stand the packaged pretrained model's, read from its file's metadata as
 measured when it was packaged (the demo never re-scores it), so a newcomer sees what longer training buys.
@@ -49,7 +50,7 @@ def _timed(stages: dict[str, float], name: str):
 def run_demo(settings: DemoSettings, console) -> dict:
     """Run (or resume) every stage of the demo, write summary.json and return where everything is."""
     from iclevr.data.kits import resolve_data_dir
-    from iclevr.fileio import check_writable, write_json
+    from iclevr.fileio import check_writable, write_result_json
     from iclevr.settings import write_settings
 
     out = check_writable(settings.out)
@@ -68,7 +69,7 @@ def run_demo(settings: DemoSettings, console) -> dict:
     result = {"data_dir": data_dir, "run_dir": run_dir, "eval": report, "trace": trace, "stages": stages,
               "evaluator": evaluator, "train_reused": reused, "packaged": packaged_scores(console)}
     result["summary"] = out / SUMMARY_FILE
-    write_json(result["summary"], build_summary(settings, result))
+    write_result_json(result["summary"], build_summary(settings, result))
     return result
 
 

@@ -16,20 +16,15 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from iclevr.errors import UserError
+from iclevr.runinfo import lock_path, read_holder  # the lock file's reading side (re-exported)
 
-LOCK_NAME = "train.lock"
 # flock is not offered by every network file system (Lustre without -o flock, some NFS set-ups)
 UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
-
-
-def lock_path(run: Path) -> Path:
-    """The lock file of run folder `run`."""
-    return Path(run) / LOCK_NAME
 
 
 @contextmanager
@@ -84,73 +79,8 @@ def _acquire(fd: int, run: Path) -> bool:
         return False
 
 
-def read_holder(run: Path, wait: bool = False) -> dict | None:
-    """What the lock file says about its last writer ({pid, host, started, command}), or None.
-
-    With `wait`, give a writer that has just taken the lock a moment to write its line."""
-    for _ in range(20 if wait else 1):
-        try:
-            text = lock_path(run).read_text()
-            holder = json.loads(text) if text.strip() else None
-        except (OSError, ValueError):
-            holder = None
-        if isinstance(holder, dict):
-            return holder
-        if wait:
-            time.sleep(0.05)
-    return None
-
-
 def describe(holder: dict | None) -> str:
     """'pid 123 on host h, started 2026-12-02 10:00:00 UTC' (or what is known of it)."""
     if not holder:
         return "its details are not readable"
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
-
-
-def is_held(run: Path) -> bool | None:
-    """Whether a process on this machine holds the lock of `run` now, read from /proc/locks without taking it
-    (None where there is no /proc/locks)."""
-    try:
-        inode = os.stat(lock_path(run)).st_ino
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    # lines like "1: FLOCK  ADVISORY  WRITE 1747 fe:00:2146352 0 EOF" (pid, then major:minor:inode)
-    rows = [line.split() for line in table.splitlines()]
-    return any(len(f) > 5 and f[1] == "FLOCK" and f[5].endswith(f":{inode}") for f in rows)
-
-
-def is_alive(holder: dict | None) -> bool:
-    """True when `holder` is a process on this host that still exists (unknown hosts count as gone)."""
-    if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def no_weights_line(run: Path) -> str | None:
-    """The one line for a run folder whose training has not written weights yet; None if `run` is no run."""
-    run = Path(run)
-    holder = read_holder(run)
-    settings = run / "settings.json"
-    if holder is None and not settings.is_file() and not (run / "state").is_dir():
-        return None
-    if holder and holder.get("started"):
-        started = holder["started"]
-    elif settings.is_file():
-        started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(settings.stat().st_mtime))
-    else:
-        started = "an unknown time"
-    states = sorted(p.name for p in (run / "state").glob("step-*.pt")) if (run / "state").is_dir() else []
-    saved = f"state {states[-1]} saved" if states else "no state saved"
-    line = f"{run} has no weights yet (training started at {started}, {saved})"
-    held = is_held(run)
-    if held or (held is None and is_alive(holder)):
-        return line + f"; it is still training (pid {holder['pid']}): its first save writes the weights"
-    return line + f"; continue it with `iclevr train --resume {run}`"

@@ -80,6 +80,7 @@ def describe(settings: TrainSettings, plan: Plan, params: int, device, run: Path
     budget = " / ".join(p for p in (f"{cfg.epochs} epochs" if cfg.epochs else "",
                                     f"{cfg.max_steps} steps" if cfg.max_steps else "",
                                     f"{cfg.max_minutes:g} min" if cfg.max_minutes else "") if p)
+    budget += ", whichever comes first" if " / " in budget else ""
     return (f"{settings.preset}: {params / 1e6:.2f} M parameters at {S}x{S}, {plan.images} images, "
             f"{plan.global_batch} per step ({plan.batch} x {plan.processes} process(es) x {plan.accum} accumulated), "
             f"{plan.steps_per_epoch} steps/epoch, budget {budget}, {device.type}, lr {cfg.lr:g} ({cfg.optimizer}) "
@@ -94,10 +95,16 @@ def speed_notes(sec: float, step: int, wall_s: float, plan: Plan, settings: Trai
     total = plan.total_steps
     if sec <= 0:  # a clock too coarse to time three steps: nothing to estimate
         return
+    allowed = step + max(0, int((cfg.max_minutes * 60 - wall_s) / sec)) if cfg.max_minutes else None
     if total is None:  # time budget only: an estimate for the reader; the lr follows the elapsed time
-        total = step + max(0, int((cfg.max_minutes * 60 - wall_s) / sec))
+        total = allowed
         console.print(f"[dim]{sec:.2f} s/step: the {cfg.max_minutes:g} min budget allows about {total} steps; "
                       "the LR schedule follows the elapsed time[/]")
+    elif allowed is not None and allowed < total:  # the time cap, not the step budget, will stop this run
+        console.print(f"[yellow]note:[/] at {sec:.2f} s/step the {cfg.max_minutes:g} min budget stops this run at "
+                      f"about step {allowed:,} (epoch {allowed / plan.steps_per_epoch:.1f}) of the {total:,} its step "
+                      "budget asks for; the progress bar counts minutes, and the learning rate, which follows the "
+                      "step budget, will still be high there. For the whole step budget: --max-minutes none")
     if device.type == "cpu" and settings.preset not in CPU_PRESETS:
         hours = sec * total / 3600
         console.print(f"[yellow]note:[/] the {settings.preset} preset runs at {sec:.1f} s/step on this CPU: "

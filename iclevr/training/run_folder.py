@@ -112,11 +112,10 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
     so a kill between the writes leaves the weights at or behind the newest state, never ahead of it.
     `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
-    from iclevr.fileio import write_json
-    from iclevr.weights import save_weights
-    from iclevr.fileio import remove_stale_temps
+    from iclevr.fileio import remove_stale_temps, write_json
     from iclevr.settings import to_json
     from iclevr.training.state import rng_states, save_state
+    from iclevr.weights import save_weights
 
     state = {"step": step, "wall_s": wall_s, "settings": to_json(settings), "model": model.state_dict(),
              "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
@@ -168,12 +167,20 @@ def train_bar(console, enabled: bool):
 
 
 def bar_position(step: int, elapsed_s: float, total_steps: int | None, budget_s: float | None) -> tuple:
-    """(completed, total, text) of the bar: steps of a step budget; seconds of a time budget (whose step count
-    is unknown ahead), shown as minutes used of the budget, never past it."""
-    if total_steps:
+    """(completed, total, text) of the bar, following the budget that will stop the run: steps of a step budget;
+    seconds of a time budget (whose step count is unknown ahead), shown as minutes used of the budget, never past
+    it; with both, whichever is further along (a CPU run of 200 epochs under a 30-minute cap counts minutes)."""
+    if total_steps and not budget_s:
         return step, total_steps, f"{step}/{total_steps}"
     used = min(elapsed_s, budget_s)
-    return used, budget_s, f"step {step}, {used / 60:.1f}/{budget_s / 60:g} min"
+    if not total_steps:
+        return used, budget_s, f"step {step}, {used / 60:.1f}/{budget_s / 60:g} min"
+    # both: the share of the budget that is further along, in seconds of the time budget, so the bar (and its ETA)
+    # moves continuously when the lead passes from one budget to the other
+    done = max(step / total_steps, used / budget_s)
+    text = f"{step}/{total_steps} (cap {budget_s / 60:g} min)" if step / total_steps >= used / budget_s else \
+        f"step {step} of {total_steps}, {used / 60:.1f}/{budget_s / 60:g} min"
+    return min(done, 1.0) * budget_s, budget_s, text
 
 
 def is_finished(run_dir: Path, settings: TrainSettings | None = None) -> bool:

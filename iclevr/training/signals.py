@@ -12,8 +12,8 @@ flag over all processes at each step boundary, so every process stops at the sam
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 
