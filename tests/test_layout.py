@@ -14,12 +14,12 @@ FLOORS: list[tuple[str, ...]] = [
     ("iclevr", "iclevr.errors", "iclevr.paths", "iclevr.seeding", "iclevr.progress", "iclevr.fileio",
      "iclevr.labels", "iclevr.images", "iclevr.device", "iclevr.settings", "iclevr.runinfo", "iclevr.ema",
      "iclevr.schedules"),                                                     # the ground floor
-    ("iclevr.model", "iclevr.sampling", "iclevr.weights"),                   # the model and its weights
+    ("iclevr.model", "iclevr.autoencoder", "iclevr.sampling", "iclevr.weights"),  # the model and its weights
     ("iclevr.generate", "iclevr.trace", "iclevr.export"),                    # how a model is used
     ("iclevr.data",),                                                         # kits, the renderer
     ("iclevr.training",),                                                     # train(settings) -> run_dir
     ("iclevr.evaluation",),                                                   # scoring (may use the lr shape)
-    ("iclevr.studies",),                                                      # studies built from the above
+    ("iclevr.studies", "iclevr.serve"),                                       # studies, the web page
     ("iclevr.cli", "iclevr.__main__"),                                        # the thin CLI on top
 ]
 
