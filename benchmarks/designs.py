@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results" / "designs"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "designs"
 DESIGNS = {"pixels32": "tiny-tokens", "patch2": "tiny-patch", "latent": "tiny-latent"}
 DEMO_10MIN = Path(__file__).parent / "results" / "demo" / "2026-12-03-tiny-tokens-10min.json"
 
@@ -131,6 +132,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("runs/designs"))
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
     args = p.parse_args()
+    from iclevr.fileio import write_result_json
+
     if args.threads:
         torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ def main() -> None:
         row = {"designs": step_time(), "threads": torch.get_num_threads(), "batch": 32,
                "machine": f"{platform.machine()} {platform.processor()}", "when": time.strftime("%Y-%m-%d %H:%M:%S"),
                "command": f"python benchmarks/designs.py --step-time --threads {args.threads}"}
-        (RESULTS / "step_time.json").write_text(json.dumps(row, indent=1) + "\n")
+        write_result_json(RESULTS / "step_time.json", row, ROOT)
         print(json.dumps(row["designs"]))
         return
     for d in args.only or p.error("name designs with --only"):
@@ -152,7 +155,7 @@ def main() -> None:
                **score(run, args.seeds), "seeds": args.seeds,
                "command": f"python benchmarks/designs.py --only {d} --minutes {args.minutes:g} --train-seed "
                           f"{args.train_seed} --threads {args.threads}", "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (RESULTS / f"{d}-{args.minutes:g}min-s{args.train_seed}.json").write_text(json.dumps(row, indent=1) + "\n")
+        write_result_json(RESULTS / f"{d}-{args.minutes:g}min-s{args.train_seed}.json", row, ROOT)
         print(f"{d}: {row['steps']} steps, val {row['val']['mean']:.3f}, KID x1e3 "
               f"{1e3 * row['val']['fidelity']['generated']['kid']:.1f}", flush=True)
 

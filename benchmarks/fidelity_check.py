@@ -63,6 +63,8 @@ def main() -> None:
     from iclevr.evaluation.evaluator import PACKAGED, load_own
     from iclevr.evaluation.fidelity import TextureFeatures
 
+    from iclevr.fileio import write_result_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--autoencoder", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
@@ -95,7 +97,7 @@ def main() -> None:
                                                                     if args.autoencoder else ""),
                 "when": time.strftime("%Y-%m-%d %H:%M:%S")})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "check.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_result_json(RESULTS / "check.json", out, RESULTS.parents[2])
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ def main() -> None:
     from iclevr.fileio import file_sha256
     from iclevr.training.autoencoder import AutoencoderTrainSettings, heldout_split, measure
 
+    from iclevr.fileio import write_result_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--out", type=Path, default=PACKAGED)
@@ -62,7 +64,7 @@ def main() -> None:
            "command": f"python benchmarks/package_autoencoder.py --run {args.run.name}",
            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "packaged.json").write_text(json.dumps(row, indent=1) + "\n")
+    write_result_json(RESULTS / "packaged.json", row, RESULTS.parents[2])
     print(f"{args.out}: {row['bytes'] / 1e6:.2f} MB, PSNR {row['heldout_psnr_db']:.2f} dB, KID x1e3 "
           f"{1e3 * row['kid_reconstruction']['kid']:.1f} (floor {1e3 * row['kid_floor']['kid']:.1f})")
 

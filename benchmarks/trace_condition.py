@@ -30,6 +30,8 @@ def main() -> None:
     from iclevr.sampling import sample
     from iclevr.settings import SamplerSettings
 
+    from iclevr.fileio import write_result_json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=None, help="Run folder or weights (default: as `sample`).")
     p.add_argument("--name", default="packaged")
@@ -48,7 +50,7 @@ def main() -> None:
            "sampler": sampler.model_dump(mode="json"), "found_per_seed": hits,
            "all_three": sum(h == 3 for h in hits), "seeds": args.seeds,
            "command": f"python benchmarks/trace_condition.py --name {args.name}", "when": time.strftime("%F %T")}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    write_result_json(RESULTS / f"{args.name}.json", row, RESULTS.parents[2])
     print(f"{args.name}: all three objects found in {row['all_three']} of {args.seeds} seeds ({hits})")
 
 

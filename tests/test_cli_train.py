@@ -22,11 +22,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(tmp_path: Path) -> Path:
-    """A settings file for the 16x16 test UNet with object tokens, the CPU preset's design (no preset in it, so
-    the CLI picks one)."""
+    """A settings file for the 16x16 test UNet with object tokens like the CPU preset, on pixels (the CPU preset's
+    latents would need an autoencoder trained on the test kit); no preset in it, so the CLI picks one."""
     cfg = tmp_path / "cfg.json"
     model = {**TINY_MODEL, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens", "design": "pixels"}
     cfg.write_text(json.dumps({"model": model, "sampler": {"sampler": "ddim", "steps": 2},
                                "train": {"log_every": 2, "lr": 1e-3}}))
     return cfg
