@@ -253,3 +253,7 @@ def test_resume_refuses_another_preset_and_a_missing_or_empty_folder(course_kit,
     assert list((tmp_path / "empty").iterdir()) == []
     r = runner.invoke(app, ["train", "--resume", str(run), "--preset", "tiny", "--max-steps", "4"])
     assert r.exit_code == 0 and "done: max_steps=4 reached at step 4" in " ".join(r.output.split()), r.output
+    new = tmp_path / "requeued"  # --out and --resume of one folder: started when not there (docs/slurm-train.sbatch)
+    r = runner.invoke(app, ["train", "--config", str(tmp_path / "cfg.json"), "--data-dir", str(course_kit),
+                            "--out", str(new), "--resume", str(new), "--max-steps", "1"])
+    assert r.exit_code == 0 and (new / "weights" / "ema.safetensors").is_file(), r.output + r.stderr
