@@ -61,7 +61,8 @@ def check_finite_weights(run: Path, settings: TrainSettings, step: int, *nets) -
     from iclevr.errors import TrainingInterrupted
     from iclevr.training.state import list_states
 
-    if all(torch.isfinite(p).all() for net in nets for p in net.parameters()):
+    flags = [torch.isfinite(p).all() for net in nets for p in net.parameters()]
+    if bool(torch.stack(flags).all()):  # one host sync per save
         return
     states = list_states(run / "state")
     kept = f"the last good state {states[-1].name} is kept" if states else "no state was saved"
