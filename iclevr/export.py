@@ -129,6 +129,9 @@ def export(settings: ExportSettings) -> Path:
 
     model, info = load_weights(resolve_checkpoint(settings.checkpoint))
     out = Path(settings.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; export writes a folder (unet/, scheduler/, ...): name a new "
+                        "or empty folder")
     if out.exists() and any(out.iterdir()) and not settings.overwrite:
         raise UserError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
     check_writable(out)

@@ -48,6 +48,10 @@ def atomic_path(path: Path, size: int | None = None, what: str = "") -> Iterator
     permission or a read-only file system becomes one WriteError naming `what` `path` and, for space, `size`
     (the bytes being written, an estimate) against the space free."""
     path, tmp_path = Path(path), None
+    if path.is_dir():  # os.replace would fail only after the work, with IsADirectoryError
+        from iclevr.errors import UserError
+
+        raise UserError(f"cannot write {what + ' ' if what else ''}{path}: it is a folder, not a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = _new_temp(path)
@@ -230,6 +234,8 @@ def check_writable(folder: Path) -> Path:
     from iclevr.errors import UserError
 
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot write to output folder {folder}: it is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".iclevr-write-test-{os.getpid()}"
@@ -238,6 +244,17 @@ def check_writable(folder: Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
     return folder
+
+
+def check_output_file(path: Path, example: str, option: str = "--out") -> Path:
+    """Before any work: `path` must name a file (not an existing folder) in a folder we can write."""
+    from iclevr.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; name the file to write, e.g. {option} {path / example}")
+    check_writable(path.parent)
+    return path
 
 
 def read_json(path: Path, what: str):

@@ -20,7 +20,7 @@ from iclevr.settings import SamplerSettings
 class SampleSettings(BaseModel):
     """Settings of `iclevr sample`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
                                     "newest finished run, else the packaged pretrained model.")
@@ -110,7 +110,7 @@ def warn_crowded(conditions: list[list[str]], console=None) -> None:
 def run_sample(settings: SampleSettings, console=None) -> dict:
     """Load weights, draw `num` images per condition batch by batch, write the grid (and each batch's PNGs as it
     is drawn); returns a summary dict."""
-    from iclevr.fileio import check_writable
+    from iclevr.fileio import check_output_file
     from iclevr.images import OUTPUT_SIZE, save_grid, save_images, to_output_size, to_uint8
     from iclevr.labels import encode_many
     from iclevr.sampling import resolve_steps, sample_batches
@@ -118,7 +118,7 @@ def run_sample(settings: SampleSettings, console=None) -> dict:
     conditions = _conditions(settings)
     warn_crowded(conditions, console)
     y = encode_many(conditions).repeat_interleave(settings.num, dim=0)  # (N * num, 24)
-    check_writable(settings.out.parent)
+    check_output_file(settings.out, "samples.png")
     model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
     sampler = with_weights_defaults(settings.sampler, info.sampler)
     folder = settings.out.with_suffix("") if settings.save_individual else None

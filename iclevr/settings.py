@@ -20,9 +20,10 @@ from iclevr.errors import UserError, format_validation_error
 
 
 class Section(BaseModel):
-    """Base of every settings section: unknown keys are errors, values are validated on assignment."""
+    """Base of every settings section: unknown keys are errors, values are validated on assignment, and no number
+    is inf or nan (an infinite --lr would train to NaN weights)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataSettings(Section):

@@ -153,7 +153,7 @@ def write_gif(trace: Trace, path: Path, x0_row: bool = False, size: int = 64, ms
 class TraceSettings(BaseModel):
     """Settings of `iclevr denoise-trace`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
                                     "newest finished run, else the packaged pretrained model.")
@@ -168,15 +168,16 @@ class TraceSettings(BaseModel):
 
 def run_trace(settings: TraceSettings, console=None) -> dict:
     """Load weights, record the trace of one image and write the PNG (and GIF); returns a summary dict."""
-    from iclevr.fileio import check_writable
+    from iclevr.fileio import check_output_file
     from iclevr.generate import load_model, warn_crowded, with_weights_defaults
+    from iclevr.labels import encode
     from iclevr.images import save_png
     from iclevr.labels import encode
     from iclevr.sampling import resolve_steps
 
     warn_crowded([settings.labels], console)
     y = encode(settings.labels)[None]  # (1, 24)
-    check_writable(settings.out.parent)
+    check_output_file(settings.out, "trace.png")
     model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
     sampler = with_weights_defaults(settings.sampler, info.sampler)
     frame_states(settings.frames, resolve_steps(sampler, info.schedule))  # fail before sampling

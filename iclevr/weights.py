@@ -136,6 +136,13 @@ def load_weights(path: Path, device="cpu"):
         state = _for_model(load_file(str(info.path), device="cpu"))
     except Exception:  # noqa: BLE001
         raise UserError(f"{path} is truncated or damaged (its tensors cannot be read)") from None
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:  # load_state_dict would raise a RuntimeError listing every mismatch
+        k = wrong[0]
+        raise UserError(f"{path} does not match its own model settings: tensor {k} has shape "
+                        f"{tuple(state[k].shape)}, the model needs {tuple(expected[k].shape)}"
+                        f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}; re-export it")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{path} does not match its own model settings ({len(missing)} missing, "

@@ -58,7 +58,7 @@ def test_version_and_help():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and "iclevr 0.1.0" in r.output
     r = runner.invoke(app, [])
-    assert "Usage" in r.output
+    assert r.exit_code == 2 and "Usage: iclevr" in r.output and "train" in r.output  # click: no command = 2
 
 
 @pytest.mark.slow

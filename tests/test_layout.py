@@ -117,3 +117,31 @@ def test_every_import_points_down():
 
 def test_the_metric_imports_nothing_from_iclevr():
     assert import_graph()["iclevr.evaluation.metric"] == set()
+
+
+# The floors of the README's package map, lowest first: a module imports its own floor or lower ones only.
+GROUND = {"iclevr.errors", "iclevr.settings", "iclevr.fileio", "iclevr.labels", "iclevr.paths", "iclevr.seeding",
+          "iclevr.device", "iclevr.images", "iclevr.progress"}
+UPWARD = {("iclevr.weights", "iclevr.training.lock")}  # the run finder asks whether a run without weights is
+# still being trained (its lock holder) to say so; the lock module imports only the ground floor
+
+
+def floor(module: str) -> int:
+    """0 the ground floor, 1 the model and its use (every other top-level module), 2 the rooms training/,
+    evaluation/ and data/, 3 studies/, 4 cli/, 5 the package itself and __main__."""
+    if module in ("iclevr", "iclevr.__main__"):
+        return 5
+    for prefix, level in (("iclevr.cli", 4), ("iclevr.studies", 3), ("iclevr.training", 2),
+                          ("iclevr.evaluation", 2), ("iclevr.data", 2)):
+        if module == prefix or module.startswith(prefix + "."):
+            return level
+    return 0 if module in GROUND else 1
+
+
+def test_arrows_point_down():
+    up = sorted((m, t) for m, targets in import_graph().items() for t in targets
+                if floor(t) > floor(m) and (m, t) not in UPWARD)
+    assert up == [], "imports pointing up a floor: " + "; ".join(f"{m} -> {t}" for m, t in up)
+    assert floor("iclevr.fileio") < floor("iclevr.weights") < floor("iclevr.training.loop") < floor(
+        "iclevr.studies.demo") < floor("iclevr.cli.train")
+    assert import_graph()["iclevr.training.lock"] <= GROUND  # why UPWARD's one exception is harmless

@@ -22,12 +22,12 @@ def test_seed_preset_is_the_reference_architecture():
     assert (model.label_embed.in_features, model.label_embed.out_features) == (24, 512)
 
 
-@pytest.mark.parametrize("preset,size", [("tiny", 32), ("small", 64)])
-def test_other_presets_build(preset, size):
+@pytest.mark.parametrize("preset,size,params", [("tiny", 32, 4_700_163), ("small", 64, 26_629_763)])
+def test_other_presets_build(preset, size, params):
     cfg = resolve(TrainSettings, preset=preset).model
     model = build_model(cfg)
     assert cfg.sample_size == size
-    assert count_parameters(model) < 30e6
+    assert count_parameters(model) == params  # the README's presets table
 
 
 def test_scale_shift_conditioning_reaches_every_resnet():

@@ -115,6 +115,22 @@ def test_guidance_one_is_the_conditional_prediction_alone(model):
     assert counting.batches == [2]
 
 
+def test_guidance_zero_is_the_unconditional_prediction_alone(model):
+    torch.manual_seed(3)
+    x_t, t, y = torch.randn(2, 3, 16, 16), torch.tensor(300), conditions(2)
+    counting = Counting(model)
+    with torch.no_grad():
+        eps_u = model(x_t, t.expand(2), torch.zeros_like(y))  # the null condition: every label off
+        assert (model(x_t, t.expand(2), y) - eps_u).abs().mean() > 1e-3  # the condition would show
+        got = guided_output(counting, x_t, t, y, 0.0)
+        assert torch.equal(got, eps_u)
+    assert counting.batches == [2]  # one pass of B, no conditional half
+    drawn = sample(model, y, schedule=SCHEDULE, sampler=settings("ddim", steps=3, guidance_scale=0.0))
+    other = sample(model, conditions(2)[[1, 0]], schedule=SCHEDULE, sampler=settings("ddim", steps=3,
+                                                                                    guidance_scale=0.0))
+    assert torch.equal(drawn, other)  # the labels do not matter at all without guidance
+
+
 def test_one_forward_pass_of_2b_per_step(model):
     counting = Counting(model)
     sample(counting, conditions(3), schedule=SCHEDULE, sampler=settings("ddim", steps=5, guidance_scale=2.0))

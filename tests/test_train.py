@@ -202,11 +202,9 @@ def test_ctrl_c_saves_a_resumable_state(course_kit, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "diffusion_loss", real)
     T.train(settings, resume=True)
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 6
-    from iclevr.training.lr import lr_at, warmup_ramp
-
     lrs = [json.loads(r)["lr"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert lrs == pytest.approx([2e-3 * lr_at(k / 6, warmup=warmup_ramp(k, 2), schedule="cosine")
-                                 for k in range(6)])  # one warm-up + cosine path across the resume
+    # one warm-up + cosine path across the resume: 2e-3 x min(1, (k+1)/2) x (1 + cos(pi k/6)) / 2, written out
+    assert lrs == pytest.approx([1e-3, 1.8660254e-3, 1.5e-3, 1e-3, 5e-4, 1.339746e-4], rel=1e-6)
 
 
 def test_second_ctrl_c_stops_mid_step_and_resumes_from_the_last_state(course_kit, tmp_path, monkeypatch):
@@ -403,6 +401,9 @@ def test_lr_at_warmup_cosine_and_constant():
 
     cos = [lr_at(k / 100, warmup=1.0, schedule="cosine") for k in range(101)]
     assert cos[0] == 1.0 and cos[50] == pytest.approx(0.5) and cos[100] == 0.0
+    # (1 + cos(pi p)) / 2 written out: a line (0.75 at 0.25) or a smoothstep (0.84375) is off by far more
+    assert [cos[10], cos[25], cos[75], cos[90]] == pytest.approx([0.9755283, 0.8535534, 0.1464466, 0.0244717],
+                                                                 abs=1e-7)
     assert all(a > b for a, b in zip(cos, cos[1:]))
     assert lr_at(1.5, warmup=1.0, schedule="cosine") == 0.0 and lr_at(-1, warmup=1.0, schedule="cosine") == 1.0
     assert {lr_at(k / 10, warmup=1.0, schedule="constant") for k in range(11)} == {1.0}
@@ -470,8 +471,6 @@ DURATIONS = [0.5, 4.0, 1.0, 0.5, 9.0, 2.0]  # seconds per step of the fake clock
 
 def test_time_budget_lr_through_the_loop_follows_elapsed_time(course_kit, tmp_path, monkeypatch):
     from iclevr.training.loop import train
-    from iclevr.training.lr import lr_at, warmup_ramp
-
     clock = FakeClock(DURATIONS)
     timed_loss(monkeypatch, clock)
     run = train(settings_for(course_kit, tmp_path / "run", max_minutes=1.0, lr_schedule="cosine", warmup_steps=3,
@@ -479,8 +478,12 @@ def test_time_budget_lr_through_the_loop_follows_elapsed_time(course_kit, tmp_pa
     lrs = [json.loads(r)["lr"] for r in (run / "metrics.jsonl").read_text().splitlines()]
     starts = [sum(DURATIONS[k % 6] for k in range(step)) for step in range(len(lrs))]  # elapsed at each step
     assert starts[-1] < 60 <= starts[-1] + DURATIONS[(len(lrs) - 1) % 6]  # stopped when the minute ran out
-    assert lrs == pytest.approx([2e-3 * lr_at(t / 60, warmup=warmup_ramp(k, 3), schedule="cosine")
-                                 for k, t in enumerate(starts)])
+    # 2e-3 x min(1, (k+1)/3) x (1 + cos(pi t/60)) / 2 at each step's elapsed t, written out
+    assert lrs == pytest.approx([6.666667e-4, 1.3331049e-3, 1.9723699e-3, 1.9588197e-3, 1.9510565e-3,
+                                 1.7071068e-3, 1.6293204e-3, 1.6087614e-3, 1.4305111e-3, 1.3826834e-3,
+                                 1.3583679e-3, 8.954715e-4, 7.920883e-4, 7.665546e-4, 5.694889e-4, 5.228412e-4,
+                                 5e-4, 1.613294e-4, 1.089935e-4, 9.74147e-5, 2.76301e-5, 1.67451e-5, 1.23117e-5],
+                                rel=1e-5)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05 * 2e-3
     progress = json.loads((run / "progress.json").read_text())
     assert progress["finished"] and progress["wall_s"] >= 60

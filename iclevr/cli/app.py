@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
+from rich.markup import escape
+from typer import rich_utils as typer_rich_utils
 
 from iclevr import __version__
 from iclevr.cli import autoencoder, compare, data, demo, evaluate, export, sample, serve, train
-from iclevr.cli.common import STATE, console
+from iclevr.cli.common import STATE, console, err_console
 
 app = typer.Typer(
     name="iclevr",
@@ -21,6 +24,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _one_line_usage_error(error: click.ClickException) -> None:
+    """Click's usage errors (a word for a number, an unknown option) as one `error:` line like every other error,
+    in place of Typer's boxed panel; the exit code stays click's 2."""
+    if type(error).__name__ == "NoArgsIsHelpError":  # `iclevr` alone: the help is shown instead
+        return
+    ctx = getattr(error, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    err_console.print(f"[bold red]error:[/] {escape(error.format_message())}{hint}", soft_wrap=True)
+
+
+typer_rich_utils.rich_format_error = _one_line_usage_error  # Typer calls it for every click usage error
 
 
 def _version(value: bool) -> None:

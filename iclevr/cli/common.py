@@ -7,6 +7,7 @@ Nothing heavy is imported here (no torch), so `iclevr --help` stays instant.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -34,7 +35,9 @@ def command(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line(warnings.showwarning)
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except UserError as e:
@@ -53,6 +56,19 @@ def command(fn: Callable) -> Callable:
                        1) from None
 
     return wrapper
+
+
+def _warning_line(previous: Callable) -> Callable:
+    """A warnings.showwarning that prints iclevr's own warnings as one yellow `warning:` line (no source path);
+    other warnings go to `previous`."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and "iclevr" in Path(filename).parts:
+            err_console.print(f"[yellow]warning:[/] {_escape(str(message))}", soft_wrap=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _escape(text: str) -> str:

@@ -105,6 +105,8 @@ def evaluator_train_cmd(
 def evaluator_export_cmd(
     out: Annotated[Path, typer.Option("--out", help="Course-format file to write, e.g. checkpoint.pth.")],
     evaluator: EvaluatorOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace an existing --out "
+                                            "file.")] = False,
 ) -> None:
     """Write an evaluator (default: the one `iclevr eval` would use — the cached own, else the packaged one) as a
     course checkpoint.pth ({"model": state_dict})."""
@@ -115,6 +117,6 @@ def evaluator_export_cmd(
     if source is None:
         raise UserError(f"no own evaluator at {own_default_path()} yet; train it with `iclevr evaluator train`")
     ev = load_file(source)
-    path = export_course(ev, out)
+    path = export_course(ev, out, overwrite=overwrite)
     console.print(f"exported {ev.kind} evaluator {source} -> {path} (course format: "
                   '{"model": state_dict}, loads with torch.load(weights_only=True))')

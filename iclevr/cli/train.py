@@ -59,6 +59,8 @@ def train_cmd(
     from iclevr.settings import TrainSettings, resolve
     from iclevr.training.loop import train
 
+    if resume is not None:
+        check_resumable(resume, preset, start=out is not None and Path(out) == Path(resume))
     if resume is not None and config is None and (resume / "settings.json").is_file():
         config = resume / "settings.json"  # the run's own settings; flags still override them
     if resume is not None and out is not None and resume != out:
@@ -94,3 +96,28 @@ def default_preset(preset: str | None, config: Path | None) -> tuple[str | None,
     from iclevr.settings import CPU_PRESET
 
     return CPU_PRESET, "no --preset given and no CUDA GPU found: the CPU preset; --preset seed for the reference model"
+
+
+def check_resumable(run: Path, preset: str | None, start: bool = False) -> None:
+    """--resume must name a run folder (settings.json or state/) unless `start` (--out names the same folder:
+    start it when it is not there yet, as a requeued batch job does), and a --preset given with it must be the
+    run's."""
+    import json
+
+    from iclevr.errors import UserError
+
+    if start and not (run / "settings.json").is_file():
+        return
+    if not run.is_dir():
+        raise UserError(f"--resume {run}: {'no such folder' if not run.exists() else 'not a folder'}; name the "
+                        "run folder to continue, or start a new run with --out")
+    if not (run / "settings.json").is_file() and not (run / "state").is_dir():
+        raise UserError(f"--resume {run} is not a run folder (no settings.json, no state/); name the run folder "
+                        "to continue, or start a new run with --out")
+    try:
+        before = json.loads((run / "settings.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        before = None  # a damaged settings.json is reported where it is read
+    if preset and before and preset != before:
+        raise UserError(f"--resume {run} was trained with preset {before}, not {preset}; a run keeps its preset: "
+                        "leave out --preset, or start a new run with --out")

@@ -72,6 +72,8 @@ def load_split(data_dir: Path, split: str) -> list[list[str]]:
     """Read and validate test.json / new_test.json (a list of label lists)."""
     path = Path(data_dir) / f"{split}.json"
     raw = _validated(_SPLIT_SCHEMA, read_json(path, f"{split}.json"), path, "a list of lists of label names")
+    if not raw:  # nothing to draw or score (the course's lists hold 32 conditions each)
+        raise UserError(f"{path} lists no conditions; it needs at least one, e.g. [[\"red sphere\"]]")
     return [_check_condition(c, f"{path.name} condition {i}") for i, c in enumerate(raw)]
 
 

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from iclevr.errors import UserError
-from iclevr.fileio import atomic_write_bytes
+from iclevr.fileio import atomic_write_bytes, check_output_file
 
 SHEET_SIZES = ("64", "full")
 CAPTION_LINES = 5  # room for up to five label names under each image
@@ -37,6 +37,7 @@ def contact_sheet(data_dir: Path, out: Path, n: int = 24, size: str = "64", colu
         raise UserError(f'--size must be "64" or "full", not "{size}"')
     if n < 1:
         raise UserError("--n must be at least 1")
+    check_output_file(out, "contact_sheet.png")
     kit = load_kit(data_dir, splits=False)
     chosen = pick_images(kit.train, n)
     tiles = []

@@ -144,8 +144,9 @@ def load_course(path: Path, device="cpu") -> Evaluator:
                             f"it was refused without loading it; expected the course checkpoint.pth "
                             f"({detail})") from None
         raise UserError(f"{path} is not a readable torch checkpoint ({detail})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        detail = str(e).split(". ")[0][:160] if str(e) else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - RuntimeError, EOFError, KeyError (junk bytes read as a pickle), ...
+        detail = str(e).split(". ")[0][:160] if isinstance(e, (RuntimeError, OSError, ValueError)) and str(e) \
+            else type(e).__name__
         raise UserError(f"{path} is not a readable torch checkpoint (truncated or another format: {detail})") from None
     if isinstance(obj, dict) and "model" in obj:
         state = obj["model"]
@@ -210,11 +211,16 @@ def load_file(path: Path, device="cpu") -> Evaluator:
     return load_own(path, device) if path.suffix == ".safetensors" else load_course(path, device)
 
 
-def export_course(evaluator: Evaluator, path: Path) -> Path:
-    """Write an evaluator in the course format: torch.save({"model": state_dict}) (atomic)."""
+def export_course(evaluator: Evaluator, path: Path, overwrite: bool = False) -> Path:
+    """Write an evaluator in the course format: torch.save({"model": state_dict}) (atomic); an existing file
+    only with `overwrite`."""
     import torch
 
-    from iclevr.fileio import atomic_path
+    from iclevr.fileio import atomic_path, check_output_file
+
+    check_output_file(path, "checkpoint.pth")
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"{path} exists; choose another --out or pass --overwrite to replace it")
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in evaluator.net.state_dict().items()}
     with atomic_path(Path(path)) as tmp:

@@ -77,6 +77,8 @@ def run_study(settings: CompareSettings, console) -> dict:
     from iclevr.fileio import check_writable, write_result_json
     from iclevr.studies.plots import plot_accuracy, plot_schedules
 
+    if settings.plot_only:
+        check_no_study(settings.out)
     out = check_writable(settings.out)
     plot_schedules(settings.schedules, PLOT_T, out / "schedules.png")
     report = {"settings": json.loads(settings.model_dump_json()), "table": schedule_table(settings.schedules)}
@@ -92,6 +94,16 @@ def run_study(settings: CompareSettings, console) -> dict:
     if not settings.plot_only:
         _write_page(settings, out, report)
     return report
+
+
+def check_no_study(out: Path) -> None:
+    """--plot-only writes report.json and schedules.png: refuse a folder whose report holds a study's runs."""
+    from iclevr.fileio import read_json
+
+    report = Path(out) / "report.json"
+    if report.is_file() and "runs" in (read_json(report, "study report") or {}):
+        raise UserError(f"{out} holds a finished study (report.json with its runs); --plot-only would replace its "
+                        "report and figure: give --plot-only a new --out folder")
 
 
 def _write_page(settings: CompareSettings, out: Path, report: dict) -> Path:

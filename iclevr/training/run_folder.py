@@ -50,7 +50,25 @@ def prepare_run_dir(settings: TrainSettings, resume: bool, overwrite: bool) -> P
     elif states and not resume:
         raise UserError(f"{run} already holds a training run (state {states[-1].name}); pass --resume {run} to "
                         "continue it, or --overwrite to start it over")
+    elif resume and not states and (run / "weights" / "ema.safetensors").is_file():
+        raise UserError(f"cannot resume {run}: it holds weights but no training state (state/ is empty), and a "
+                        "new run would replace them; train again with --overwrite or into a new --out folder")
     return check_writable(run)
+
+
+def check_finite_weights(run: Path, settings: TrainSettings, step: int, *nets) -> None:
+    """Refuse to save weights holding nan or inf: the last saved state stays the newest, and resumable."""
+    from iclevr.errors import TrainingInterrupted
+    from iclevr.training.state import list_states
+
+    flags = [torch.isfinite(p).all() for net in nets for p in net.parameters()]
+    if bool(torch.stack(flags).all()):  # one host sync per save
+        return
+    states = list_states(run / "state")
+    kept = f"the last good state {states[-1].name} is kept" if states else "no state was saved"
+    raise TrainingInterrupted(f"the weights became non-finite (nan or inf) by step {step}; they were not saved, "
+                              f"{kept}; lower --lr (now {settings.train.lr:g}) or use --mixed-precision no, then "
+                              f"continue with `iclevr train --resume {run}`")
 
 
 def check_same_run(state: dict, settings: TrainSettings, path: Path) -> None:
@@ -117,6 +135,7 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     from iclevr.training.state import rng_states, save_state
     from iclevr.weights import save_weights
 
+    check_finite_weights(run, settings, step, model, ema.model)  # never a NaN state saved as the "good" one
     state = {"step": step, "wall_s": wall_s, "settings": to_json(settings), "model": model.state_dict(),
              "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler else None, "rng": rng_states()}

@@ -89,10 +89,17 @@ def load_state(path: Path, map_location="cpu") -> dict:
 
 
 def load_latest(folder: Path, map_location="cpu") -> tuple[dict, Path] | None:
-    """The newest loadable state in `folder` (falls back to older ones if the newest is damaged), or None."""
-    for path in reversed(list_states(folder)):
+    """The newest loadable state in `folder` (falls back to older ones if the newest is damaged), or None when
+    it holds no state; a UserError when every state is damaged (starting over would replace the run's weights)."""
+    states = list_states(folder)
+    for path in reversed(states):
         try:
             return load_state(path, map_location), path
         except UserError as e:
             warnings.warn(f"{e}; trying an older state", stacklevel=2)
+    if states:
+        run = Path(folder).parent
+        raise UserError(f"cannot resume {run}: none of its {len(states)} training states can be read (newest "
+                        f"{states[-1].name}); its weights/ are left as they are; sample from them, or train again "
+                        f"with --overwrite or into a new --out folder")
     return None
