@@ -218,6 +218,10 @@ def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: Sampl
 
     All chunks of sample_batches() (same arguments, same callback) concatenated.
     """
+    if getattr(model.cfg, "condition", None) == "tokens":  # duck-typed test models have no such field
+        from iclevr.labels import check_object_counts
+
+        check_object_counts(y)
     out = [x for _, x in sample_batches(model, y, schedule=schedule, sampler=sampler, callback=callback,
                                         seeds=seeds, device=device)]
     S = model.cfg.sample_size
