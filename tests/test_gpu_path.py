@@ -158,3 +158,139 @@ def test_a_precision_that_overrides_accelerate_launch_says_so(fake_cuda, monkeyp
     assert lines == ([f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; "
                       f"train.mixed_precision = {setting} (preset, config or --mixed-precision) is used"]
                      if noted else [])
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_a_nan_before_saving_and_on_time_without_the_device(course_kit, tmp_path):
+    """Issue 29 items 2 and 4, two gloo processes: a NaN loss on rank 1 alone reaches rank 0's weights through
+    the gradient all-reduce; both ranks must stop at the same save with the earliest bad step, and no state or
+    weights file may hold the NaN weights. Then agree() answers (the latest time, anyone stopping) on both
+    ranks without creating or reading a tensor on the accelerator's device (a `meta` device here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from iclevr.training.state import list_states, load_state
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(root / "tests" / "two_ranks.py"), str(course_kit), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    reports = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)
+               if (tmp_path / f"rank-{r}.json").is_file()]
+    assert len(reports) == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    for report in reports:  # the same stop on both ranks, at the first save after the NaN, naming its step
+        assert report["train"].startswith("TrainingInterrupted: loss became non-finite at step 3"), report
+        assert "step-00000002.pt is kept" in report["train"]
+        assert report["agree"] == [11.0, True], report
+    assert [p.name for p in list_states(tmp_path / "run" / "state")] == ["step-00000002.pt"]
+    state = load_state(tmp_path / "run" / "state" / "step-00000002.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    for name in ("ema", "model"):
+        weights = load_file(tmp_path / "run" / "weights" / f"{name}.safetensors")
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def _settings(course_kit, out, **train):
+    """TrainSettings of the tiny test UNet on the test kit (12 images), no sample grids."""
+    from iclevr.settings import TrainSettings, resolve
+
+    loop = {"batch_size": 4, "lr": 1e-3, "log_every": 2, "checkpoint_every": 0, "device": "cpu",
+            "sample_grids": "off", **train}
+    return resolve(TrainSettings, overrides={"model": TINY_MODEL, "data.data_dir": str(course_kit), "out": str(out),
+                                             "train": loop})
+
+
+def _strict_rows(path):
+    """metrics.jsonl read as strict JSON (Infinity and NaN refused, as JavaScript, jq or Go would)."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_steps_the_grad_scaler_skips_leave_metrics_strict_json(course_kit, tmp_path, monkeypatch):
+    """Issue 29 item 7: an fp16 step the GradScaler skips has an infinite gradient norm; it is counted as
+    skipped, left out of the logged mean, and metrics.jsonl stays strict JSON."""
+    import accelerate
+
+    from iclevr.training.loop import train
+
+    real, calls = accelerate.Accelerator.clip_grad_norm_, {"n": 0}
+
+    def overflowing(self, *args, **kwargs):  # the first step overflows, as fp16 often does at the start
+        calls["n"] += 1
+        norm = real(self, *args, **kwargs)
+        return torch.full_like(norm, math.inf) if calls["n"] == 1 else norm
+
+    monkeypatch.setattr(accelerate.Accelerator, "clip_grad_norm_", overflowing)
+    run = train(_settings(course_kit, tmp_path / "run", max_steps=4))
+    rows = _strict_rows(run / "metrics.jsonl")
+    assert [(r["step"], r["skipped_steps"]) for r in rows] == [(2, 1), (4, 0)]
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
+
+
+def test_metrics_log_writes_non_finite_numbers_as_null(tmp_path):
+    """Issue 29 item 7: whatever reaches the log (an lr of inf, a NaN), the file is strict JSON."""
+    from iclevr.training.run_folder import MetricsLog
+
+    log = MetricsLog(tmp_path, 0)
+    log.log({"step": 1, "loss": 0.5, "lr": math.inf, "grad_norm": math.nan})
+    log.close()
+    assert _strict_rows(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 0.5, "lr": None, "grad_norm": None}]
+
+
+def test_train_frees_model_and_optimizer_before_returning(course_kit, tmp_path, monkeypatch):
+    """Issue 29 item 6: reference cycles (accelerate's wrappers, closures) kept the model, its optimizer state and
+    the accelerator alive after train() until the next garbage collection: a second run in the same process
+    (gpu_check's second measurement, compare-schedules) started with the first one's GPU memory still held."""
+    import iclevr.model
+    from iclevr.training.loop import train
+
+    refs, real = [], iclevr.model.build_model
+
+    def spy(cfg):
+        model = real(cfg)
+        refs.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(iclevr.model, "build_model", spy)
+    gc.collect()
+    gc.disable()  # only what train() frees itself counts
+    try:
+        train(_settings(course_kit, tmp_path / "run", max_steps=2, checkpoint_every=1, log_every=1))
+        alive = refs[0]() is not None
+    finally:
+        gc.enable()
+    assert not alive
+
+
+def test_compile_wraps_the_prepared_model(course_kit, tmp_path, monkeypatch):
+    """Issue 29 item 8: torch.compile is applied to what accelerator.prepare returns (DDP under several GPUs), not
+    the other way round, so the gradient all-reduce of each bucket overlaps backward (PyTorch's DDPOptimizer
+    splits the compiled graph at the buckets; DDP around a compiled model all-reduces after the whole backward)."""
+    import accelerate
+
+    from iclevr.model import ConditionalUNet
+    from iclevr.training.loop import train
+
+    order, real_prepare = [], accelerate.Accelerator.prepare
+
+    def prepare(self, *objects, **kwargs):
+        order.append(("prepare", type(objects[0]).__name__))
+        return real_prepare(self, *objects, **kwargs)
+
+    def compile_(module, *args, **kwargs):  # recorded, not compiled (minutes on this CPU; tested elsewhere)
+        order.append(("compile", type(module).__name__))
+        return module
+
+    monkeypatch.setattr(accelerate.Accelerator, "prepare", prepare)
+    monkeypatch.setattr(torch, "compile", compile_)
+    train(_settings(course_kit, tmp_path / "run", max_steps=1, compile=True))
+    assert order == [("prepare", ConditionalUNet.__name__), ("compile", ConditionalUNet.__name__)]

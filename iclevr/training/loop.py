@@ -121,7 +121,8 @@ def make_accelerator(cfg: TrainLoopSettings):
         notes.append(f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; train.mixed_precision "
                      f"= {precision} (preset, config or --mixed-precision) is used")
     if precision != "no" and device.type != "cuda":
-        notes.append(f"[yellow]note:[/] mixed precision {precision} needs a CUDA GPU; training in fp32 on {device.type}")
+        notes.append(f"[yellow]note:[/] mixed precision {precision} needs a CUDA GPU; training in fp32 on "
+                     f"{device.type}")
         precision = "no"
     if precision == "bf16" and not native_bf16(device):
         notes.append("[yellow]note:[/] this GPU has no native bf16 (compute capability < 8.0); training in fp16")
