@@ -100,7 +100,8 @@ def self_condition_coin(g: torch.Generator) -> bool:
 
 
 def make_optimizer(model, cfg: TrainLoopSettings) -> torch.optim.Optimizer:
-    """Adam or AdamW over `model`'s parameters as one fused kernel per step (CPU and CUDA support it)."""
+    """Adam or AdamW over `model`'s parameters as one fused kernel per step (CUDA, and CPU since torch 2.4:
+    pyproject's floor); built once the parameters are on their device."""
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
@@ -260,7 +261,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
             try:
                 save_snapshot(run, settings, model=model, ema=ema, optimizer=optimizer, scaler=accelerator.scaler,
                               step=step, wall_s=elapsed(), steps_per_epoch=plan.steps_per_epoch,
-                              finished=finished, reason=reason)
+                              finished=finished, reason=reason, raw_weights=reason is not None)  # raw: at the end
             except WriteError as e:  # a full disk or a permission: the files already written stay as they were
                 raise WriteError(f"{e}; once fixed, continue with `iclevr train --resume {run}`") from None
 

@@ -111,10 +111,12 @@ class MetricsLog:
 
 
 def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, scaler, step: int, wall_s: float,
-                  steps_per_epoch: int, finished: bool = False, reason: str | None = None) -> Path:
-    """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
-    so a kill between the writes leaves the weights at or behind the newest state, never ahead of it.
-    `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
+                  steps_per_epoch: int, finished: bool = False, reason: str | None = None,
+                  raw_weights: bool = True) -> Path:
+    """Write a resumable state (oldest rotated out), then weights/ema.safetensors (what sampling reads), the raw
+    weights/model.safetensors if `raw_weights` (the loop: at the end only; the state holds them meanwhile) and
+    progress.json, so a kill between the writes leaves the weights at or behind the newest state, never ahead
+    of it. `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
     from iclevr.fileio import write_json
     from iclevr.weights import save_weights
     from iclevr.fileio import remove_stale_temps
@@ -127,7 +129,7 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     path = save_state(run / "state", state, settings.train.keep_states)  # first: weights never ahead of it
     meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
                 preset=settings.preset, step=step)
-    for name, net in (("ema", ema.model), ("model", model)):
+    for name, net in (("ema", ema.model), ("model", model))[:2 if raw_weights else 1]:
         remove_stale_temps(run / "weights" / f"{name}.safetensors")  # left by a killed earlier run
         save_weights(net, run / "weights" / f"{name}.safetensors", **meta)
     remove_stale_temps(run / "progress.json")
