@@ -294,3 +294,42 @@ def test_compile_wraps_the_prepared_model(course_kit, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", compile_)
     train(_settings(course_kit, tmp_path / "run", max_steps=1, compile=True))
     assert order == [("prepare", ConditionalUNet.__name__), ("compile", ConditionalUNet.__name__)]
+
+
+def test_the_torch_floor_builds_the_fused_optimizer():
+    """Issue 29 item 9: before torch 2.4 fused Adam/AdamW refused CPU parameters (its CPU kernels came in 2.4), so
+    every CPU run needs 2.4; the loop now also builds it after moving the model, so a GPU run would not need it.
+    pyproject's floor must be a torch that builds it on CPU parameters."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from iclevr.settings import TrainLoopSettings
+    from iclevr.training.loop import make_optimizer
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    floor = next(re.match(r"torch>=(\d+)\.(\d+)", d) for d in deps["dependencies"] if d.startswith("torch>="))
+    assert (int(floor[1]), int(floor[2])) >= (2, 4)
+    for name in ("adam", "adamw"):
+        opt = make_optimizer(torch.nn.Linear(2, 2), TrainLoopSettings(optimizer=name))
+        assert opt.defaults["fused"] is True
+
+
+def test_periodic_saves_write_the_sampling_weights_and_the_raw_weights_at_the_end(course_kit, tmp_path,
+                                                                                  monkeypatch):
+    """Issue 29 item 5: every save wrote the state and both weight files (seed: 1.8 + 0.45 + 0.45 GB); the raw
+    weights (model.safetensors) are only needed at the end, since the state holds them in between."""
+    import iclevr.weights
+    from iclevr.training.loop import train
+
+    written, real = [], iclevr.weights.save_weights
+
+    def spy(net, path, **meta):
+        written.append((meta["step"], path.name))
+        return real(net, path, **meta)
+
+    monkeypatch.setattr(iclevr.weights, "save_weights", spy)
+    run = train(_settings(course_kit, tmp_path / "run", max_steps=3, checkpoint_every_steps=1))
+    assert [step for step, name in written if name == "ema.safetensors"][:3] == [1, 2, 3]  # every save
+    assert [step for step, name in written if name == "model.safetensors"] == [3]  # the final save only
+    assert (run / "weights" / "model.safetensors").is_file()
