@@ -229,3 +229,8 @@ def test_tokens_have_a_fixed_shape_and_padding_changes_no_output(tiny_model_cfg)
             assert torch.allclose(padded, model.denoise(x_t, t, class_emb, tokens[:, :k], mask[:, :k]), atol=1e-6)
     with pytest.raises(RuntimeError, match="more than 3 objects"):  # never dropped silently
         model.tokens(_y([0, 1, 2, 3]))
+    from iclevr.sampling import sample
+    from iclevr.settings import SamplerSettings, ScheduleSettings
+
+    with pytest.raises(UserError, match="names 4 objects; the object-token model takes at most 3"):  # one line
+        sample(model, _y([0, 1, 2, 3]), schedule=ScheduleSettings(), sampler=SamplerSettings(sampler="ddim", steps=1))
