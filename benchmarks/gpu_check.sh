@@ -6,8 +6,14 @@
 #       (benchmarks/seed_style_loop.py sample)
 #   (c) the token design at 64x64 (preset small-tokens)
 #       trained on the embedded kit for the rest of the budget, then scored on val / test / new_test like
-#       `iclevr eval` by benchmarks/package_model.py, which also writes the float16 candidate file
+#       `iclevr eval` by benchmarks/package_model.py, which also writes the float16 candidate file.
+#       `--epochs none`: the preset's 100 epochs would otherwise be the step budget the cosine LR spans
+#       (~28,000 steps), so the model scored after a few minutes would never be annealed; with a time budget
+#       alone the LR anneals over the minutes given, as in the CPU study's runs (tokens_settings.json shows it,
+#       and gpu_check.json's lr_last_over_peak should be near 0).
 # Results: $OUT/gpu_check.json (else benchmarks/results/gpu/gpu_check.json), each part's JSON beside it.
+# On a CPU (--cpu) it is a dry run at toy sizes: it checks that every part runs and writes its files, and
+# measures nothing. What it measures on a GPU, and what has been verified without one: docs/gpu.md.
 #
 #   bash benchmarks/gpu_check.sh          # on a GPU machine
 #   bash benchmarks/gpu_check.sh --cpu    # or GPU_CHECK_TINY=1: toy sizes on the CPU in 1-2 minutes (the test)
@@ -30,14 +36,14 @@ say() { echo "[gpu_check $(elapsed)s] $*"; }
 if [[ "$TINY" == 1 ]]; then
   BUDGET=${GPU_CHECK_BUDGET_S:-150}; RESERVE=60; DEVICE=cpu; SEEDS=0
   TRAIN_ROWS=(--steps 2 --warmup 2 --batch-size 8 --workers 0 --tiny); DDPM_STEPS=20
-  TOKENS_FLAGS=(--max-steps 4 --batch-size 8)
+  TOKENS_FLAGS=(--epochs none --max-steps 4 --batch-size 8)
   say "tiny mode: toy sizes on the CPU (a test of this script, not a measurement)"
   "$PY" -m iclevr data synth --out "$WORK/kit" --scenes 16 --size 64x48 --workers 1 > /dev/null
   KIT=$WORK/kit
 else
   BUDGET=${GPU_CHECK_BUDGET_S:-480}; RESERVE=100; DEVICE=cuda; SEEDS=0,1,2
   TRAIN_ROWS=(--steps 30 --warmup 5 --workers 8); DDPM_STEPS=1000
-  TOKENS_FLAGS=(--mixed-precision bf16)
+  TOKENS_FLAGS=(--epochs none --mixed-precision bf16)  # a time budget alone: the LR anneals within it
   "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
            'gpu_check: no CUDA GPU visible; use --cpu for the toy run')"
   say "rendering (or reusing) the embedded kit"
@@ -79,6 +85,7 @@ say "(c) training the token design (preset $PRESET + $CONFIG) for $MINUTES min"
   --sample-grids off --device "$DEVICE" "${TOKENS_FLAGS[@]}" > "$RESULTS/tokens_train.log" 2>&1
 cp "$CONFIG" "$RESULTS/tokens.toml"
 cp "$WORK/tokens-run/metrics.jsonl" "$RESULTS/tokens_metrics.jsonl"
+cp "$WORK/tokens-run/settings.json" "$RESULTS/tokens_settings.json"
 
 say "(c) scoring it on val, test and new_test (seeds $SEEDS) and writing the float16 candidate"
 "$PY" "$HERE/package_model.py" --run "$WORK/tokens-run" --out "$RESULTS/small-tokens.safetensors" \
@@ -93,6 +100,8 @@ from iclevr.studies.demo import machine_info
 
 results, budget, elapsed, tiny, preset = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 tokens = json.loads((results / "small-tokens_metrics.json").read_text())
+peak = json.loads((results / "tokens_settings.json").read_text())["train"]["lr"]
+last = [json.loads(line) for line in (results / "tokens_metrics.jsonl").read_text().splitlines()][-1]
 summary = {
     "mode": "tiny (CPU toy sizes: checks the script, measures nothing)" if tiny == "1" else "gpu",
     "machine": machine_info("cuda" if tiny != "1" else "cpu"), "budget_s": budget, "elapsed_s": elapsed,
@@ -101,7 +110,8 @@ summary = {
     "tokens64": {"preset": preset, "steps": tokens["steps"], "images_seen": tokens["images_seen"],
                  "wall_s": tokens["wall_s"], "accuracy": {s: a["mean"] for s, a in tokens["accuracy"].items()},
                  "test_new_test_mean": tokens["test_new_test_mean"], "file": "small-tokens.safetensors",
-                 "bytes": tokens["bytes"], "command": tokens["command"]},
+                 "bytes": tokens["bytes"], "command": tokens["command"],
+                 "lr_last_over_peak": round(last["lr"] / peak, 4)},
 }
 (results / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"wrote {results / 'gpu_check.json'} after {elapsed} s")

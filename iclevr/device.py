@@ -37,11 +37,37 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def native_bf16(device) -> bool:
+    """True when CUDA `device` computes in bf16 natively (compute capability 8.0+, Ampere on).
+
+    Not torch.cuda.is_bf16_supported(): since torch 2.3 it also says True on older GPUs (V100, T4), where bf16
+    is emulated and slower than fp16."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def autocast_dtype(device):
+    """The autocast dtype on CUDA `device`: bf16 where it is native, fp16 otherwise."""
+    import torch
+
+    return torch.bfloat16 if native_bf16(device) else torch.float16
+
+
 def autocast(device, enabled: bool = True):
-    """bf16 autocast on CUDA GPUs that support it (fp16 otherwise); a no-op on CPU and when disabled."""
+    """bf16 autocast on CUDA GPUs that support it natively (fp16 otherwise); a no-op on CPU and when disabled."""
     import torch
 
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=autocast_dtype(device))
+
+
+def cuda_speed_defaults() -> None:
+    """Speed settings for CUDA training: cuDNN picks the fastest convolution for the fixed input shapes, and
+    fp32 matmuls may use TF32 tensor cores (Ampere on; about 10 mantissa bits, as bf16 autocast
+    already accepts)."""
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls; fp32 convolutions use it by default

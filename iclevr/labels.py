@@ -15,6 +15,7 @@ from iclevr.errors import UserError
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
 COLOURS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 NUM_CLASSES = len(SHAPES) * len(COLOURS)  # 24
+MAX_OBJECTS = 3  # objects in an i-CLEVR scene (1 to 3): the object tokens are padded to this many slots
 LABELS: tuple[str, ...] = tuple(f"{c} {s}" for s in SHAPES for c in COLOURS)
 LABEL_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 SPLITS: tuple[str, ...] = ("test", "new_test")  # the course's scored condition lists: <split>.json in a kit
@@ -119,6 +120,15 @@ def encode_many(conditions: Sequence[Sequence[str]]):
     if not conditions:
         return torch.zeros(0, NUM_CLASSES)
     return torch.stack([encode(list(c)) for c in conditions])
+
+
+def check_object_counts(y, what: str = "condition") -> None:
+    """UserError when a row of multi-hot y (N, 24) names more than MAX_OBJECTS objects (the object tokens'
+    slots); read on the host once, before y reaches a model."""
+    most = int((y > 0.5).sum(1).max()) if len(y) else 0
+    if most > MAX_OBJECTS:
+        raise UserError(f"a {what} names {most} objects; the object-token model takes at most {MAX_OBJECTS} (an "
+                        "i-CLEVR scene holds 1 to 3)")
 
 
 def decode(multi_hot) -> list[str]:

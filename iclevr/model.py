@@ -6,7 +6,7 @@ Both designs take the (24,) multi-hot condition y; the null condition (classifie
   (UNet2DModel, class_embed_type="identity").
 - tokens: the same pooled vector on the time path (unless model.label_on_time_path is off), plus one token per
   requested object, which the UNet's CrossAttn blocks attend to (UNet2DConditionModel). The tokens are a set:
-  no position embedding, padded with a mask to the batch's largest object count, and a learned null token is
+  no position embedding, padded with a mask to MAX_OBJECTS (3) slots, and a learned null token is
   always present, so the empty set (the null condition) still has one key to attend to.
 With model.self_condition (Chen, Zhang & Hinton 2022, "Analog Bits") the UNet takes 6 input channels: x_t and
 an estimate of x0 (the sampling loop's previous prediction; zeros when there is none).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iclevr.labels import COLOURS, NUM_CLASSES
+from iclevr.labels import COLOURS, MAX_OBJECTS, NUM_CLASSES
 from iclevr.settings import ModelSettings
 
 
@@ -42,10 +42,12 @@ class ObjectTokens(nn.Module):
         return self.shapes(idx // len(COLOURS)) + self.colours(idx % len(COLOURS))
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the requested objects' tokens; K = the largest object count in the batch."""
+        """Gather the requested objects' tokens into K = MAX_OBJECTS masked slots: a fixed shape, so no host
+        synchronisation to read the batch's object count and one graph under torch.compile."""
         on = y > 0.5  # (B, 24)
-        k = int(on.sum(1).max().item()) if len(y) else 0
-        order = torch.argsort(on.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]  # (B, K)
+        if len(y):  # more objects than slots would be dropped: fail instead (asynchronously on a GPU)
+            torch._assert_async(on.sum(1).max() <= MAX_OBJECTS, f"a condition names more than {MAX_OBJECTS} objects")
+        order = torch.argsort(on.to(torch.int8), dim=1, descending=True, stable=True)[:, :MAX_OBJECTS]  # (B, K)
         mask = torch.gather(on, 1, order)  # (B, K): True for a requested object, False for padding
         tokens = self.table()[order]  # (B, K, D)
         null = self.null.expand(len(y), 1, -1).to(tokens.dtype)  # (B, 1, D)

@@ -173,6 +173,10 @@ def sample_batches(model, y: torch.Tensor, *, schedule: ScheduleSettings, sample
     seeds = image_seeds(sampler.seed, y.shape[0]) if seeds is None else list(seeds)
     if len(seeds) != y.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for {y.shape[0]} conditions")
+    if getattr(model.cfg, "condition", None) == "tokens":  # duck-typed test models have no such field
+        from iclevr.labels import check_object_counts
+
+        check_object_counts(y)  # the tokens' slots (iclevr.model.ObjectTokens): one line, not a device assert
     device = torch.device(device) if device is not None else next(model.parameters()).device
     for start in range(0, y.shape[0], sampler.batch_size):
         chunk = seeds[start:start + sampler.batch_size]

@@ -41,4 +41,8 @@ def test_gpu_check_runs_on_the_cpu_and_writes_every_measurement(tmp_path):
     info = read_info(out / tokens["file"])
     assert info.model.condition == "tokens" and info.packaged["steps"] == 4
     assert (out / "tokens_metrics.jsonl").is_file() and (out / "tokens.toml").is_file()
+    # issue 29: no epoch budget, so on a GPU the cosine LR spans the time budget (not the preset's 100 epochs)
+    trained = json.loads((out / "tokens_settings.json").read_text())
+    assert trained["preset"] == "small-tokens" and trained["train"]["epochs"] is None
+    assert 0 <= tokens["lr_last_over_peak"] < 1
     assert not list(tmp_path.glob("iclevr-gpu-check.*")), "the work folder was left behind"

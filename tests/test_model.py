@@ -152,7 +152,7 @@ def test_tokens_are_a_set_permuting_them_changes_nothing(tiny_model_cfg):
 def test_tokens_null_condition_is_the_null_token_alone(tiny_model_cfg):
     model = _tokens_model(tiny_model_cfg).eval()
     tokens, mask = model.tokens(torch.zeros(2, 24))
-    assert tokens.shape[1] == 1 and mask.all()  # only the learned null token: attention has one key
+    assert tokens.shape[1] == 4 and mask.tolist() == [[True, False, False, False]] * 2  # one key: the null token
     assert torch.equal(tokens[0, 0], model.tokens.null[0, 0])
     with torch.no_grad():
         null = model(torch.randn(2, 3, 16, 16), torch.tensor([5, 5]), torch.zeros(2, 24))
@@ -209,3 +209,28 @@ def test_an_attention_layout_diffusers_cannot_express_is_a_user_error(tiny_model
            "attention_head_dim": 4}
     with pytest.raises(UserError, match="head width"):
         build_model(ModelSettings(**cfg))
+
+
+def test_tokens_have_a_fixed_shape_and_padding_changes_no_output(tiny_model_cfg):
+    """Issue 29: K is MAX_OBJECTS whatever the batch (no .item() to read the object count: no host
+    synchronisation, one compiled graph), and the masked slots change nothing: the output equals that of the
+    unpadded tokens (K = the batch's largest object count, as before)."""
+    from iclevr.labels import MAX_OBJECTS
+
+    model = _tokens_model(tiny_model_cfg).eval()
+    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([300, 700])
+    with torch.no_grad():
+        for y in (_y([4], [1, 9]), _y([5], [6]), torch.zeros(2, 24)):
+            tokens, mask = model.tokens(y)
+            assert tokens.shape[1] == mask.shape[1] == 1 + MAX_OBJECTS
+            k = 1 + int(mask.sum(1).max())  # the null token and the largest object count
+            class_emb = model.label_embed(y)
+            padded = model.denoise(x_t, t, class_emb, tokens, mask)
+            assert torch.allclose(padded, model.denoise(x_t, t, class_emb, tokens[:, :k], mask[:, :k]), atol=1e-6)
+    with pytest.raises(RuntimeError, match="more than 3 objects"):  # never dropped silently
+        model.tokens(_y([0, 1, 2, 3]))
+    from iclevr.sampling import sample
+    from iclevr.settings import SamplerSettings, ScheduleSettings
+
+    with pytest.raises(UserError, match="names 4 objects; the object-token model takes at most 3"):  # one line
+        sample(model, _y([0, 1, 2, 3]), schedule=ScheduleSettings(), sampler=SamplerSettings(sampler="ddim", steps=1))

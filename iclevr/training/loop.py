@@ -75,14 +75,14 @@ def self_condition_input(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Ten
                          prediction_type: str, g: torch.Generator) -> torch.Tensor:
     """x0_self for a self-conditioned training pass (Chen, Zhang & Hinton 2022, "Analog Bits", section 3).
 
-    With probability 1/2 per batch (one draw from g), the model's own x0 estimate from a first pass with
+    With probability 1/2 per optimizer step (self_condition_coin), the model's own x0 estimate from a first pass with
     x0_self = zeros, without gradient, so the model learns to refine an estimate like the one the sampling
     loop feeds back; otherwise zeros, so it also learns the first sampling step (which has no estimate).
     The estimate is clipped to [-1, 1] like the sampling loop's (clip_x0): near t = T, eps-prediction's
     x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) is unbounded.
     """
     zeros = torch.zeros_like(x_t)  # (B, 3, S, S)
-    if torch.rand((), generator=g, device=x_t.device) >= 0.5:
+    if not self_condition_coin(g):
         return zeros
     with torch.no_grad():
         out = model(x_t, t, y, x0_self=zeros).float()  # (B, 3, S, S)
@@ -92,39 +92,80 @@ def self_condition_input(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Ten
     return x0.clamp(-1, 1) if clips_x0(unwrap(model)) else x0  # latents are not bounded
 
 
+def self_condition_coin(g: torch.Generator) -> bool:
+    """The batch's self-conditioning coin (True = feed the estimate), drawn on the host from g's seed: a draw
+    made on the GPU and branched on in Python would wait for the GPU at every step."""
+    import random
+
+    from iclevr.seeding import mix_seed
+
+    return random.Random(mix_seed(g.initial_seed(), 4)).random() < 0.5
+
+
 def make_optimizer(model, cfg: TrainLoopSettings) -> torch.optim.Optimizer:
-    """Adam or AdamW over `model`'s parameters as one fused kernel per step (CPU and CUDA support it)."""
+    """Adam or AdamW over `model`'s parameters as one fused kernel per step (CUDA, and CPU since torch 2.4:
+    pyproject's floor); built once the parameters are on their device."""
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def make_accelerator(cfg: TrainLoopSettings):
-    """(Accelerator for the configured device and precision, note or None); mixed precision needs CUDA."""
+    """(Accelerator for the configured device and precision, note or None); mixed precision needs CUDA, and bf16
+    falls back to fp16 where the GPU lacks native bf16 (iclevr.device.native_bf16)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from iclevr.device import pick_device
+    from iclevr.device import cuda_speed_defaults, native_bf16, pick_device
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = pick_device(cfg.device)
-    precision, note = cfg.mixed_precision, None
+    precision, notes = cfg.mixed_precision, []
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by `accelerate launch --mixed_precision`
+    if launched and launched != precision:
+        notes.append(f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; train.mixed_precision "
+                     f"= {precision} (preset, config or --mixed-precision) is used")
     if precision != "no" and device.type != "cuda":
-        note = f"[yellow]note:[/] mixed precision {precision} needs a CUDA GPU; training in fp32 on {device.type}"
+        notes.append(f"[yellow]note:[/] mixed precision {precision} needs a CUDA GPU; training in fp32 on "
+                     f"{device.type}")
         precision = "no"
+    if precision == "bf16" and not native_bf16(device):
+        notes.append("[yellow]note:[/] this GPU has no native bf16 (compute capability < 8.0); training in fp16")
+        precision = "fp16"
+    if device.type == "cuda":
+        cuda_speed_defaults()
     if not distributed:
         AcceleratorState._reset_state(reset_partial_state=True)  # allow several train() calls in one process
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device.index)
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=precision), note
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=precision), "\n".join(notes) or None
 
 
-def agree(accelerator, elapsed_s: float, stop: bool) -> tuple[float, bool]:
-    """(the furthest elapsed time, whether any process asks to stop) over all processes: one collective per
-    step, none in a single-process run, so every process sets the same lr and stops at the same step."""
+def control_group(accelerator):
+    """The process group for the loop's small decisions (time, stop, finiteness): gloo, on the CPU, so agreeing
+    never waits for the GPU; None (the default group) when that is gloo already or there is one process."""
+    import torch.distributed as dist
+
+    if accelerator.num_processes == 1 or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def host_reduce(accelerator, values: list[float], op: str, group=None) -> list[float]:
+    """`values` reduced ("max" or "min") over all processes as a CPU collective: no tensor on the GPU, so no
+    host synchronisation with its queue (a CUDA tensor read back with .tolist() would wait for every queued step)."""
     if accelerator.num_processes == 1:
-        return elapsed_s, stop
-    both = torch.tensor([elapsed_s, float(stop)], dtype=torch.float64, device=accelerator.device)
-    elapsed_s, stop = accelerator.reduce(both, "max").tolist()
+        return values
+    import torch.distributed as dist
+
+    both = torch.tensor(values, dtype=torch.float64)  # CPU
+    dist.all_reduce(both, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN, group=group)
+    return both.tolist()
+
+
+def agree(accelerator, elapsed_s: float, stop: bool, group=None) -> tuple[float, bool]:
+    """(the furthest elapsed time, whether any process asks to stop) over all processes: one CPU collective per
+    step (host_reduce), none in a single-process run, so every process sets the same lr and stops at the same step."""
+    elapsed_s, stop = host_reduce(accelerator, [elapsed_s, float(stop)], "max", group)
     return elapsed_s, bool(stop)
 
 
@@ -134,12 +175,20 @@ def train(settings: TrainSettings, console=None, resume: bool = False, overwrite
 
     The main process holds the run folder's writer lock throughout (iclevr.training.lock), taken before
     anything in the folder is touched, so a second `train` into the same folder stops with one line.
-    `clock` (seconds) measures the time budget, the elapsed time that drives its LR, and the logged speeds."""
+    `clock` (seconds) measures the time budget, the elapsed time that drives its LR, and the logged speeds.
+    Model, optimizer and accelerator are freed before it returns (reference cycles held them until a gc)."""
+    import gc
+
     from iclevr.training.lock import run_lock
     from iclevr.training.run_folder import default_run_dir
 
-    with run_lock(default_run_dir(settings), enabled=os.environ.get("RANK", "0") == "0"):  # rank 0 only
-        return _train(settings, console, resume, overwrite, clock)
+    try:
+        with run_lock(default_run_dir(settings), enabled=os.environ.get("RANK", "0") == "0"):  # rank 0 only
+            return _train(settings, console, resume, overwrite, clock)
+    finally:  # the next run (a study, gpu_check's second measurement) starts from free GPU memory
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, clock: Callable[[], float]) -> Path:
@@ -151,7 +200,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     from iclevr.data.course import load_kit
     from iclevr.data.kits import resolve_data_dir
     from iclevr.ema import EMA
-    from iclevr.labels import encode_many
+    from iclevr.labels import check_object_counts, encode_many
     from iclevr.model import build_model, count_parameters
     from iclevr.schedules import make_scheduler
     from iclevr.seeding import mix_seed
@@ -166,6 +215,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     cfg = settings.train
     accelerator, note = make_accelerator(cfg)
     main, rank, device = accelerator.is_main_process, accelerator.process_index, accelerator.device
+    control = control_group(accelerator)
     console = console if console is not None and main else Console(quiet=True)
     if note:
         console.print(note)
@@ -181,6 +231,8 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     with accelerator.main_process_first():  # renders the embedded kit / builds the cache once
         kit = load_kit(resolve_data_dir(settings.data.data_dir, console), settings.data.images_dir)
         images_u8, labels = training_tensors(kit, settings, run, console)  # images (uint8) or latents
+    if settings.model.condition == "tokens":
+        check_object_counts(labels, "training scene")
     if cfg.data_on_device:
         images_u8, labels = images_u8.to(device), labels.to(device)  # (N, C, H, W), (N, 24)
     plan = make_plan(cfg, len(images_u8), accelerator.num_processes)
@@ -196,6 +248,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
+    model.to(device)  # before the optimizer: a fused one checks its parameters' device when it is built
     optimizer = make_optimizer(model, cfg)
     found = load_latest(run / "state") if resume else None
     if resume and not found:
@@ -205,8 +258,9 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
         check_same_run(found[0], settings, found[1])
         model.load_state_dict(found[0]["model"])
         ema.load_state_dict(found[0]["ema"])
-    net = torch.compile(model) if cfg.compile else model
-    net, optimizer = accelerator.prepare(net, optimizer)
+    net, optimizer = accelerator.prepare(model, optimizer)  # DDP wraps the plain model ...
+    if cfg.compile:  # ... and is compiled whole, so the gradient all-reduce of each bucket overlaps backward
+        net = torch.compile(net)
     ema.model.to(device)
     if found:
         restore_optimizer(found[0], optimizer, accelerator.scaler, cfg.lr, console)
@@ -221,7 +275,7 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
             try:
                 save_snapshot(run, settings, model=model, ema=ema, optimizer=optimizer, scaler=accelerator.scaler,
                               step=step, wall_s=elapsed(), steps_per_epoch=plan.steps_per_epoch,
-                              finished=finished, reason=reason)
+                              finished=finished, reason=reason, raw_weights=reason is not None)  # raw: at the end
             except WriteError as e:  # a full disk or a permission: the files already written stay as they were
                 raise WriteError(f"{e}; once fixed, continue with `iclevr train --resume {run}`") from None
 
@@ -241,12 +295,14 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     # --- the loop ----------------------------------------------------------------------------------------------
     metrics = MetricsLog(run, start, enabled=main)
     step, perm_epoch, perm, saved_at, grid_at = start, -1, None, -1, -1
-    loss_sum, norm_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    loss_sum, norm_sum, norm_bad = (torch.zeros((), device=device) for _ in range(3))  # norm_bad: skipped steps
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, checked lazily
     last_log, last_loss, lr, t_measure = (start, clock()), None, cfg.lr, 0.0
 
-    def check_finite() -> None:
-        if (bad := int(bad_step.item())) >= 0:
+    def check_finite() -> None:  # all processes agree: a NaN on one rank reaches every rank's weights (all-reduce)
+        mine = int(bad_step.item())
+        bad = host_reduce(accelerator, [mine if mine >= 0 else math.inf], "min", control)[0]
+        if bad < math.inf and (bad := int(bad)) >= 0:
             states = list_states(run / "state")
             kept = f"the last good state {states[-1]} is kept" if states else "no state was saved"
             raise TrainingInterrupted(f"loss became non-finite at step {bad} (epoch {bad // plan.steps_per_epoch})"
@@ -254,23 +310,24 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
                                       f"continue with `iclevr train --resume {run}`")
 
     def log() -> None:
-        nonlocal last_log, last_loss, loss_sum, norm_sum
+        nonlocal last_log, last_loss, loss_sum, norm_sum, norm_bad
         n, now = step - last_log[0], clock()
         mean_loss = (accelerator.reduce(loss_sum, "mean") / n).item()
         check_finite()
         last_loss, ips = mean_loss, n * plan.global_batch / max(now - last_log[1], 1e-9)
+        skipped = int(norm_bad.item())  # fp16 steps the GradScaler skipped (inf norm): not in the mean
         metrics.log({"step": step, "epoch": step // plan.steps_per_epoch, "loss": mean_loss, "lr": lr,
-                     "grad_norm": (norm_sum / n).item(), "images_per_s": ips,
-                     "wall_s": round(wall0 + now - t_session, 2)})
+                     "grad_norm": (norm_sum / (n - skipped)).item() if n > skipped else None,
+                     "skipped_steps": skipped, "images_per_s": ips, "wall_s": round(wall0 + now - t_session, 2)})
         if not console.is_terminal:  # logs redirected to a file: no live bar, so one line per log
             console.print(f"step {step} epoch {step // plan.steps_per_epoch} loss {mean_loss:.4f} lr {lr:.3g} "
                           f"{ips:.1f} img/s")
-        last_log, loss_sum, norm_sum = (step, now), torch.zeros_like(loss_sum), torch.zeros_like(norm_sum)
+        last_log, loss_sum, norm_sum, norm_bad = (step, now), *(torch.zeros_like(loss_sum) for _ in range(3))
 
     try:
         with interrupt_flag() as interrupted, train_bar(console, main) as (bar, task):
             while True:
-                elapsed_s, stop = agree(accelerator, elapsed(), interrupted["set"])
+                elapsed_s, stop = agree(accelerator, elapsed(), interrupted["set"], control)
                 reason = budget_reached(cfg, step, plan.steps_per_epoch, elapsed_s) or ("interrupted" if stop else None)
                 if reason:
                     break
@@ -295,7 +352,10 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
                 optimizer.zero_grad(set_to_none=True)
                 ema.update(model, step)
                 bad_step = torch.where(torch.isfinite(loss_sum) | (bad_step >= 0), bad_step, step)
-                norm_sum += grad_norm.detach().float() if grad_norm is not None else 0.0
+                if grad_norm is not None:
+                    norm = grad_norm.detach().float()
+                    norm_sum += torch.where(torch.isfinite(norm), norm, 0.0)
+                    norm_bad += ~torch.isfinite(norm)
                 step += 1
 
                 if step - start == MEASURE_STEPS[0]:  # the speed after warm-up (compile, allocation)

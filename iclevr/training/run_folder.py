@@ -9,6 +9,7 @@ weights/{ema,model}.safetensors (inference weights with settings in the metadata
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,12 +109,14 @@ class MetricsLog:
         self.writer = SummaryWriter(str(Path(run) / "tb"), purge_step=start_step)
 
     def log(self, row: dict) -> None:
-        """Append one row (must hold 'step') to metrics.jsonl and its scalars to TensorBoard."""
+        """Append one row (must hold 'step') to metrics.jsonl and its scalars to TensorBoard; a non-finite number
+        is written as null (json.dumps would write Infinity or NaN, which strict JSON readers refuse)."""
         from iclevr.fileio import append_text
 
         if self.writer is None:
             return
-        append_text(self.path, json.dumps(row) + "\n")
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        append_text(self.path, json.dumps(row, allow_nan=False) + "\n")
         for key in TB_SCALARS:
             if row.get(key) is not None:
                 self.writer.add_scalar(f"train/{key}", row[key], row["step"])
@@ -126,10 +129,12 @@ class MetricsLog:
 
 
 def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, scaler, step: int, wall_s: float,
-                  steps_per_epoch: int, finished: bool = False, reason: str | None = None) -> Path:
-    """Write a resumable state (oldest rotated out), then weights/{ema,model}.safetensors and progress.json,
-    so a kill between the writes leaves the weights at or behind the newest state, never ahead of it.
-    `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
+                  steps_per_epoch: int, finished: bool = False, reason: str | None = None,
+                  raw_weights: bool = True) -> Path:
+    """Write a resumable state (oldest rotated out), then weights/ema.safetensors (what sampling reads), the raw
+    weights/model.safetensors if `raw_weights` (the loop: at the end only; the state holds them meanwhile) and
+    progress.json, so a kill between the writes leaves the weights at or behind the newest state, never ahead
+    of it. `wall_s` (training seconds over all sessions) is what a resumed time-budget run continues its LR from."""
     from iclevr.fileio import remove_stale_temps, write_json
     from iclevr.settings import to_json
     from iclevr.training.state import rng_states, save_state
@@ -142,7 +147,7 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     path = save_state(run / "state", state, settings.train.keep_states)  # first: weights never ahead of it
     meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
                 preset=settings.preset, step=step)
-    for name, net in (("ema", ema.model), ("model", model)):
+    for name, net in (("ema", ema.model), ("model", model))[:2 if raw_weights else 1]:
         remove_stale_temps(run / "weights" / f"{name}.safetensors")  # left by a killed earlier run
         save_weights(net, run / "weights" / f"{name}.safetensors", **meta)
     remove_stale_temps(run / "progress.json")
