@@ -67,8 +67,9 @@ def step_time(rounds: int = 5, steps: int = 4) -> dict:
                 opt.zero_grad(set_to_none=True)
             if r:
                 times[d].append((time.perf_counter() - t0) / steps)
-    return {d: {"median_s": round(statistics.median(v), 4), "rounds": [round(x, 4) for x in v]}
-            for d, v in times.items()}
+    return {
+        d: {"median_s": round(statistics.median(v), 4), "rounds": [round(x, 4) for x in v]} for d, v in times.items()
+    }
 
 
 def budget_steps(design: str, minutes: float) -> int:
@@ -86,9 +87,18 @@ def train_design(design: str, steps: int, seed: int, work: Path) -> tuple[Path, 
     from iclevr.training.run_folder import is_finished
 
     run = work / f"{design}-{steps}steps-s{seed}"
-    settings = _settings(design, **{"out": str(run), "train.max_steps": steps, "train.max_minutes": None,
-                                    "train.checkpoint_every": 0, "train.checkpoint_every_steps": 200,
-                                    "train.seed": seed, "train.sample_grids": "off"})
+    settings = _settings(
+        design,
+        **{
+            "out": str(run),
+            "train.max_steps": steps,
+            "train.max_minutes": None,
+            "train.checkpoint_every": 0,
+            "train.checkpoint_every_steps": 200,
+            "train.seed": seed,
+            "train.sample_grids": "off",
+        },
+    )
     if not is_finished(run, settings):
         train(settings, resume=(run / "state").is_dir())
     return run, read_json(run / "progress.json", "progress file")
@@ -100,23 +110,36 @@ def score(run: Path, seeds: list[int]) -> dict:
 
     report = evaluate(EvalSettings(checkpoint=run, split="val", seeds=seeds, fidelity=True, out=run / "eval-val"))
     r = report["splits"]["val"]
-    return {"val": {"accuracy": r["accuracy"], "mean": round(r["mean"], 4), "wrong_predictions": r["wrong_predictions"],
-                    "fidelity": r["fidelity"]}, "sampler": report["sampler"], "evaluator": report["evaluator"]}
+    return {
+        "val": {
+            "accuracy": r["accuracy"],
+            "mean": round(r["mean"], 4),
+            "wrong_predictions": r["wrong_predictions"],
+            "fidelity": r["fidelity"],
+        },
+        "sampler": report["sampler"],
+        "evaluator": report["evaluator"],
+    }
 
 
 def table(results: Path = RESULTS) -> str:
     """The committed rows as a markdown table."""
     rows = [json.loads(f.read_text()) for f in sorted(results.glob("*-s*.json"))]
-    lines = ["| design | budget (pixels32-minutes) | steps × 32 | val accuracy | val KID ×10³ (floor) | val FD (floor) "
-             "| wrong predictions (binding / colour / shape) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| design | budget (pixels32-minutes) | steps × 32 | val accuracy | val KID ×10³ (floor) | val FD (floor) "
+        "| wrong predictions (binding / colour / shape) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in sorted(rows, key=lambda r: (r["minutes"], r["design"], r["train_seed"])):
         v, f = r["val"], r["val"]["fidelity"]
         w = v["wrong_predictions"]
         shares = " / ".join(f"{w[k] / w['total']:.0%}" for k in ("binding", "colour", "shape")) if w["total"] else "–"
-        lines.append(f"| {r['design']} (train seed {r['train_seed']}) | {r['minutes']:g} | {r['steps']:,} | "
-                     f"**{v['mean']:.3f}** | {1e3 * f['generated']['kid']:.1f} ± {1e3 * f['generated']['kid_std']:.1f}"
-                     f" ({1e3 * f['floor']['kid']:.1f}) | {f['generated']['fd']:.2f} ({f['floor']['fd']:.2f}) | "
-                     f"{w['total']} ({shares}) |")
+        lines.append(
+            f"| {r['design']} (train seed {r['train_seed']}) | {r['minutes']:g} | {r['steps']:,} | "
+            f"**{v['mean']:.3f}** | {1e3 * f['generated']['kid']:.1f} ± {1e3 * f['generated']['kid_std']:.1f}"
+            f" ({1e3 * f['floor']['kid']:.1f}) | {f['generated']['fd']:.2f} ({f['floor']['fd']:.2f}) | "
+            f"{w['total']} ({shares}) |"
+        )
     return "\n".join(lines)
 
 
@@ -141,23 +164,40 @@ def main() -> None:
         print(table())
         return
     if args.step_time:
-        row = {"designs": step_time(), "threads": torch.get_num_threads(), "batch": 32,
-               "machine": f"{platform.machine()} {platform.processor()}", "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "command": f"python benchmarks/designs.py --step-time --threads {args.threads}"}
+        row = {
+            "designs": step_time(),
+            "threads": torch.get_num_threads(),
+            "batch": 32,
+            "machine": f"{platform.machine()} {platform.processor()}",
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": f"python benchmarks/designs.py --step-time --threads {args.threads}",
+        }
         write_result_json(RESULTS / "step_time.json", row, ROOT)
         print(json.dumps(row["designs"]))
         return
     for d in args.only or p.error("name designs with --only"):
         steps = budget_steps(d, args.minutes)
         run, progress = train_design(d, steps, args.train_seed, args.work)
-        row = {"design": d, "preset": DESIGNS[d], "minutes": args.minutes, "train_seed": args.train_seed,
-               "steps": progress["step"], "train_wall_s": progress["wall_s"], "threads": torch.get_num_threads(),
-               **score(run, args.seeds), "seeds": args.seeds,
-               "command": f"python benchmarks/designs.py --only {d} --minutes {args.minutes:g} --train-seed "
-                          f"{args.train_seed} --threads {args.threads}", "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        row = {
+            "design": d,
+            "preset": DESIGNS[d],
+            "minutes": args.minutes,
+            "train_seed": args.train_seed,
+            "steps": progress["step"],
+            "train_wall_s": progress["wall_s"],
+            "threads": torch.get_num_threads(),
+            **score(run, args.seeds),
+            "seeds": args.seeds,
+            "command": f"python benchmarks/designs.py --only {d} --minutes {args.minutes:g} --train-seed "
+            f"{args.train_seed} --threads {args.threads}",
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         write_result_json(RESULTS / f"{d}-{args.minutes:g}min-s{args.train_seed}.json", row, ROOT)
-        print(f"{d}: {row['steps']} steps, val {row['val']['mean']:.3f}, KID x1e3 "
-              f"{1e3 * row['val']['fidelity']['generated']['kid']:.1f}", flush=True)
+        print(
+            f"{d}: {row['steps']} steps, val {row['val']['mean']:.3f}, KID x1e3 "
+            f"{1e3 * row['val']['fidelity']['generated']['kid']:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,11 @@ def kid_fd_with(features: nn.Module, a: torch.Tensor, b: torch.Tensor) -> dict:
             m.update((a + 1) / 2, real=True)
             m.update(((b + 1) / 2).clamp(0, 1), real=False)
         mean, std = kid.compute()
-        return {"kid_x1e3": round(1e3 * float(mean), 2), "kid_std_x1e3": round(1e3 * float(std), 2),
-                "fd": round(float(fd.compute()), 4)}
+        return {
+            "kid_x1e3": round(1e3 * float(mean), 2),
+            "kid_std_x1e3": round(1e3 * float(std), 2),
+            "fd": round(float(fd.compute()), 4),
+        }
 
 
 def main() -> None:
@@ -62,7 +65,6 @@ def main() -> None:
     from iclevr.data.kits import ensure_default_kit
     from iclevr.evaluation.evaluator import PACKAGED, load_own
     from iclevr.evaluation.fidelity import TextureFeatures
-
     from iclevr.fileio import write_result_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,27 +77,44 @@ def main() -> None:
     images, _ = load_train_tensors(load_kit(ensure_default_kit(), splits=False), 64)
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(3))
     a, b = to_model_range(images[perm[:500]]), to_model_range(images[perm[500:1000]])
-    sets = {"real B (floor)": b,
-            "B through 32x32 (blur)": F.interpolate(F.interpolate(b, size=32, mode="bilinear", antialias=True,
-                                                                  align_corners=False), size=64, mode="bilinear",
-                                                    align_corners=False),
-            "B + noise std 0.1 (speckle)": (b + 0.1 * torch.randn(b.shape, generator=torch.Generator().manual_seed(4)))
-            .clamp(-1, 1)}
+    sets = {
+        "real B (floor)": b,
+        "B through 32x32 (blur)": F.interpolate(
+            F.interpolate(b, size=32, mode="bilinear", antialias=True, align_corners=False),
+            size=64,
+            mode="bilinear",
+            align_corners=False,
+        ),
+        "B + noise std 0.1 (speckle)": (
+            b + 0.1 * torch.randn(b.shape, generator=torch.Generator().manual_seed(4))
+        ).clamp(-1, 1),
+    }
     if args.autoencoder:
         from iclevr.autoencoder import load_autoencoder
 
         ae = load_autoencoder(args.autoencoder)
-        sets["B through the autoencoder"] = torch.cat([ae.decode(ae.encode(b[i:i + 100])) for i in range(0, 500, 100)])
+        sets["B through the autoencoder"] = torch.cat(
+            [ae.decode(ae.encode(b[i : i + 100])) for i in range(0, 500, 100)]
+        )
     out = {"features": {}}
-    for name, feats in (("pooled penultimate (512)", PooledFeatures(net)), ("layer1 mean+std (128, used)",
-                                                                          TextureFeatures(net))):
+    for name, feats in (
+        ("pooled penultimate (512)", PooledFeatures(net)),
+        ("layer1 mean+std (128, used)", TextureFeatures(net)),
+    ):
         out["features"][name] = {k: kid_fd_with(feats, a, v) for k, v in sets.items()}
         print(name, json.dumps(out["features"][name]), flush=True)
-    out.update({"evaluator": "iclevr/assets/own-evaluator-v2.safetensors", "images_per_set": 500,
-                "subsets": 100, "subset_size": 50, "autoencoder": str(args.autoencoder) if args.autoencoder else None,
-                "command": "python benchmarks/fidelity_check.py" + (f" --autoencoder {args.autoencoder}"
-                                                                    if args.autoencoder else ""),
-                "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    out.update(
+        {
+            "evaluator": "iclevr/assets/own-evaluator-v2.safetensors",
+            "images_per_set": 500,
+            "subsets": 100,
+            "subset_size": 50,
+            "autoencoder": str(args.autoencoder) if args.autoencoder else None,
+            "command": "python benchmarks/fidelity_check.py"
+            + (f" --autoencoder {args.autoencoder}" if args.autoencoder else ""),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_result_json(RESULTS / "check.json", out, RESULTS.parents[2])
 

@@ -27,74 +27,184 @@ OUT = ROOT / "benchmarks" / "results" / "mutation_check.json"
 
 S = "tests/test_sampling.py::"
 METRIC = ["tests/test_metric.py"]
-GUIDANCE = [S + "test_batched_guidance_equals_two_separate_passes",
-            S + "test_guidance_one_is_the_conditional_prediction_alone",
-            S + "test_guidance_zero_is_the_unconditional_prediction_alone", S + "test_one_forward_pass_of_2b_per_step"]
-SAMPLING = [S + "test_same_seed_gives_identical_pixels_and_other_seed_differs",
-            S + "test_clip_x0_bounds_the_raw_predicted_x0_at_every_step"]
+GUIDANCE = [
+    S + "test_batched_guidance_equals_two_separate_passes",
+    S + "test_guidance_one_is_the_conditional_prediction_alone",
+    S + "test_guidance_zero_is_the_unconditional_prediction_alone",
+    S + "test_one_forward_pass_of_2b_per_step",
+]
+SAMPLING = [
+    S + "test_same_seed_gives_identical_pixels_and_other_seed_differs",
+    S + "test_clip_x0_bounds_the_raw_predicted_x0_at_every_step",
+]
 SCHEDULES = ["tests/test_schedules.py"]
-LR = ["tests/test_train.py::test_lr_at_warmup_cosine_and_constant",
-      "tests/test_train.py::test_time_budget_lr_through_the_loop_follows_elapsed_time"]
+LR = [
+    "tests/test_train.py::test_lr_at_warmup_cosine_and_constant",
+    "tests/test_train.py::test_time_budget_lr_through_the_loop_follows_elapsed_time",
+]
 EMA = ["tests/test_ema.py"]
-STATE = ["tests/test_state.py", "tests/test_train.py::test_damaged_newest_state_falls_back",
-         "tests/test_faults.py::test_a_non_finite_snapshot_keeps_the_last_good_state"]
+STATE = [
+    "tests/test_state.py",
+    "tests/test_train.py::test_damaged_newest_state_falls_back",
+    "tests/test_faults.py::test_a_non_finite_snapshot_keeps_the_last_good_state",
+]
 RESUME = ["tests/test_train.py::test_resume_is_bit_identical"]
 LABELS = ["tests/test_labels.py"]
 
 # (name, file, text, replacement, tests): one realistic bug each
 MUTATIONS = [
-    ("metric-ties-to-higher-index", "iclevr/evaluation/metric.py",
-     "order = torch.sort(scores, dim=1, descending=True, stable=True).indices",
-     "order = scores.size(1) - 1 - torch.sort(scores.flip(1), dim=1, descending=True, stable=True).indices", METRIC),
-    ("metric-top-k-plus-one", "iclevr/evaluation/metric.py", "order[i, :k].tolist()", "order[i, :k + 1].tolist()",
-     METRIC),
-    ("metric-every-prediction-a-hit", "iclevr/evaluation/metric.py", "int(y[i, c] > 0.5)", "int(y[i, c] >= 0)",
-     METRIC),
-    ("guidance-formula-from-cond", "iclevr/sampling.py", "return eps_u + scale * (eps_c - eps_u)",
-     "return eps_c + scale * (eps_c - eps_u)", GUIDANCE),
-    ("guidance-halves-swapped", "iclevr/sampling.py", "eps_c, eps_u = out.chunk(2)", "eps_u, eps_c = out.chunk(2)",
-     GUIDANCE),
-    ("guidance-0-uses-the-condition", "iclevr/sampling.py",
-     "return model(x_t, t.expand(B), torch.zeros_like(y), **extra).float()",
-     "return model(x_t, t.expand(B), y, **extra).float()", GUIDANCE),
+    (
+        "metric-ties-to-higher-index",
+        "iclevr/evaluation/metric.py",
+        "order = torch.sort(scores, dim=1, descending=True, stable=True).indices",
+        "order = scores.size(1) - 1 - torch.sort(scores.flip(1), dim=1, descending=True, stable=True).indices",
+        METRIC,
+    ),
+    (
+        "metric-top-k-plus-one",
+        "iclevr/evaluation/metric.py",
+        "order[i, :k].tolist()",
+        "order[i, :k + 1].tolist()",
+        METRIC,
+    ),
+    ("metric-every-prediction-a-hit", "iclevr/evaluation/metric.py", "int(y[i, c] > 0.5)", "int(y[i, c] >= 0)", METRIC),
+    (
+        "guidance-formula-from-cond",
+        "iclevr/sampling.py",
+        "return eps_u + scale * (eps_c - eps_u)",
+        "return eps_c + scale * (eps_c - eps_u)",
+        GUIDANCE,
+    ),
+    (
+        "guidance-halves-swapped",
+        "iclevr/sampling.py",
+        "eps_c, eps_u = out.chunk(2)",
+        "eps_u, eps_c = out.chunk(2)",
+        GUIDANCE,
+    ),
+    (
+        "guidance-0-uses-the-condition",
+        "iclevr/sampling.py",
+        "return model(x_t, t.expand(B), torch.zeros_like(y), **extra).float()",
+        "return model(x_t, t.expand(B), y, **extra).float()",
+        GUIDANCE,
+    ),
     ("guidance-1-runs-both-halves", "iclevr/sampling.py", "if scale == 1.0:", "if scale == 1.5:", GUIDANCE),
     ("schedule-sigmoid-range", "iclevr/schedules.py", "torch.linspace(-6, 6, T", "torch.linspace(-3, 3, T", SCHEDULES),
-    ("schedule-cosine-reversed", "iclevr/schedules.py", "(1 - torch.cos(math.pi * t / (T - 1))) / 2",
-     "(1 + torch.cos(math.pi * t / (T - 1))) / 2", SCHEDULES),
+    (
+        "schedule-cosine-reversed",
+        "iclevr/schedules.py",
+        "(1 - torch.cos(math.pi * t / (T - 1))) / 2",
+        "(1 + torch.cos(math.pi * t / (T - 1))) / 2",
+        SCHEDULES,
+    ),
     ("schedule-squaredcos-offset", "iclevr/schedules.py", "(t + 0.008) / 1.008", "(t + 0.08) / 1.08", SCHEDULES),
-    ("schedule-scaled-linear-not-squared", "iclevr/schedules.py",
-     "torch.linspace(BETA_START**0.5, BETA_END**0.5, T, dtype=torch.float64) ** 2",
-     "torch.linspace(BETA_START, BETA_END, T, dtype=torch.float64)", SCHEDULES),
-    ("lr-cosine-to-linear", "iclevr/training/lr.py", "decay = 0.5 * (1.0 + math.cos(math.pi * p))",
-     "decay = 1.0 - p", LR),
-    ("lr-cosine-to-smoothstep", "iclevr/training/lr.py", "decay = 0.5 * (1.0 + math.cos(math.pi * p))",
-     "decay = 1.0 - p * p * (3 - 2 * p)", LR),
-    ("lr-warmup-off-by-one", "iclevr/training/lr.py", "min(1.0, (step + 1) / warmup_steps)",
-     "min(1.0, step / warmup_steps)", LR),
+    (
+        "schedule-scaled-linear-not-squared",
+        "iclevr/schedules.py",
+        "torch.linspace(BETA_START**0.5, BETA_END**0.5, T, dtype=torch.float64) ** 2",
+        "torch.linspace(BETA_START, BETA_END, T, dtype=torch.float64)",
+        SCHEDULES,
+    ),
+    (
+        "lr-cosine-to-linear",
+        "iclevr/training/lr.py",
+        "decay = 0.5 * (1.0 + math.cos(math.pi * p))",
+        "decay = 1.0 - p",
+        LR,
+    ),
+    (
+        "lr-cosine-to-smoothstep",
+        "iclevr/training/lr.py",
+        "decay = 0.5 * (1.0 + math.cos(math.pi * p))",
+        "decay = 1.0 - p * p * (3 - 2 * p)",
+        LR,
+    ),
+    (
+        "lr-warmup-off-by-one",
+        "iclevr/training/lr.py",
+        "min(1.0, (step + 1) / warmup_steps)",
+        "min(1.0, step / warmup_steps)",
+        LR,
+    ),
     ("ema-no-warmup", "iclevr/ema.py", "min(self.decay, (1 + step) / (10 + step))", "self.decay", EMA),
-    ("ema-lerp-weight-swapped", "iclevr/ema.py", "torch._foreach_lerp_(shadow, params, 1.0 - d)",
-     "torch._foreach_lerp_(shadow, params, d)", EMA),
-    ("sampling-one-generator-for-all", "iclevr/sampling.py",
-     'gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]',
-     'gens = [torch.Generator("cpu").manual_seed(seeds[0]) for s in seeds]', SAMPLING),
-    ("sampling-no-x0-clipping", "iclevr/sampling.py", "        if sampler.clip_x0:\n            eps = clip_output",
-     "        if False:\n            eps = clip_output", SAMPLING),
-    ("state-rotation-keeps-oldest", "iclevr/training/state.py", "for old in list_states(folder)[:-keep]:",
-     "for old in list_states(folder)[keep:]:", STATE),
-    ("state-loads-oldest-first", "iclevr/training/state.py", "for path in reversed(states):",
-     "for path in states:", STATE),
-    ("resume-optimizer-not-restored", "iclevr/training/loop.py", '    optimizer.load_state_dict(state["optimizer"])\n',
-     "", RESUME),
-    ("resume-ema-not-restored", "iclevr/training/loop.py", '        ema.load_state_dict(found[0]["ema"])\n', "",
-     RESUME),
-    ("state-wall-time-not-saved", "iclevr/training/run_folder.py", '"wall_s": wall_s, "settings"',
-     '"wall_s": 0.0, "settings"', ["tests/test_train.py::test_time_budget_resume_continues_the_same_lr_path"]),
-    ("state-nan-weights-saved", "iclevr/training/run_folder.py",
-     "    check_finite_weights(run, settings, step, model, ema.model)", "    pass", STATE),
-    ("labels-case-sensitive", "iclevr/labels.py", 'return " ".join(str(name).lower().split())',
-     'return " ".join(str(name).split())', LABELS),
-    ("labels-duplicates-allowed", "iclevr/labels.py", "        if i in indices:\n            raise",
-     "        if False:\n            raise", LABELS),
+    (
+        "ema-lerp-weight-swapped",
+        "iclevr/ema.py",
+        "torch._foreach_lerp_(shadow, params, 1.0 - d)",
+        "torch._foreach_lerp_(shadow, params, d)",
+        EMA,
+    ),
+    (
+        "sampling-one-generator-for-all",
+        "iclevr/sampling.py",
+        'gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]',
+        'gens = [torch.Generator("cpu").manual_seed(seeds[0]) for s in seeds]',
+        SAMPLING,
+    ),
+    (
+        "sampling-no-x0-clipping",
+        "iclevr/sampling.py",
+        "        if sampler.clip_x0:\n            eps = clip_output",
+        "        if False:\n            eps = clip_output",
+        SAMPLING,
+    ),
+    (
+        "state-rotation-keeps-oldest",
+        "iclevr/training/state.py",
+        "for old in list_states(folder)[:-keep]:",
+        "for old in list_states(folder)[keep:]:",
+        STATE,
+    ),
+    (
+        "state-loads-oldest-first",
+        "iclevr/training/state.py",
+        "for path in reversed(states):",
+        "for path in states:",
+        STATE,
+    ),
+    (
+        "resume-optimizer-not-restored",
+        "iclevr/training/loop.py",
+        '    optimizer.load_state_dict(state["optimizer"])\n',
+        "",
+        RESUME,
+    ),
+    (
+        "resume-ema-not-restored",
+        "iclevr/training/loop.py",
+        '        ema.load_state_dict(found[0]["ema"])\n',
+        "",
+        RESUME,
+    ),
+    (
+        "state-wall-time-not-saved",
+        "iclevr/training/run_folder.py",
+        '"wall_s": wall_s, "settings"',
+        '"wall_s": 0.0, "settings"',
+        ["tests/test_train.py::test_time_budget_resume_continues_the_same_lr_path"],
+    ),
+    (
+        "state-nan-weights-saved",
+        "iclevr/training/run_folder.py",
+        "    check_finite_weights(run, settings, step, model, ema.model)",
+        "    pass",
+        STATE,
+    ),
+    (
+        "labels-case-sensitive",
+        "iclevr/labels.py",
+        'return " ".join(str(name).lower().split())',
+        'return " ".join(str(name).split())',
+        LABELS,
+    ),
+    (
+        "labels-duplicates-allowed",
+        "iclevr/labels.py",
+        "        if i in indices:\n            raise",
+        "        if False:\n            raise",
+        LABELS,
+    ),
     ("labels-decode-threshold", "iclevr/labels.py", "if float(v) > 0.5]", "if float(v) >= 0]", LABELS),
 ]
 
@@ -170,8 +280,16 @@ def check(names: list[str] | None, timeout: int, save: bool = False) -> dict:
         tests = sorted({t for m in chosen for t in m[4]})
         began = time.perf_counter()
         ok, line = run_tests(copy, tests, timeout * 3)
-        record = {"command": "python benchmarks/mutation_check.py", "baseline": {"tests": tests, "passed": ok, "summary": line,
-                               "seconds": round(time.perf_counter() - began, 1)}, "mutations": []}
+        record = {
+            "command": "python benchmarks/mutation_check.py",
+            "baseline": {
+                "tests": tests,
+                "passed": ok,
+                "summary": line,
+                "seconds": round(time.perf_counter() - began, 1),
+            },
+            "mutations": [],
+        }
         print(f"baseline: {'passed' if ok else 'FAILED'} ({line})", flush=True)
         if not ok:
             return record
@@ -184,8 +302,14 @@ def check(names: list[str] | None, timeout: int, save: bool = False) -> dict:
             began = time.perf_counter()
             passed, line = run_tests(copy, mtests, timeout)
             path.write_text(original)
-            row = {"name": name, "file": rel, "tests": mtests, "killed": not passed, "summary": line,
-                   "seconds": round(time.perf_counter() - began, 1)}
+            row = {
+                "name": name,
+                "file": rel,
+                "tests": mtests,
+                "killed": not passed,
+                "summary": line,
+                "seconds": round(time.perf_counter() - began, 1),
+            }
             record["mutations"].append(row)
             if save:
                 _write(record, complete=False)

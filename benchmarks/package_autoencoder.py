@@ -30,10 +30,8 @@ def main() -> None:
     from iclevr.evaluation.evaluator import PACKAGED as EVALUATOR
     from iclevr.evaluation.evaluator import load_own
     from iclevr.evaluation.fidelity import kid_fd
-    from iclevr.fileio import file_sha256
+    from iclevr.fileio import file_sha256, write_result_json
     from iclevr.training.autoencoder import AutoencoderTrainSettings, heldout_split, measure
-
-    from iclevr.fileio import write_result_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
@@ -51,22 +49,29 @@ def main() -> None:
     save_autoencoder(ae.vae, args.out, cfg, m["scale_factor"], packaged_info, half=True)
     shipped = load_autoencoder(args.out)
     x = to_model_range(images[held])  # (H, 3, 64, 64)
-    recon = torch.cat([shipped.decode(shipped.encode(x[i:i + 100])) for i in range(0, len(x), 100)])
-    other = to_model_range(images[train_idx[:len(held)]])
+    recon = torch.cat([shipped.decode(shipped.encode(x[i : i + 100])) for i in range(0, len(x), 100)])
+    other = to_model_range(images[train_idx[: len(held)]])
     net = load_own(EVALUATOR).net
-    row = {"file": str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else args.out.name,
-           "sha256": file_sha256(args.out), "bytes": args.out.stat().st_size,
-           "settings": {**json.loads((args.run / "settings.json").read_text()), "out": args.run.name},
-           "training": info,
-           "heldout_psnr_db": round(m["psnr_db"], 3), "scale_factor": m["scale_factor"],
-           "kid_reconstruction": kid_fd(net, recon, x), "kid_floor": kid_fd(net, other, x),
-           "features": "evaluator layer1 mean+std (iclevr.evaluation.fidelity)",
-           "command": f"python benchmarks/package_autoencoder.py --run {args.run.name}",
-           "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    row = {
+        "file": str(args.out.relative_to(ROOT)) if args.out.is_relative_to(ROOT) else args.out.name,
+        "sha256": file_sha256(args.out),
+        "bytes": args.out.stat().st_size,
+        "settings": {**json.loads((args.run / "settings.json").read_text()), "out": args.run.name},
+        "training": info,
+        "heldout_psnr_db": round(m["psnr_db"], 3),
+        "scale_factor": m["scale_factor"],
+        "kid_reconstruction": kid_fd(net, recon, x),
+        "kid_floor": kid_fd(net, other, x),
+        "features": "evaluator layer1 mean+std (iclevr.evaluation.fidelity)",
+        "command": f"python benchmarks/package_autoencoder.py --run {args.run.name}",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_result_json(RESULTS / "packaged.json", row, RESULTS.parents[2])
-    print(f"{args.out}: {row['bytes'] / 1e6:.2f} MB, PSNR {row['heldout_psnr_db']:.2f} dB, KID x1e3 "
-          f"{1e3 * row['kid_reconstruction']['kid']:.1f} (floor {1e3 * row['kid_floor']['kid']:.1f})")
+    print(
+        f"{args.out}: {row['bytes'] / 1e6:.2f} MB, PSNR {row['heldout_psnr_db']:.2f} dB, KID x1e3 "
+        f"{1e3 * row['kid_reconstruction']['kid']:.1f} (floor {1e3 * row['kid_floor']['kid']:.1f})"
+    )
 
 
 if __name__ == "__main__":

@@ -54,16 +54,20 @@ def read_run(run: Path) -> dict:
     try:
         TrainSettings.model_validate(raw)
     except ValueError as e:
-        raise UserError(f"{run / 'settings.json'} does not hold valid training settings "
-                        f"({type(e).__name__})") from None
-    return {"settings": raw, "progress": read_json(run / "progress.json", "run progress"),
-            "metrics": read_jsonl(run / "metrics.jsonl"), "weights": weights}
+        raise UserError(f"{run / 'settings.json'} does not hold valid training settings ({type(e).__name__})") from None
+    return {
+        "settings": raw,
+        "progress": read_json(run / "progress.json", "run progress"),
+        "metrics": read_jsonl(run / "metrics.jsonl"),
+        "weights": weights,
+    }
 
 
 def half_size_mb(model) -> float:
     """Size in MB (10^6 bytes) of the model's tensors stored as float16 (what the file's data takes)."""
-    return sum(v.numel() * (2 if v.is_floating_point() else v.element_size())
-               for v in model.state_dict().values()) / 1e6
+    return (
+        sum(v.numel() * (2 if v.is_floating_point() else v.element_size()) for v in model.state_dict().values()) / 1e6
+    )
 
 
 def score_file(weights: Path, seeds: list[int], evaluator: Path, out: Path, device: str, console=None) -> dict:
@@ -73,14 +77,34 @@ def score_file(weights: Path, seeds: list[int], evaluator: Path, out: Path, devi
 
     accuracy, report = {}, {}
     for split in ("val", "all"):  # "all" = test and new_test, the reported lists
-        report = evaluate(EvalSettings(checkpoint=weights, split=split, seeds=seeds, evaluator=evaluator,
-                                       sampler=SamplerSettings(device=device), out=out / split), console)
+        report = evaluate(
+            EvalSettings(
+                checkpoint=weights,
+                split=split,
+                seeds=seeds,
+                evaluator=evaluator,
+                sampler=SamplerSettings(device=device),
+                out=out / split,
+            ),
+            console,
+        )
         for name, r in report["splits"].items():
-            accuracy[name] = {"per_seed": {str(x["seed"]): x["accuracy"] for x in r["runs"]}, "mean": r["mean"],
-                              "std": r["std"], "hits": r["hits"], "total": r["total"]}
-    return {"accuracy": {s: accuracy[s] for s in SPLITS}, "sampler": report["sampler"],
-            "evaluator": {"kind": report["evaluator"]["kind"], "file": Path(report["evaluator"]["path"]).name,
-                          "sha256": report["evaluator"]["sha256"]}}
+            accuracy[name] = {
+                "per_seed": {str(x["seed"]): x["accuracy"] for x in r["runs"]},
+                "mean": r["mean"],
+                "std": r["std"],
+                "hits": r["hits"],
+                "total": r["total"],
+            }
+    return {
+        "accuracy": {s: accuracy[s] for s in SPLITS},
+        "sampler": report["sampler"],
+        "evaluator": {
+            "kind": report["evaluator"]["kind"],
+            "file": Path(report["evaluator"]["path"]).name,
+            "sha256": report["evaluator"]["sha256"],
+        },
+    }
 
 
 def machine_record(run: Path, machine: str | None) -> dict:
@@ -113,20 +137,42 @@ def build_record(run: Path, files: dict, info, scores: dict, *, seeds, command, 
     steps = int(files["progress"].get("step", info.step))
     batch = {"per_process": train.get("batch_size"), "grad_accum": train.get("grad_accum", 1), "processes": processes}
     wall_s = files["progress"].get("wall_s")
-    return {"run": run.name, "settings": files["settings"], "command": command, "steps": steps,
-            "images_seen": steps * batch["per_process"] * batch["grad_accum"] * processes, "batch": batch,
-            "wall_s": wall_s, "wall_hours": round(wall_s / 3600, 3) if wall_s is not None else None,
-            "machine": machine_record(run, machine), "dtype": "float16", "seeds": list(seeds),
-            "sampler": scores["sampler"], "accuracy": scores["accuracy"],
-            "test_new_test_mean": statistics.fmean(scores["accuracy"][s]["mean"] for s in ("test", "new_test")),
-            "evaluator": scores["evaluator"], "metric": "course metric: top-k hits / objects (docs/metric.md)",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "run": run.name,
+        "settings": files["settings"],
+        "command": command,
+        "steps": steps,
+        "images_seen": steps * batch["per_process"] * batch["grad_accum"] * processes,
+        "batch": batch,
+        "wall_s": wall_s,
+        "wall_hours": round(wall_s / 3600, 3) if wall_s is not None else None,
+        "machine": machine_record(run, machine),
+        "dtype": "float16",
+        "seeds": list(seeds),
+        "sampler": scores["sampler"],
+        "accuracy": scores["accuracy"],
+        "test_new_test_mean": statistics.fmean(scores["accuracy"][s]["mean"] for s in ("test", "new_test")),
+        "evaluator": scores["evaluator"],
+        "metric": "course metric: top-k hits / objects (docs/metric.md)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
-def package(run: Path, out: Path = DEFAULT_OUT, *, seeds=(0, 1, 2), command: str | None = None,
-            machine: str | None = None, processes: int = 1, evaluator: Path | None = None,
-            metrics: Path | None = METRICS, max_mb: float = MAX_MB, device: str = "auto", sampler: dict | None = None,
-            console=None) -> dict:
+def package(
+    run: Path,
+    out: Path = DEFAULT_OUT,
+    *,
+    seeds=(0, 1, 2),
+    command: str | None = None,
+    machine: str | None = None,
+    processes: int = 1,
+    evaluator: Path | None = None,
+    metrics: Path | None = METRICS,
+    max_mb: float = MAX_MB,
+    device: str = "auto",
+    sampler: dict | None = None,
+    console=None,
+) -> dict:
     """Score RUN's EMA weights as float16 and write the packaged file (+ metrics.json); returns the record.
     `sampler` replaces fields of the run's stored sampler (e.g. {"steps": 16}, chosen on val) in the file."""
     from iclevr.errors import UserError
@@ -138,24 +184,36 @@ def package(run: Path, out: Path = DEFAULT_OUT, *, seeds=(0, 1, 2), command: str
     files = read_run(run)
     model, info = load_weights(files["weights"])
     if (mb := half_size_mb(model)) > max_mb:
-        raise UserError(f"{files['weights']} would take {mb:.1f} MB as float16, above the {max_mb:g} MB the "
-                        "package may carry; package a smaller model")
-    meta = dict(model_cfg=info.model, schedule_cfg=info.schedule, preset=info.preset, step=info.step, half=True,
-                sampler_cfg=info.sampler.model_copy(update=sampler or {}))
+        raise UserError(
+            f"{files['weights']} would take {mb:.1f} MB as float16, above the {max_mb:g} MB the "
+            "package may carry; package a smaller model"
+        )
+    meta = dict(
+        model_cfg=info.model,
+        schedule_cfg=info.schedule,
+        preset=info.preset,
+        step=info.step,
+        half=True,
+        sampler_cfg=info.sampler.model_copy(update=sampler or {}),
+    )
     with tempfile.TemporaryDirectory(prefix="iclevr-package-") as tmp:
         halved = save_weights(model, Path(tmp) / "halved.safetensors", **meta)
         model, _ = load_weights(halved)  # the float16 tensors that ship, scored as they will run
         scores = score_file(halved, list(seeds), Path(evaluator or PACKAGED), run / "package-eval", device, console)
-    record = portable(build_record(run, files, info, scores, seeds=seeds, command=command, machine=machine,
-                                   processes=processes), ROOT)  # no path of this machine in the file
+    record = portable(
+        build_record(run, files, info, scores, seeds=seeds, command=command, machine=machine, processes=processes), ROOT
+    )  # no path of this machine in the file
     record["sampler_changed_from_run"] = sampler or {}
     save_weights(model, out, **meta, packaged=record)
     if (size := out.stat().st_size) > max_mb * 1e6:
         out.unlink()
         raise UserError(f"{out} came out at {size / 1e6:.1f} MB, above {max_mb:g} MB; removed")
     if metrics is not None:
-        write_result_json(metrics, {**record, "file": str(out), "bytes": out.stat().st_size,
-                                    "loss_curve": thin_curve(files["metrics"])}, base=ROOT)
+        write_result_json(
+            metrics,
+            {**record, "file": str(out), "bytes": out.stat().st_size, "loss_curve": thin_curve(files["metrics"])},
+            base=ROOT,
+        )
     return record
 
 
@@ -167,16 +225,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="Sampling seeds of the scores, e.g. 0,1,2.")
     p.add_argument("--command", default=None, help="The command that trained the run (stored as written).")
     p.add_argument("--machine", default=None, help="Where the run trained (default: machine.json or this one).")
-    p.add_argument("--processes", type=int, default=1, help="Training processes (images seen = steps x batch "
-                   "x grad_accum x processes).")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="Training processes (images seen = steps x batch x grad_accum x processes).",
+    )
     p.add_argument("--evaluator", type=Path, default=None, help="Evaluator file (default: the packaged one).")
     p.add_argument("--metrics", type=Path, default=METRICS, help="Where the metrics JSON goes.")
     p.add_argument("--max-mb", type=float, default=MAX_MB, help="Refuse a file larger than this (MB).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (scoring).")
-    p.add_argument("--sampler-steps", type=int, default=None, help="Store (and score with) this many sampler "
-                   "steps instead of the run's (a choice made on val).")
-    p.add_argument("--guidance", type=float, default=None, help="Store (and score with) this guidance scale "
-                   "instead of the run's (a choice made on val).")
+    p.add_argument(
+        "--sampler-steps",
+        type=int,
+        default=None,
+        help="Store (and score with) this many sampler steps instead of the run's (a choice made on val).",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="Store (and score with) this guidance scale instead of the run's (a choice made on val).",
+    )
     return p.parse_args(argv)
 
 
@@ -193,17 +263,30 @@ def main(argv=None) -> int:
         print(f"error: --seeds must be integers separated by commas, got {args.seeds!r}", file=sys.stderr)
         return 2
     try:
-        record = package(args.run, args.out, seeds=seeds, command=args.command, machine=args.machine,
-                         processes=args.processes, evaluator=args.evaluator, metrics=args.metrics,
-                         max_mb=args.max_mb, device=args.device, console=Console(stderr=True),
-                         sampler={k: v for k, v in (("steps", args.sampler_steps),
-                                                    ("guidance_scale", args.guidance)) if v is not None})
+        record = package(
+            args.run,
+            args.out,
+            seeds=seeds,
+            command=args.command,
+            machine=args.machine,
+            processes=args.processes,
+            evaluator=args.evaluator,
+            metrics=args.metrics,
+            max_mb=args.max_mb,
+            device=args.device,
+            console=Console(stderr=True),
+            sampler={
+                k: v for k, v in (("steps", args.sampler_steps), ("guidance_scale", args.guidance)) if v is not None
+            },
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     acc = record["accuracy"]
-    print(f"packaged {args.run} -> {args.out} ({record['steps']:,} steps, {args.out.stat().st_size / 1e6:.2f} MB): "
-          + ", ".join(f"{s} {acc[s]['mean']:.3f}" for s in SPLITS))
+    print(
+        f"packaged {args.run} -> {args.out} ({record['steps']:,} steps, {args.out.stat().st_size / 1e6:.2f} MB): "
+        + ", ".join(f"{s} {acc[s]['mean']:.3f}" for s in SPLITS)
+    )
     return 0
 
 

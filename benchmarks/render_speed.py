@@ -37,10 +37,18 @@ def time_kit(scenes: int, size: tuple[int, int], workers: int, max_objects: int 
         write_kit(Path(tmp) / "kit", scenes=scenes, max_objects=max_objects, size=size, seed=0, workers=workers)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
     images = scenes * max_objects
-    return {"size": f"{size[0]}x{size[1]}", "workers": workers, "scenes": scenes, "images": images,
-            "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1),
-            "cpu_seconds": round(cpu, 2), "cpu_ms_per_image": round(1000 * cpu / images, 2),
-            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+    return {
+        "size": f"{size[0]}x{size[1]}",
+        "workers": workers,
+        "scenes": scenes,
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 1),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_ms_per_image": round(1000 * cpu / images, 2),
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def _cpu_seconds() -> float:
@@ -57,8 +65,12 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     full_images = DEFAULT_KIT["scenes"] * DEFAULT_KIT["max_objects"]
-    runs = [time_kit(args.scenes, DEFAULT_KIT["size"], 1), time_kit(args.scenes, DEFAULT_KIT["size"], cores),
-            time_kit(max(args.scenes // 10, 4), (320, 240), 1), time_kit(max(args.scenes // 5, 8), (320, 240), cores)]
+    runs = [
+        time_kit(args.scenes, DEFAULT_KIT["size"], 1),
+        time_kit(args.scenes, DEFAULT_KIT["size"], cores),
+        time_kit(max(args.scenes // 10, 4), (320, 240), 1),
+        time_kit(max(args.scenes // 5, 8), (320, 240), cores),
+    ]
     for r in runs:
         r["full_kit_minutes_extrapolated"] = round(full_images / r["images_per_s"] / 60, 2)
         r["full_kit_minutes_from_cpu_time"] = round(full_images * r["cpu_ms_per_image"] / 1000 / cores / 60, 2)
@@ -67,17 +79,36 @@ def main() -> None:
     for col in ("frame", "workers", "images", "seconds", "images/s", "CPU ms/image", "load", "full kit (min)"):
         table.add_column(col, justify="right")
     for r in runs:
-        table.add_row(r["size"], str(r["workers"]), str(r["images"]), f"{r['seconds']:.1f}",
-                      f"{r['images_per_s']:.1f}", f"{r['cpu_ms_per_image']:.1f}", f"{r['load_before']:.1f}",
-                      f"{r['full_kit_minutes_extrapolated']:.1f} (extrapolated)")
+        table.add_row(
+            r["size"],
+            str(r["workers"]),
+            str(r["images"]),
+            f"{r['seconds']:.1f}",
+            f"{r['images_per_s']:.1f}",
+            f"{r['cpu_ms_per_image']:.1f}",
+            f"{r['load_before']:.1f}",
+            f"{r['full_kit_minutes_extrapolated']:.1f} (extrapolated)",
+        )
     if full:
-        table.add_row(full["size"], str(full["workers"]), str(full["images"]), f"{full['seconds']:.1f}",
-                      f"{full['images_per_s']:.1f}", f"{full['cpu_ms_per_image']:.1f}", f"{full['load_before']:.1f}",
-                      f"[bold]{full['seconds'] / 60:.2f} (measured)[/]")
+        table.add_row(
+            full["size"],
+            str(full["workers"]),
+            str(full["images"]),
+            f"{full['seconds']:.1f}",
+            f"{full['images_per_s']:.1f}",
+            f"{full['cpu_ms_per_image']:.1f}",
+            f"{full['load_before']:.1f}",
+            f"[bold]{full['seconds'] / 60:.2f} (measured)[/]",
+        )
     Console(width=120).print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    report = {"cores": cores, "machine": platform.machine(), "python": platform.python_version(),
-              "samples": runs, "full_default_kit": full}
+    report = {
+        "cores": cores,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "samples": runs,
+        "full_default_kit": full,
+    }
     from iclevr.fileio import portable
 
     RESULTS.write_text(json.dumps(portable(report, REPO), indent=2) + "\n")

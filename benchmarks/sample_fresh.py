@@ -36,17 +36,24 @@ def one_run(model: Path, threads: int | None) -> dict:
     """Time one fresh `iclevr sample` process; its seconds and the line naming the model."""
     with tempfile.TemporaryDirectory(prefix="iclevr-fresh-") as tmp:
         tmp = Path(tmp)
-        env = {**os.environ, "ICLEVR_HOME": str(tmp / "home"), "ICLEVR_CHECKPOINTS": str(tmp / "checkpoints"),
-               "ICLEVR_PACKAGED_MODEL": str(model)}
+        env = {
+            **os.environ,
+            "ICLEVR_HOME": str(tmp / "home"),
+            "ICLEVR_CHECKPOINTS": str(tmp / "checkpoints"),
+            "ICLEVR_PACKAGED_MODEL": str(model),
+        }
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         began = time.perf_counter()
-        done = subprocess.run([*command(), "sample", "--labels", LABELS], cwd=tmp, env=env, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [*command(), "sample", "--labels", LABELS], cwd=tmp, env=env, capture_output=True, text=True, timeout=600
+        )
         seconds = time.perf_counter() - began
         if done.returncode != 0 or not (tmp / "samples.png").is_file():
-            raise SystemExit(f"error: iclevr sample failed (exit {done.returncode}): "
-                             f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+            raise SystemExit(
+                f"error: iclevr sample failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+            )
         if (tmp / "home" / "kits").exists():
             raise SystemExit("error: the sample command rendered a kit on a fresh home")
     line = next((x for x in done.stdout.splitlines() if x.startswith("model: ")), "")
@@ -67,18 +74,30 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     model = (args.model or packaged_model_path()).resolve()
     if not model.is_file():
-        print(f"error: no packaged model at {model}; package one first (benchmarks/package_model.py) or pass "
-              "--model", file=sys.stderr)
+        print(
+            f"error: no packaged model at {model}; package one first (benchmarks/package_model.py) or pass --model",
+            file=sys.stderr,
+        )
         return 2
     runs = [one_run(model, args.threads) for _ in range(args.repeats)]
     seconds = [r["seconds"] for r in runs]
-    result = {"command": f'iclevr sample --labels "{LABELS}"', "model": str(model), "runs": runs,
-              "seconds": seconds, "median_s": statistics.median(seconds), "max_s": max(seconds),
-              "threads": args.threads or "unset (torch default)", "load_avg_1min": round(os.getloadavg()[0], 2),
-              "machine": machine_info("cpu"), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result = {
+        "command": f'iclevr sample --labels "{LABELS}"',
+        "model": str(model),
+        "runs": runs,
+        "seconds": seconds,
+        "median_s": statistics.median(seconds),
+        "max_s": max(seconds),
+        "threads": args.threads or "unset (torch default)",
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "machine": machine_info("cpu"),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     write_result_json(args.out, result, base=REPO)
-    print(f"{runs[0]['model_line']}\nfresh `iclevr sample`: {', '.join(f'{s:.1f}' for s in seconds)} s "
-          f"(median {result['median_s']:.1f} s) -> {args.out}")
+    print(
+        f"{runs[0]['model_line']}\nfresh `iclevr sample`: {', '.join(f'{s:.1f}' for s in seconds)} s "
+        f"(median {result['median_s']:.1f} s) -> {args.out}"
+    )
     return 0
 
 

@@ -55,8 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="Images per UNet batch (sampler.batch_size).")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each case.")
     p.add_argument("--repeats", type=int, default=3, help="Fresh processes per case (median reported).")
-    p.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=ALLOCATORS,
-                   help="glibc allocator settings to run each case under (module docstring).")
+    p.add_argument(
+        "--allocators",
+        nargs="+",
+        default=list(ALLOCATORS),
+        choices=ALLOCATORS,
+        help="glibc allocator settings to run each case under (module docstring).",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results file.")
     p.add_argument("--child", nargs=3, metavar=("COMMAND", "N", "WORKDIR"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -91,9 +96,14 @@ def prepare(work: Path, counts: list[int], args) -> None:
     preset = load_preset("tiny")
     torch.manual_seed(0)
     model_cfg = ModelSettings(**preset["model"])
-    save_weights(build_model(model_cfg), work / "tiny.safetensors", model_cfg=model_cfg,
-                 schedule_cfg=ScheduleSettings(**preset.get("schedule", {})),
-                 sampler_cfg=SamplerSettings(sampler=args.sampler, steps=args.steps), preset="tiny")
+    save_weights(
+        build_model(model_cfg),
+        work / "tiny.safetensors",
+        model_cfg=model_cfg,
+        schedule_cfg=ScheduleSettings(**preset.get("schedule", {})),
+        sampler_cfg=SamplerSettings(sampler=args.sampler, steps=args.steps),
+        preset="tiny",
+    )
     for n in counts:
         text = json.dumps(course_like_conditions(n))
         (work / f"conditions-{n}.json").write_text(text)
@@ -115,16 +125,28 @@ def child(command: str, n: int, work: Path, args) -> dict:
     from iclevr.generate import SampleSettings, run_sample
     from iclevr.settings import SamplerSettings
 
-    sampler = SamplerSettings(sampler=args.sampler, steps=args.steps, guidance_scale=2.0,
-                              batch_size=args.batch_size, device="cpu")
+    sampler = SamplerSettings(
+        sampler=args.sampler, steps=args.steps, guidance_scale=2.0, batch_size=args.batch_size, device="cpu"
+    )
     if command == "sample":
-        settings = SampleSettings(checkpoint=work / "tiny.safetensors", labels_file=work / f"conditions-{n}.json",
-                                  sampler=sampler, out=work / f"sample-{n}" / "grid.png", save_individual=True)
+        settings = SampleSettings(
+            checkpoint=work / "tiny.safetensors",
+            labels_file=work / f"conditions-{n}.json",
+            sampler=sampler,
+            out=work / f"sample-{n}" / "grid.png",
+            save_individual=True,
+        )
         call = lambda: run_sample(settings)  # noqa: E731
     else:
-        settings = EvalSettings(checkpoint=work / "tiny.safetensors", split="test", data_dir=work / f"data-{n}",
-                                evaluator=packaged_evaluator_path(), seeds=[0], sampler=sampler,
-                                out=work / f"eval-{n}")
+        settings = EvalSettings(
+            checkpoint=work / "tiny.safetensors",
+            split="test",
+            data_dir=work / f"data-{n}",
+            evaluator=packaged_evaluator_path(),
+            seeds=[0],
+            sampler=sampler,
+            out=work / f"eval-{n}",
+        )
         call = lambda: evaluate(settings)  # noqa: E731
     before = status_mib("VmRSS")
     exact = reset_peak()
@@ -133,16 +155,37 @@ def child(command: str, n: int, work: Path, args) -> dict:
     seconds = time.perf_counter() - began
     peak = status_mib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kept = n * IMAGE_BYTES[command] / 2**20
-    return {"command": command, "conditions": n, "rss_before_mib": round(before, 1), "peak_mib": round(peak, 1),
-            "growth_mib": round(peak - before, 1), "kept_images_mib": round(kept, 1),
-            "growth_beyond_kept_mib": round(peak - before - kept, 1), "seconds": round(seconds, 2),
-            "peak_source": "VmHWM reset before the call" if exact else "ru_maxrss (monotone, includes imports)"}
+    return {
+        "command": command,
+        "conditions": n,
+        "rss_before_mib": round(before, 1),
+        "peak_mib": round(peak, 1),
+        "growth_mib": round(peak - before, 1),
+        "kept_images_mib": round(kept, 1),
+        "growth_beyond_kept_mib": round(peak - before - kept, 1),
+        "seconds": round(seconds, 2),
+        "peak_source": "VmHWM reset before the call" if exact else "ru_maxrss (monotone, includes imports)",
+    }
 
 
 def run_case(command: str, n: int, allocator: str, work: Path, args) -> dict:
     """Run one case in a fresh Python process under the allocator setting; returns its measurement."""
-    cmd = [sys.executable, __file__, "--child", command, str(n), str(work), "--sampler", args.sampler,
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        command,
+        str(n),
+        str(work),
+        "--sampler",
+        args.sampler,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+    ]
     env = {**os.environ, **ALLOCATORS[allocator]}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
@@ -156,9 +199,13 @@ def summarise(runs: list[dict]) -> dict:
 
     growths = [m["growth_mib"] for m in runs]
     median = min(runs, key=lambda m: abs(m["growth_mib"] - statistics.median(growths)))
-    return {**median, "growth_mib": round(statistics.median(growths), 1),
-            "growth_beyond_kept_mib": round(statistics.median(growths) - median["kept_images_mib"], 1),
-            "growth_range_mib": [min(growths), max(growths)], "runs": runs}
+    return {
+        **median,
+        "growth_mib": round(statistics.median(growths), 1),
+        "growth_beyond_kept_mib": round(statistics.median(growths) - median["kept_images_mib"], 1),
+        "growth_range_mib": [min(growths), max(growths)],
+        "runs": runs,
+    }
 
 
 def main(argv=None) -> int:
@@ -181,40 +228,61 @@ def main(argv=None) -> int:
             for case in cases:
                 m = run_case(case[1], case[2], case[0], work, args)
                 runs.setdefault(case, []).append(m)
-                print(f"  {' '.join(map(str, case))} (run {r + 1}/{args.repeats}): peak {m['peak_mib']:.0f} MiB, "
-                      f"growth {m['growth_mib']:.0f} MiB in {m['seconds']:.1f} s")
+                print(
+                    f"  {' '.join(map(str, case))} (run {r + 1}/{args.repeats}): peak {m['peak_mib']:.0f} MiB, "
+                    f"growth {m['growth_mib']:.0f} MiB in {m['seconds']:.1f} s"
+                )
     rows = [summarise(ms) for ms in runs.values()]
     print_table(rows)
-    machine = (f"CPU {platform.processor() or platform.machine()}, {args.threads} torch thread(s), "
-               f"torch {torch.__version__}")
-    write_result_json(args.out, {"machine": machine, "model": "random-init preset tiny (32x32, outputs 64x64)",
-                                 "sampler": {"sampler": args.sampler, "steps": args.steps, "guidance_scale": 2.0,
-                                             "batch_size": args.batch_size},
-                                 "memory": "peak RSS of a fresh process per case, growth = peak - RSS before the call; "
-                                           f"median of {args.repeats} runs",
-                                 "allocators": {a: ALLOCATORS[a] or "glibc default" for a in args.allocators},
-                                 "rows": rows}, base=REPO)
+    machine = (
+        f"CPU {platform.processor() or platform.machine()}, {args.threads} torch thread(s), torch {torch.__version__}"
+    )
+    write_result_json(
+        args.out,
+        {
+            "machine": machine,
+            "model": "random-init preset tiny (32x32, outputs 64x64)",
+            "sampler": {
+                "sampler": args.sampler,
+                "steps": args.steps,
+                "guidance_scale": 2.0,
+                "batch_size": args.batch_size,
+            },
+            "memory": "peak RSS of a fresh process per case, growth = peak - RSS before the call; "
+            f"median of {args.repeats} runs",
+            "allocators": {a: ALLOCATORS[a] or "glibc default" for a in args.allocators},
+            "rows": rows,
+        },
+        base=REPO,
+    )
     print(f"wrote {args.out}")
     return 0
 
 
 def print_table(rows: list[dict]) -> None:
     """Print the results as a fixed-width table, then the growth from the smallest to the largest count."""
-    print(f"\n{'allocator':9s} {'command':8s} {'conditions':>10s} {'RSS before':>10s} {'peak':>8s} {'growth':>8s} "
-          f"{'range':>11s} {'kept':>6s} {'beyond kept':>11s} {'seconds':>8s}   (MiB; median of the runs)")
+    print(
+        f"\n{'allocator':9s} {'command':8s} {'conditions':>10s} {'RSS before':>10s} {'peak':>8s} {'growth':>8s} "
+        f"{'range':>11s} {'kept':>6s} {'beyond kept':>11s} {'seconds':>8s}   (MiB; median of the runs)"
+    )
     for r in rows:
         lo, hi = r["growth_range_mib"]
-        print(f"{r['allocator']:9s} {r['command']:8s} {r['conditions']:10d} {r['rss_before_mib']:10.0f} "
-              f"{r['peak_mib']:8.0f} {r['growth_mib']:8.0f} {f'{lo:.0f}-{hi:.0f}':>11s} {r['kept_images_mib']:6.1f} "
-              f"{r['growth_beyond_kept_mib']:11.1f} {r['seconds']:8.1f}")
+        print(
+            f"{r['allocator']:9s} {r['command']:8s} {r['conditions']:10d} {r['rss_before_mib']:10.0f} "
+            f"{r['peak_mib']:8.0f} {r['growth_mib']:8.0f} {f'{lo:.0f}-{hi:.0f}':>11s} {r['kept_images_mib']:6.1f} "
+            f"{r['growth_beyond_kept_mib']:11.1f} {r['seconds']:8.1f}"
+        )
     for allocator, command in dict.fromkeys((r["allocator"], r["command"]) for r in rows):
-        mine = sorted((r for r in rows if (r["allocator"], r["command"]) == (allocator, command)),
-                      key=lambda r: r["conditions"])
+        mine = sorted(
+            (r for r in rows if (r["allocator"], r["command"]) == (allocator, command)), key=lambda r: r["conditions"]
+        )
         if len(mine) > 1:
             a, b = mine[0], mine[-1]
-            print(f"{command}, {allocator} allocator: {a['conditions']} -> {b['conditions']} conditions: growth +"
-                  f"{b['growth_mib'] - a['growth_mib']:.0f} MiB, images kept +"
-                  f"{b['kept_images_mib'] - a['kept_images_mib']:.0f} MiB")
+            print(
+                f"{command}, {allocator} allocator: {a['conditions']} -> {b['conditions']} conditions: growth +"
+                f"{b['growth_mib'] - a['growth_mib']:.0f} MiB, images kept +"
+                f"{b['kept_images_mib'] - a['kept_images_mib']:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def _train_step_seconds(model, settings, rounds: int) -> list[float]:
     x, t = torch.randn(32, 3, size, size, generator=gen), torch.randint(0, 1000, (32,), generator=gen)
     y = torch.zeros(32, 24)
     for i in range(32):
-        y[i, torch.randperm(24, generator=gen)[:1 + i % 3]] = 1
+        y[i, torch.randperm(24, generator=gen)[: 1 + i % 3]] = 1
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     out = []
@@ -78,15 +78,19 @@ def main() -> None:
     step_s = {name: _train_step_seconds(model, settings, args.rounds) for name, (model, settings) in models.items()}
     median = {name: statistics.median(s) for name, s in seconds.items()}
     a, b = args.presets
-    row = {"presets": args.presets, "images": len(y), "sampler": {n: s.sampler.model_dump() for n, (_, s) in
-                                                                 models.items()},
-           "seconds_per_image": {n: [round(x, 4) for x in s] for n, s in seconds.items()},
-           "median_s_per_image": {n: round(m, 4) for n, m in median.items()},
-           f"ratio_{b}_over_{a}": round(median[b] / median[a], 3),
-           "median_train_s_per_step": {n: round(statistics.median(t), 3) for n, t in step_s.items()},
-           f"train_step_ratio_{b}_over_{a}": round(statistics.median(step_s[b]) / statistics.median(step_s[a]), 3),
-           "threads": torch.get_num_threads(),
-           "machine": f"{platform.node()} {platform.machine()}", "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    row = {
+        "presets": args.presets,
+        "images": len(y),
+        "sampler": {n: s.sampler.model_dump() for n, (_, s) in models.items()},
+        "seconds_per_image": {n: [round(x, 4) for x in s] for n, s in seconds.items()},
+        "median_s_per_image": {n: round(m, 4) for n, m in median.items()},
+        f"ratio_{b}_over_{a}": round(median[b] / median[a], 3),
+        "median_train_s_per_step": {n: round(statistics.median(t), 3) for n, t in step_s.items()},
+        f"train_step_ratio_{b}_over_{a}": round(statistics.median(step_s[b]) / statistics.median(step_s[a]), 3),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.node()} {platform.machine()}",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from iclevr.fileio import portable
 

@@ -44,8 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--score", action="store_true", help="Also score the images with iclevr.evaluation.run.")
     p.add_argument("--evaluator", type=Path, help="Evaluator file for --score.")
-    p.add_argument("--data-dir", type=Path, help="Course data folder: its test.json conditions (unless "
-                   "--labels-file) and checkpoint.pth evaluator.")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="Course data folder: its test.json conditions (unless --labels-file) and checkpoint.pth evaluator.",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results file.")
     args = p.parse_args(argv)
     args.cache = {}
@@ -141,8 +144,10 @@ def machine(device) -> str:
     """One line describing where this ran."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}")
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
 
 
 def main(argv=None) -> int:
@@ -164,37 +169,68 @@ def main(argv=None) -> int:
         print("conditions: 32 fixed ones shaped like test.json (pass --labels-file or --data-dir for the real ones)")
     y = encode_many(conditions).to(device)  # (32, 24)
     n = len(conditions)
-    print(f"model: {what}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters at "
-          f"{model.cfg.sample_size}x{model.cfg.sample_size}; {n} conditions; guidance {args.guidance_scale:g}")
+    print(
+        f"model: {what}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters at "
+        f"{model.cfg.sample_size}x{model.cfg.sample_size}; {n} conditions; guidance {args.guidance_scale:g}"
+    )
     print(f"machine: {machine(device)}")
     with torch.no_grad():  # warm-up (kernel selection, allocator) outside every timing
-        model(torch.zeros(2 * n, 3, model.cfg.sample_size, model.cfg.sample_size, device=device),
-              torch.zeros(2 * n, dtype=torch.long, device=device), torch.cat([y, y]))
+        model(
+            torch.zeros(2 * n, 3, model.cfg.sample_size, model.cfg.sample_size, device=device),
+            torch.zeros(2 * n, dtype=torch.long, device=device),
+            torch.cat([y, y]),
+        )
 
     T = schedule.num_train_timesteps
     k = min(args.ddpm_steps, T)
     x, sec, mem = timed(lambda: seed_sampler(model, y, schedule, args.guidance_scale, device, k), device)
     extrapolated = k < T
-    rows = [{"sampler": "seed: ddpm, 2 passes, fp32", "steps": T, "forward_passes": 2 * T,
-             "seconds": sec * T / k, "timed_steps": k, "extrapolated": extrapolated, "peak_mib": mem,
-             "accuracy": score(to_output_size(x), y, args, device) if args.score and not extrapolated else None}]
+    rows = [
+        {
+            "sampler": "seed: ddpm, 2 passes, fp32",
+            "steps": T,
+            "forward_passes": 2 * T,
+            "seconds": sec * T / k,
+            "timed_steps": k,
+            "extrapolated": extrapolated,
+            "peak_mib": mem,
+            "accuracy": score(to_output_size(x), y, args, device) if args.score and not extrapolated else None,
+        }
+    ]
     for name, steps in OURS:
         settings = SamplerSettings(sampler=name, steps=steps, guidance_scale=args.guidance_scale, batch_size=n)
         x, sec, mem = timed(lambda s=settings: sample(model, y, schedule=schedule, sampler=s, device=device), device)
-        rows.append({"sampler": f"ours: {name}, batched CFG", "steps": steps, "forward_passes": steps,
-                     "seconds": sec, "timed_steps": steps, "extrapolated": False, "peak_mib": mem,
-                     "accuracy": score(to_output_size(x), y, args, device) if args.score else None})
+        rows.append(
+            {
+                "sampler": f"ours: {name}, batched CFG",
+                "steps": steps,
+                "forward_passes": steps,
+                "seconds": sec,
+                "timed_steps": steps,
+                "extrapolated": False,
+                "peak_mib": mem,
+                "accuracy": score(to_output_size(x), y, args, device) if args.score else None,
+            }
+        )
     base = rows[0]["seconds"]
     for r in rows:
         r["images_per_s"], r["speedup"] = n / r["seconds"], base / r["seconds"]
     print_table(rows, device)
-    write_result_json(args.out, {"machine": machine(device), "device": str(device), "model": what,
-                                 "parameters": sum(p.numel() for p in model.parameters()),
-                                 "resolution": model.cfg.sample_size, "images": n,
-                                 "guidance_scale": args.guidance_scale,
-                                 "memory": "peak GPU allocated" if device.type == "cuda"
-                                 else "process peak RSS (monotone)",
-                                 "rows": rows}, base=REPO)
+    write_result_json(
+        args.out,
+        {
+            "machine": machine(device),
+            "device": str(device),
+            "model": what,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "resolution": model.cfg.sample_size,
+            "images": n,
+            "guidance_scale": args.guidance_scale,
+            "memory": "peak GPU allocated" if device.type == "cuda" else "process peak RSS (monotone)",
+            "rows": rows,
+        },
+        base=REPO,
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -202,14 +238,18 @@ def main(argv=None) -> int:
 def print_table(rows: list[dict], device) -> None:
     """Print the results as a fixed-width table."""
     mem = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
-    print(f"\n{'sampler':30s} {'steps':>5s} {'UNet calls':>10s} {'s/step':>7s} {'seconds':>9s} {'img/s':>7s} "
-          f"{'speed-up':>8s} {mem:>12s} {'accuracy':>8s}")
+    print(
+        f"\n{'sampler':30s} {'steps':>5s} {'UNet calls':>10s} {'s/step':>7s} {'seconds':>9s} {'img/s':>7s} "
+        f"{'speed-up':>8s} {mem:>12s} {'accuracy':>8s}"
+    )
     for r in rows:
         note = f"  (timed {r['timed_steps']} steps, extrapolated)" if r["extrapolated"] else ""
         acc = f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "-"
-        print(f"{r['sampler']:30s} {r['steps']:5d} {r['forward_passes']:10d} {r['seconds'] / r['steps']:7.3f} "
-              f"{r['seconds']:9.2f} {r['images_per_s']:7.2f} {r['speedup']:7.1f}x {r['peak_mib']:12.0f} "
-              f"{acc:>8s}{note}")
+        print(
+            f"{r['sampler']:30s} {r['steps']:5d} {r['forward_passes']:10d} {r['seconds'] / r['steps']:7.3f} "
+            f"{r['seconds']:9.2f} {r['images_per_s']:7.2f} {r['speedup']:7.1f}x {r['peak_mib']:12.0f} "
+            f"{acc:>8s}{note}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,51 +41,90 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="Run folder or weights file.")
-    p.add_argument("--samplers", nargs="+", default=["ddpm:1000", "dpmpp:10", "dpmpp:15", "dpmpp:20", "dpmpp:25",
-                                                     "dpmpp:50", "ddim:50"])
+    p.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["ddpm:1000", "dpmpp:10", "dpmpp:15", "dpmpp:20", "dpmpp:25", "dpmpp:50", "ddim:50"],
+    )
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--splits", nargs="+", default=None, choices=["val", "test", "new_test"],
-                   help="Condition lists to score (default: test and new_test, labels.SPLITS); choose on val.")
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        choices=["val", "test", "new_test"],
+        help="Condition lists to score (default: test and new_test, labels.SPLITS); choose on val.",
+    )
     p.add_argument("--guidance-scale", type=float, default=2.0)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-clip-x0", action="store_true", help="Do not clip the predicted x0 (SamplerSettings.clip_x0).")
     p.add_argument("--tag", default="", help="Name prefix of the result files.")
-    p.add_argument("--evaluators", nargs="+", type=Path, default=None,
-                   help="Score the same images with each of these evaluator files (one result file each, named "
-                        "after the evaluator); default: the one `iclevr eval` picks.")
+    p.add_argument(
+        "--evaluators",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="Score the same images with each of these evaluator files (one result file each, named "
+        "after the evaluator); default: the one `iclevr eval` picks.",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, info, device = load_model(resolve_checkpoint(args.run), "cpu")
     data_dir = args.data_dir  # None: the embedded default kit's lists (nothing rendered)
     conditions = load_conditions(data_dir, tuple(args.splits)) if args.splits else load_conditions(data_dir)
-    evaluators = {path.stem: load_evaluator(path, data_dir, device) for path in args.evaluators} \
-        if args.evaluators else {"": load_evaluator(None, data_dir, device)}
+    evaluators = (
+        {path.stem: load_evaluator(path, data_dir, device) for path in args.evaluators}
+        if args.evaluators
+        else {"": load_evaluator(None, data_dir, device)}
+    )
     seeds = [int(s) for s in args.seeds.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     for spec in args.samplers:
         name, steps = spec.split(":")
-        sampler = SamplerSettings(sampler=name, steps=int(steps), guidance_scale=args.guidance_scale, batch_size=64,
-                                  clip_x0=not args.no_clip_x0)
-        rows = {key: {"run": str(info.path), "step": info.step, "sampler": name, "steps": int(steps),
-                      "guidance_scale": args.guidance_scale, "clip_x0": sampler.clip_x0, "seeds": seeds,
-                      "threads": torch.get_num_threads(),
-                      "evaluator": ev.describe(), "splits": {}} for key, ev in evaluators.items()}
+        sampler = SamplerSettings(
+            sampler=name,
+            steps=int(steps),
+            guidance_scale=args.guidance_scale,
+            batch_size=64,
+            clip_x0=not args.no_clip_x0,
+        )
+        rows = {
+            key: {
+                "run": str(info.path),
+                "step": info.step,
+                "sampler": name,
+                "steps": int(steps),
+                "guidance_scale": args.guidance_scale,
+                "clip_x0": sampler.clip_x0,
+                "seeds": seeds,
+                "threads": torch.get_num_threads(),
+                "evaluator": ev.describe(),
+                "splits": {},
+            }
+            for key, ev in evaluators.items()
+        }
         t0 = time.perf_counter()
         for split, conds in conditions.items():
             runs = generate(model, info, sampler, conds, seeds)  # sampled once, scored by every evaluator
             for key, ev in evaluators.items():
                 scored = score_split(ev, runs, conds)
-                rows[key]["splits"][split] = {"accuracy": scored["accuracy"], "mean": scored["mean"],
-                                              "std": scored["std"]}
+                rows[key]["splits"][split] = {
+                    "accuracy": scored["accuracy"],
+                    "mean": scored["mean"],
+                    "std": scored["std"],
+                }
         wall = round(time.perf_counter() - t0, 1)
         for key, row in rows.items():
-            row.update(sampling_wall_s=wall, mean=statistics.fmean(s["mean"] for s in row["splits"].values()),
-                       when=time.strftime("%Y-%m-%d %H:%M:%S"))
+            row.update(
+                sampling_wall_s=wall,
+                mean=statistics.fmean(s["mean"] for s in row["splits"].values()),
+                when=time.strftime("%Y-%m-%d %H:%M:%S"),
+            )
             suffix = f"-{key}" if len(evaluators) > 1 else ""
             (RESULTS / f"{args.tag}{name}-{steps}-seeds{'_'.join(map(str, seeds))}{suffix}.json").write_text(
-                json.dumps(portable(row, REPO), indent=1) + "\n")
+                json.dumps(portable(row, REPO), indent=1) + "\n"
+            )
             scores = "  ".join(f"{split} {s['mean']:.3f}" for split, s in row["splits"].items())
             print(f"{name}-{steps} {key}: {scores}  mean {row['mean']:.3f}  ({wall} s)", flush=True)
 

@@ -34,9 +34,15 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]  # result files name paths relative to it (iclevr.fileio.portable)
-TINY_MODEL = {"sample_size": 16, "block_out_channels": [16, 32], "layers_per_block": 1,
-              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-              "attention_head_dim": 8, "norm_num_groups": 8}
+TINY_MODEL = {
+    "sample_size": 16,
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
 
 
@@ -47,11 +53,18 @@ class SeedNet(nn.Module):
         from diffusers import UNet2DModel
 
         super().__init__()
-        self.unet = UNet2DModel(sample_size=cfg.sample_size, in_channels=3, out_channels=3,
-                                layers_per_block=cfg.layers_per_block, block_out_channels=tuple(cfg.block_out_channels),
-                                down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
-                                attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups,
-                                class_embed_type="identity")
+        self.unet = UNet2DModel(
+            sample_size=cfg.sample_size,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=cfg.layers_per_block,
+            block_out_channels=tuple(cfg.block_out_channels),
+            down_block_types=tuple(cfg.down_block_types),
+            up_block_types=tuple(cfg.up_block_types),
+            attention_head_dim=cfg.attention_head_dim,
+            norm_num_groups=cfg.norm_num_groups,
+            class_embed_type="identity",
+        )
         self.label = nn.Linear(24, 4 * cfg.block_out_channels[0])
 
     def forward(self, x_t, t, y):
@@ -70,8 +83,9 @@ class PngDataset(torch.utils.data.Dataset):
 
         kit = load_kit(data_dir, splits=False)
         self.items = [(kit.images_dir / name, encode(names)) for name, names in kit.train.items()]
-        self.transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                                             transforms.Normalize([0.5] * 3, [0.5] * 3)])
+        self.transform = transforms.Compose(
+            [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -88,8 +102,15 @@ def settings_for(args, precision: str):
     """The `seed` preset (its UNet swapped for a tiny one with --tiny) at this precision, on --data-dir."""
     from iclevr.settings import TrainSettings, resolve
 
-    over = {"data.data_dir": str(args.data_dir), "train.mixed_precision": precision, "train.device": args.device,
-            "train.epochs": None, "train.max_minutes": None, "train.sample_grids": "off", "train.checkpoint_every": 0}
+    over = {
+        "data.data_dir": str(args.data_dir),
+        "train.mixed_precision": precision,
+        "train.device": args.device,
+        "train.epochs": None,
+        "train.max_minutes": None,
+        "train.sample_grids": "off",
+        "train.checkpoint_every": 0,
+    }
     if args.batch_size:
         over["train.batch_size"] = args.batch_size
     if args.tiny:
@@ -183,12 +204,23 @@ def train_rows(args) -> list[dict]:
         else:
             run = Path(args.keep_run) if args.keep_run else Path(tempfile.mkdtemp(prefix="iclevr-ours-"))
             row, params = ours_row(settings, args, device, run), count_parameters(build_model(settings.model))
-        rows.append({"loop": loop, "precision": precision, "autocast": device.type == "cuda" and precision != "no",
-                     **{k: round(v, 4) for k, v in row.items()}, "peak_mib": round(peak_mib(device)),
-                     "batch": settings.train.batch_size, "resolution": settings.model.sample_size,
-                     "params_M": round(params / 1e6, 2), "steps": args.steps,
-                     "warmup": args.warmup, "row_seconds": round(time.perf_counter() - began, 1),
-                     "device": str(device), "tiny": args.tiny})
+        rows.append(
+            {
+                "loop": loop,
+                "precision": precision,
+                "autocast": device.type == "cuda" and precision != "no",
+                **{k: round(v, 4) for k, v in row.items()},
+                "peak_mib": round(peak_mib(device)),
+                "batch": settings.train.batch_size,
+                "resolution": settings.model.sample_size,
+                "params_M": round(params / 1e6, 2),
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "row_seconds": round(time.perf_counter() - began, 1),
+                "device": str(device),
+                "tiny": args.tiny,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -216,10 +248,19 @@ def sample_rows(args) -> list[dict]:
         began = clock(device)
         sample(model, y, schedule=info.schedule, sampler=chosen, device=device)
         seconds = clock(device) - began
-        rows.append({"sampler": name, "steps": resolve_steps(chosen, info.schedule), "images": len(y),
-                     "seconds": round(seconds, 2), "images_per_s": round(len(y) / seconds, 2),
-                     "peak_mib": round(peak_mib(device)), "resolution": info.model.sample_size,
-                     "weights": str(info.path), "device": str(device)})
+        rows.append(
+            {
+                "sampler": name,
+                "steps": resolve_steps(chosen, info.schedule),
+                "images": len(y),
+                "seconds": round(seconds, 2),
+                "images_per_s": round(len(y) / seconds, 2),
+                "peak_mib": round(peak_mib(device)),
+                "resolution": info.model.sample_size,
+                "weights": str(info.path),
+                "device": str(device),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -230,8 +271,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="part", required=True)
     t = sub.add_parser("train", help="Training images/s and peak memory per loop and precision.")
     t.add_argument("--data-dir", type=Path, required=True, help="A course-layout kit (train.json + iclevr/).")
-    t.add_argument("--rows", nargs="+", default=["seed:fp16", "seed:bf16", "ours:fp16", "ours:bf16"],
-                   help="loop:precision entries, loop = seed or ours, precision = fp16, bf16 or no.")
+    t.add_argument(
+        "--rows",
+        nargs="+",
+        default=["seed:fp16", "seed:bf16", "ours:fp16", "ours:bf16"],
+        help="loop:precision entries, loop = seed or ours, precision = fp16, bf16 or no.",
+    )
     t.add_argument("--steps", type=int, default=30, help="Timed steps per row.")
     t.add_argument("--warmup", type=int, default=5, help="Untimed steps first (kernel choice, allocator).")
     t.add_argument("--batch-size", type=int, default=None, help="Default: the seed preset's (32).")
@@ -258,8 +303,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_result_json(args.out, {"part": args.part, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows},
-                      base=REPO)
+    write_result_json(
+        args.out, {"part": args.part, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}, base=REPO
+    )
     return 0
 
 

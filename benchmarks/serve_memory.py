@@ -27,8 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serve_memory.json"
-SCENES = [["red sphere"], ["cyan cube", "gray cylinder"], ["red sphere", "cyan cylinder", "cyan cube"],
-          ["yellow cube", "purple sphere", "blue cylinder"]]
+SCENES = [
+    ["red sphere"],
+    ["cyan cube", "gray cylinder"],
+    ["red sphere", "cyan cylinder", "cyan cube"],
+    ["yellow cube", "purple sphere", "blue cylinder"],
+]
 
 
 def rss_mib(pid: int) -> float:
@@ -51,8 +55,11 @@ def abandoned(url: str, body: dict) -> str:
     host, port = url.removeprefix("http://").rstrip("/").split(":")
     data = json.dumps(body).encode()
     with socket.create_connection((host, int(port)), timeout=300) as s:
-        s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        s.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
         seen = b""
         while b'"frame"' not in seen:
             seen += s.recv(65536)
@@ -69,8 +76,14 @@ def main() -> None:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen([sys.executable, "-m", "iclevr", "serve", "--port", "0"], cwd=folder, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iclevr", "serve", "--port", "0"],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         url = next(line.split()[2] for line in proc.stdout if line.startswith("serving on "))
         rows, began = [], time.perf_counter()
         try:
@@ -84,14 +97,20 @@ def main() -> None:
             code = proc.wait(60)
     rss = {r["request"]: r["rss_mib"] for r in rows}
     warm = min(10, args.requests)
-    out = {"command": "python benchmarks/serve_memory.py " + " ".join(sys.argv[1:]),
-           "model": "the packaged model, its stored sampler, one image per request",
-           "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-           "seconds": round(time.perf_counter() - began, 1), "exit_code_after_sigterm": code,
-           "ends": {e: sum(r["end"] == e for r in rows) for e in {r["end"] for r in rows}},
-           "rss_mib_first": rss[1], "rss_mib_at_warm": rss[warm], "rss_mib_last": rss[args.requests],
-           "rss_mib_max": max(rss.values()), "growth_warm_to_last_mib": round(rss[args.requests] - rss[warm], 1),
-           "rows": rows}
+    out = {
+        "command": "python benchmarks/serve_memory.py " + " ".join(sys.argv[1:]),
+        "model": "the packaged model, its stored sampler, one image per request",
+        "load_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "seconds": round(time.perf_counter() - began, 1),
+        "exit_code_after_sigterm": code,
+        "ends": {e: sum(r["end"] == e for r in rows) for e in {r["end"] for r in rows}},
+        "rss_mib_first": rss[1],
+        "rss_mib_at_warm": rss[warm],
+        "rss_mib_last": rss[args.requests],
+        "rss_mib_max": max(rss.values()),
+        "growth_warm_to_last_mib": round(rss[args.requests] - rss[warm], 1),
+        "rows": rows,
+    }
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print({k: v for k, v in out.items() if k != "rows"})
 

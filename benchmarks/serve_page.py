@@ -37,8 +37,14 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str, list[str]]:
     """`iclevr serve` on a free port from an empty folder; returns (process, url, its first lines)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICLEVR_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", "iclevr", "serve", "--port", "0"], cwd=folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iclevr", "serve", "--port", "0"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line.rstrip())
@@ -73,15 +79,21 @@ def generate(driver, seed: int, num: int, timeout: float = 120) -> dict:
     while len(driver.find_elements(By.CSS_SELECTOR, ".result")) < num:
         captions.add(driver.find_element(By.ID, "cap-xt").text)
         if time.perf_counter() - began > timeout:
-            raise SystemExit("no image after %d s" % timeout)
+            raise SystemExit(f"no image after {timeout:.0f} s")
         time.sleep(0.02)
     browser_s = time.perf_counter() - began
     status = driver.find_element(By.ID, "status").text  # "done: N image(s) in X s (Y s per image)"
     server_s = float(status.split(" in ")[1].split(" s")[0])
     found = [c.text.split("\n")[0] for c in driver.find_elements(By.CSS_SELECTOR, ".result .score")]
-    return {"seed": seed, "images": num, "server_s": server_s, "browser_s": round(browser_s, 2),
-            "browser_s_per_image": round(browser_s / num, 2), "trace_captions_seen_while_running":
-            len({c for c in captions if c.startswith("x_t at step")}), "scores": found}
+    return {
+        "seed": seed,
+        "images": num,
+        "server_s": server_s,
+        "browser_s": round(browser_s, 2),
+        "browser_s_per_image": round(browser_s / num, 2),
+        "trace_captions_seen_while_running": len({c for c in captions if c.startswith("x_t at step")}),
+        "scores": found,
+    }
 
 
 def main() -> None:
@@ -105,13 +117,17 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     load_after = os.getloadavg()
-    out = {"command": "python benchmarks/serve_page.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-           "load_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-           "server_lines": lines[:2], "runs": runs, "grid_run": grid,
-           "median_server_s_per_image": statistics.median(r["server_s"] for r in runs),
-           "median_browser_s_per_image": statistics.median(r["browser_s"] for r in runs),
-           "screenshot": str(args.screenshot.resolve().relative_to(ROOT))}
+    out = {
+        "command": "python benchmarks/serve_page.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        "load_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "server_lines": lines[:2],
+        "runs": runs,
+        "grid_run": grid,
+        "median_server_s_per_image": statistics.median(r["server_s"] for r in runs),
+        "median_browser_s_per_image": statistics.median(r["browser_s"] for r in runs),
+        "screenshot": str(args.screenshot.resolve().relative_to(ROOT)),
+    }
     out["server_lines"] = [line.replace(str(ROOT) + "/", "") for line in out["server_lines"]]
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

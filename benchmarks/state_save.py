@@ -56,35 +56,62 @@ def main() -> None:
     for p in model.parameters():  # one step with zero gradients: the Adam moments exist, as after any step
         p.grad = torch.zeros_like(p)
     opt.step()
-    state = {"step": 1, "wall_s": 0.0, "settings": "{}", "model": model.state_dict(), "ema": ema.state_dict(),
-             "optimizer": opt.state_dict(), "scaler": None, "rng": rng_states()}
-    meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
-                preset=settings.preset, step=1)
+    state = {
+        "step": 1,
+        "wall_s": 0.0,
+        "settings": "{}",
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scaler": None,
+        "rng": rng_states(),
+    }
+    meta = dict(
+        model_cfg=settings.model,
+        schedule_cfg=settings.schedule,
+        sampler_cfg=settings.sampler,
+        preset=settings.preset,
+        step=1,
+    )
     rows = {"state": [], "ema_weights": [], "model_weights": []}
     with tempfile.TemporaryDirectory(prefix="iclevr-state-save-", dir=args.dir) as tmp:
         run = Path(tmp)
         for k in range(args.repeats):
             state["step"] = k + 1
             rows["state"].append(timed(lambda: save_state(run / "state", state, keep=1)))
-            rows["ema_weights"].append(timed(lambda: save_weights(ema.model, run / "weights" / "ema.safetensors",
-                                                                  **meta)))
-            rows["model_weights"].append(timed(lambda: save_weights(model, run / "weights" / "model.safetensors",
-                                                                    **meta)))
-        sizes = {"state": sum(p.stat().st_size for p in (run / "state").glob("step-*.pt")),
-                 "ema_weights": (run / "weights" / "ema.safetensors").stat().st_size,
-                 "model_weights": (run / "weights" / "model.safetensors").stat().st_size}
+            rows["ema_weights"].append(
+                timed(lambda: save_weights(ema.model, run / "weights" / "ema.safetensors", **meta))
+            )
+            rows["model_weights"].append(
+                timed(lambda: save_weights(model, run / "weights" / "model.safetensors", **meta))
+            )
+        sizes = {
+            "state": sum(p.stat().st_size for p in (run / "state").glob("step-*.pt")),
+            "ema_weights": (run / "weights" / "ema.safetensors").stat().st_size,
+            "model_weights": (run / "weights" / "model.safetensors").stat().st_size,
+        }
     steps_per_epoch = ICLEVR_TRAIN_IMAGES // settings.train.batch_size
     result = {
-        "preset": args.preset, "params_M": round(count_parameters(model) / 1e6, 2), "repeats": args.repeats,
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-        "files": {name: {"bytes": sizes[name], "seconds": [round(s, 2) for s in secs],
-                         "median_s": round(statistics.median(secs), 2),
-                         "mb_per_s": round(sizes[name] / 1e6 / statistics.median(secs), 1)}
-                  for name, secs in rows.items()},
+        "preset": args.preset,
+        "params_M": round(count_parameters(model) / 1e6, 2),
+        "repeats": args.repeats,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "files": {
+            name: {
+                "bytes": sizes[name],
+                "seconds": [round(s, 2) for s in secs],
+                "median_s": round(statistics.median(secs), 2),
+                "mb_per_s": round(sizes[name] / 1e6 / statistics.median(secs), 1),
+            }
+            for name, secs in rows.items()
+        },
         "steps_per_epoch": steps_per_epoch,
         "note": "CPU machine, shared disk; the GPU machine's disk may be faster or slower. share of an epoch = "
-                "save_s / (steps_per_epoch / steps_per_s)",
+        "save_s / (steps_per_epoch / steps_per_s)",
     }
     result["every_save_s"] = round(sum(f["median_s"] for f in result["files"].values()), 2)
     result["every_save_bytes"] = sum(sizes.values())

@@ -88,8 +88,13 @@ class SeedDataset(torch.utils.data.Dataset):
 
         self.paths = [kit.images_dir / name for name in kit.train]
         self.labels = [encode(names) for names in kit.train.values()]
-        self.transform = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.ToTensor(),
-                                             transforms.Normalize([0.5] * 3, [0.5] * 3)])
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize((resolution, resolution)),
+                transforms.ToTensor(),
+                transforms.Normalize([0.5] * 3, [0.5] * 3),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -108,8 +113,14 @@ def seed_style(model, kit, settings, steps: int, workers: int, device) -> dict:
     from iclevr.schedules import scheduler_kwargs
 
     S, B = settings.model.sample_size, settings.train.batch_size
-    loader = torch.utils.data.DataLoader(SeedDataset(kit, S), batch_size=B, shuffle=True, num_workers=workers,
-                                         drop_last=True, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        SeedDataset(kit, S),
+        batch_size=B,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     scheduler = DDPMScheduler(**scheduler_kwargs(settings.schedule.name, settings.schedule.num_train_timesteps))
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, foreach=False)
     cuda = device.type == "cuda"
@@ -147,10 +158,12 @@ def ours(settings, data_dir: Path, steps: int, work: Path) -> dict:
     from iclevr.fileio import read_jsonl
     from iclevr.training.loop import train
 
-    train_cfg = settings.train.model_copy(update={"max_steps": steps + 2, "log_every": 2, "checkpoint_every": 0,
-                                                  "sample_grids": "off"})
-    run_settings = settings.model_copy(update={"train": train_cfg, "out": work,
-                                               "data": settings.data.model_copy(update={"data_dir": data_dir})})
+    train_cfg = settings.train.model_copy(
+        update={"max_steps": steps + 2, "log_every": 2, "checkpoint_every": 0, "sample_grids": "off"}
+    )
+    run_settings = settings.model_copy(
+        update={"train": train_cfg, "out": work, "data": settings.data.model_copy(update={"data_dir": data_dir})}
+    )
     with PeakMemory() as mem:
         run = train(run_settings, console=Console(quiet=True), overwrite=True)
     logs = read_jsonl(run / "metrics.jsonl")
@@ -182,7 +195,7 @@ def matmul_gflops(device, n: int = 2048, reps: int = 10) -> float:
     t0 = _sync_time(device)
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (_sync_time(device) - t0) / 1e9
+    return 2 * n**3 * reps / (_sync_time(device) - t0) / 1e9
 
 
 def _sync_time(device) -> float:
@@ -224,18 +237,28 @@ def bench_preset(preset: str, args, kit, device) -> list[dict]:
     rows = []
     for name, runs in results.items():
         ips = statistics.median(r["images_per_s"] for r in runs)
-        rows.append({"preset": preset, "loop": name, "params_M": round(count_parameters(model) / 1e6, 2),
-                     "resolution": settings.model.sample_size, "batch": settings.train.batch_size,
-                     "images_per_s": round(ips, 1),
-                     "s_per_step": round(statistics.median(r["s_per_step"] for r in runs), 3),
-                     "ratio_vs_best_seed_style": round(ips / base, 2),
-                     "gflop_per_step": round(gflop, 1),
-                     "achieved_gflops": round(gflop * ips / settings.train.batch_size, 1),
-                     "matmul_gflops": round(roof, 1),
-                     "peak_mem_MiB": round(max(r["peak_mem_MiB"] for r in runs)),
-                     "rounds": args.rounds, "steps": args.steps, "device": str(device),
-                     "threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2),
-                     "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        rows.append(
+            {
+                "preset": preset,
+                "loop": name,
+                "params_M": round(count_parameters(model) / 1e6, 2),
+                "resolution": settings.model.sample_size,
+                "batch": settings.train.batch_size,
+                "images_per_s": round(ips, 1),
+                "s_per_step": round(statistics.median(r["s_per_step"] for r in runs), 3),
+                "ratio_vs_best_seed_style": round(ips / base, 2),
+                "gflop_per_step": round(gflop, 1),
+                "achieved_gflops": round(gflop * ips / settings.train.batch_size, 1),
+                "matmul_gflops": round(roof, 1),
+                "peak_mem_MiB": round(max(r["peak_mem_MiB"] for r in runs)),
+                "rounds": args.rounds,
+                "steps": args.steps,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "load_avg_1min": round(os.getloadavg()[0], 2),
+                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        )
     return rows
 
 
@@ -265,9 +288,16 @@ def main() -> None:
     for col in ("preset", "loop", "batch", "images/s", "s/step", "ratio", "GFLOP/s (matmul roof)", "peak MiB"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["preset"], r["loop"], str(r["batch"]), f"{r['images_per_s']:.1f}", f"{r['s_per_step']:.3f}",
-                      f"{r['ratio_vs_best_seed_style']:.2f}x", f"{r['achieved_gflops']:.0f} ({r['matmul_gflops']:.0f})",
-                      str(r["peak_mem_MiB"]))
+        table.add_row(
+            r["preset"],
+            r["loop"],
+            str(r["batch"]),
+            f"{r['images_per_s']:.1f}",
+            f"{r['s_per_step']:.3f}",
+            f"{r['ratio_vs_best_seed_style']:.2f}x",
+            f"{r['achieved_gflops']:.0f} ({r['matmul_gflops']:.0f})",
+            str(r["peak_mem_MiB"]),
+        )
     Console(width=max(Console().width, 130)).print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []

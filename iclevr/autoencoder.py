@@ -32,13 +32,16 @@ class AutoencoderSettings(Section):
     """The AutoencoderKL architecture (diffusers), at the course's 64x64."""
 
     resolution: int = Field(64, gt=0, description="Image size it encodes and decodes (the course's 64x64).")
-    block_out_channels: tuple[int, ...] = Field((16, 32, 64), description="Channels per encoder/decoder level; "
-                                                "f = 2^(levels - 1) (three levels: 64x64 -> 16x16).")
+    block_out_channels: tuple[int, ...] = Field(
+        (16, 32, 64),
+        description="Channels per encoder/decoder level; f = 2^(levels - 1) (three levels: 64x64 -> 16x16).",
+    )
     layers_per_block: int = Field(1, ge=1, description="ResNet layers per encoder block (decoder: one more).")
     latent_channels: int = Field(4, gt=0, description="Channels of the latent z.")
     norm_num_groups: int = Field(8, gt=0, description="GroupNorm groups (must divide every channel count).")
-    mid_attention: bool = Field(False, description="Self-attention in the middle blocks (off: 30 % faster on a "
-                                "CPU at this size).")
+    mid_attention: bool = Field(
+        False, description="Self-attention in the middle blocks (off: 30 % faster on a CPU at this size)."
+    )
 
     @property
     def factor(self) -> int:
@@ -89,29 +92,45 @@ def build_autoencoder(cfg: AutoencoderSettings):
 
     n = len(cfg.block_out_channels)
     if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
-        raise UserError(f"autoencoder: norm_num_groups={cfg.norm_num_groups} must divide every "
-                        f"block_out_channels value {tuple(cfg.block_out_channels)}")
+        raise UserError(
+            f"autoencoder: norm_num_groups={cfg.norm_num_groups} must divide every "
+            f"block_out_channels value {tuple(cfg.block_out_channels)}"
+        )
     if cfg.resolution % cfg.factor:
         raise UserError(f"autoencoder: resolution {cfg.resolution} is not divisible by its factor {cfg.factor}")
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(cfg.block_out_channels),
-                         layers_per_block=cfg.layers_per_block, latent_channels=cfg.latent_channels,
-                         norm_num_groups=cfg.norm_num_groups, sample_size=cfg.resolution,
-                         mid_block_add_attention=cfg.mid_attention)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.resolution,
+        mid_block_add_attention=cfg.mid_attention,
+    )
 
 
-def save_autoencoder(vae, path: Path, cfg: AutoencoderSettings, scale_factor: float, info: dict,
-                     half: bool = False) -> Path:
+def save_autoencoder(
+    vae, path: Path, cfg: AutoencoderSettings, scale_factor: float, info: dict, half: bool = False
+) -> Path:
     """Write an AutoencoderKL as our safetensors file (atomic); `half` stores float16 (for the package)."""
     import torch
     from safetensors.torch import save_file
 
     from iclevr.fileio import atomic_path
 
-    state = {k: (v.detach().cpu().to(torch.float16) if half and v.is_floating_point() else v.detach().cpu())
-             .contiguous() for k, v in vae.state_dict().items()}
-    meta = {"format": FORMAT, "model": cfg.model_dump_json(), "scale_factor": repr(float(scale_factor)),
-            "info": json.dumps(info)}
+    state = {
+        k: (v.detach().cpu().to(torch.float16) if half and v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in vae.state_dict().items()
+    }
+    meta = {
+        "format": FORMAT,
+        "model": cfg.model_dump_json(),
+        "scale_factor": repr(float(scale_factor)),
+        "info": json.dumps(info),
+    }
     with atomic_path(Path(path), size=sum(v.nbytes for v in state.values()), what="autoencoder") as tmp:
         save_file(state, str(tmp), metadata=meta)
     return Path(path)
@@ -134,8 +153,11 @@ def read_meta(path: Path) -> tuple[AutoencoderSettings, float, dict]:
         kind = "iclevr diffusion weights" if meta.get("format") == "iclevr-unet" else "not an iclevr autoencoder"
         raise UserError(f"{path} is {kind}; expected an autoencoder written by `iclevr autoencoder train`")
     try:
-        return (AutoencoderSettings.model_validate_json(meta["model"]), float(meta["scale_factor"]),
-                json.loads(meta.get("info", "{}")))
+        return (
+            AutoencoderSettings.model_validate_json(meta["model"]),
+            float(meta["scale_factor"]),
+            json.loads(meta.get("info", "{}")),
+        )
     except (KeyError, ValueError, ValidationError) as e:
         raise UserError(f"{path} has damaged autoencoder metadata ({type(e).__name__})") from None
 
@@ -152,8 +174,9 @@ def load_autoencoder(path: Path, device="cpu") -> Autoencoder:
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
         vae.load_state_dict(state)
     except Exception:  # noqa: BLE001 - truncated tensors, or tensors of another architecture
-        raise UserError(f"{path} is damaged or does not match its own settings (its tensors cannot be "
-                        "loaded)") from None
+        raise UserError(
+            f"{path} is damaged or does not match its own settings (its tensors cannot be loaded)"
+        ) from None
     vae.requires_grad_(False)
     return Autoencoder(vae.to(device).eval(), cfg, scale, Path(path), file_sha256(Path(path)), info)
 
@@ -174,17 +197,21 @@ def find_autoencoder(weights: Path, sha256: str, device="cpu") -> Autoencoder:
         if file_sha256(path) == sha256:
             return load_autoencoder(path, device)
     where = ", ".join(str(p) for p in seen) or "none found"
-    raise UserError(f"{weights} is a latent model whose autoencoder (sha256 {sha256[:12]}) is missing: "
-                    f"looked beside it, in its run folder and in the package ({where}; none matches); put the "
-                    f"autoencoder it was trained with next to it as {FILE_NAME}")
+    raise UserError(
+        f"{weights} is a latent model whose autoencoder (sha256 {sha256[:12]}) is missing: "
+        f"looked beside it, in its run folder and in the package ({where}; none matches); put the "
+        f"autoencoder it was trained with next to it as {FILE_NAME}"
+    )
 
 
 def resolve_autoencoder_file(value: str | Path | None) -> Path:
     """The autoencoder file a latent training run uses: a path, or empty / 'packaged' for the packaged one."""
     if value in (None, "", "packaged"):
         if not PACKAGED.is_file():
-            raise UserError("no packaged autoencoder in this install; train one with `iclevr autoencoder "
-                            "train` and pass it with --autoencoder PATH")
+            raise UserError(
+                "no packaged autoencoder in this install; train one with `iclevr autoencoder "
+                "train` and pass it with --autoencoder PATH"
+            )
         return PACKAGED
     path = Path(value)
     if path.is_dir():

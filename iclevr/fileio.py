@@ -135,8 +135,16 @@ def free_space(path: Path) -> tuple[Path, int | None]:
         return folder, None
 
 
-def write_error(path: Path, code: int, size: int | None = None, what: str = "", *, free: int | None = None,
-                written: int = 0, kept: bool = True):
+def write_error(
+    path: Path,
+    code: int,
+    size: int | None = None,
+    what: str = "",
+    *,
+    free: int | None = None,
+    written: int = 0,
+    kept: bool = True,
+):
     """The one-line WriteError for a refused write of `path` (errno `code`): for a full disk the space needed
     (`size`, the bytes being written, else more than the `written` ones) and free (`free`, else measured)."""
     from iclevr.errors import WriteError
@@ -327,8 +335,11 @@ def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1)
-             if line.strip()]
+    lines = [
+        (n, line)
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1)
+        if line.strip()
+    ]
     rows = []
     for k, (n, line) in enumerate(lines):
         try:

@@ -22,16 +22,22 @@ class SampleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
-                                    "newest finished run, else the packaged pretrained model.")
+    checkpoint: Path | None = Field(
+        None,
+        description="Run folder or .safetensors weights; empty = the "
+        "newest finished run, else the packaged pretrained model.",
+    )
     labels: list[list[str]] | None = Field(None, description="Conditions to draw (lists of label names).")
     labels_file: Path | None = Field(None, description="JSON file holding a list of conditions, like test.json.")
     num: int = Field(1, ge=1, le=10000, description="Images per condition.")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler; unset fields "
-                                     "(sampler, steps, guidance_scale) come from the weights' metadata.")
+    sampler: SamplerSettings = Field(
+        default_factory=SamplerSettings,
+        description="Sampler; unset fields (sampler, steps, guidance_scale) come from the weights' metadata.",
+    )
     out: Path = Field(Path("samples.png"), description="Grid PNG (8 images per row).")
-    save_individual: bool = Field(False, description="Also write one PNG per image into a folder next to "
-                                  "the grid (named after it).")
+    save_individual: bool = Field(
+        False, description="Also write one PNG per image into a folder next to the grid (named after it)."
+    )
 
 
 def with_weights_defaults(sampler: SamplerSettings, stored: SamplerSettings) -> SamplerSettings:
@@ -60,8 +66,10 @@ def read_label_file(path: Path) -> list[list[str]]:
 
     raw = read_json(Path(path), "labels file")
     if not isinstance(raw, list) or not raw or not all(isinstance(c, list) for c in raw):
-        raise UserError(f"{path} must hold a non-empty JSON list of conditions, e.g. "
-                        '[["red sphere", "cyan cube"], ["gray cylinder"]]')
+        raise UserError(
+            f"{path} must hold a non-empty JSON list of conditions, e.g. "
+            '[["red sphere", "cyan cube"], ["gray cylinder"]]'
+        )
     conditions = []
     for i, cond in enumerate(raw):
         if not all(isinstance(n, str) for n in cond):
@@ -126,11 +134,19 @@ def run_sample(settings: SampleSettings, console=None) -> dict:
     seconds, began = 0.0, time.perf_counter()
     for start, x0 in sample_batches(model, y, schedule=info.schedule, sampler=sampler, device=device):
         seconds += time.perf_counter() - began  # sampling time only, not PNG writing
-        kept[start:start + len(x0)] = to_uint8(to_output_size(x0))  # (b, 3, 64, 64)
+        kept[start : start + len(x0)] = to_uint8(to_output_size(x0))  # (b, 3, 64, 64)
         if folder is not None:
-            save_images(kept[start:start + len(x0)], folder, first=start)  # each batch's PNGs as it is drawn
+            save_images(kept[start : start + len(x0)], folder, first=start)  # each batch's PNGs as it is drawn
         began = time.perf_counter()
     grid = save_grid(kept, settings.out)
-    return {"grid": grid, "folder": folder, "images": len(y), "seconds": seconds, "checkpoint": info.path,
-            "sampler": sampler.sampler, "steps": resolve_steps(sampler, info.schedule),
-            "guidance_scale": sampler.guidance_scale, "device": str(device)}
+    return {
+        "grid": grid,
+        "folder": folder,
+        "images": len(y),
+        "seconds": seconds,
+        "checkpoint": info.path,
+        "sampler": sampler.sampler,
+        "steps": resolve_steps(sampler, info.schedule),
+        "guidance_scale": sampler.guidance_scale,
+        "device": str(device),
+    }

@@ -20,8 +20,9 @@ def to_output_size(x: torch.Tensor, size: int = OUTPUT_SIZE) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     # antialias only when shrinking: a downscale needs the low-pass filter, an upscale does not
-    return F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=x.shape[-1] > size).clamp(-1, 1)
+    return F.interpolate(
+        x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size
+    ).clamp(-1, 1)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

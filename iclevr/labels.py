@@ -30,6 +30,8 @@ def ordered_splits(splits) -> list[str]:
     """Split names in study order: val (it chooses) first, then test and new_test, then any others."""
     known = [s for s in (VAL_SPLIT, *SPLITS) if s in splits]
     return known + [s for s in splits if s not in known]
+
+
 TRACE_LABELS: tuple[str, ...] = ("red sphere", "cyan cylinder", "cyan cube")  # the course's denoising-trace condition
 
 
@@ -40,6 +42,7 @@ def normalise(name: str) -> str:
 
 def _closest_word(word: str, options: Sequence[str]) -> str:
     """The option most similar to `word` (character similarity, plus a bonus for the same first letter)."""
+
     def score(opt: str) -> float:
         return difflib.SequenceMatcher(None, word, opt).ratio() + (0.3 if word[:1] == opt[:1] else 0.0)
 
@@ -76,7 +79,7 @@ def parse_names(names: Iterable[str]) -> list[int]:
             raise UserError(f'duplicate label "{LABELS[i]}" in condition: each object may appear once')
         indices.append(i)
     if not indices:
-        raise UserError("empty condition: name at least one object, e.g. \"red sphere\"")
+        raise UserError('empty condition: name at least one object, e.g. "red sphere"')
     return indices
 
 
@@ -127,8 +130,10 @@ def check_object_counts(y, what: str = "condition") -> None:
     slots); read on the host once, before y reaches a model."""
     most = int((y > 0.5).sum(1).max()) if len(y) else 0
     if most > MAX_OBJECTS:
-        raise UserError(f"a {what} names {most} objects; the object-token model takes at most {MAX_OBJECTS} (an "
-                        "i-CLEVR scene holds 1 to 3)")
+        raise UserError(
+            f"a {what} names {most} objects; the object-token model takes at most {MAX_OBJECTS} (an "
+            "i-CLEVR scene holds 1 to 3)"
+        )
 
 
 def decode(multi_hot) -> list[str]:
@@ -143,12 +148,13 @@ def check_objects_mapping(mapping: dict) -> None:
         raise UserError("objects.json must be a JSON object mapping label name -> index")
     given = {normalise(k): v for k, v in mapping.items()}
     if given != LABEL_TO_INDEX:
-        diffs = [f'"{k}" is {given.get(k)!r}, expected {v}' for k, v in LABEL_TO_INDEX.items()
-                 if given.get(k) != v]
+        diffs = [f'"{k}" is {given.get(k)!r}, expected {v}' for k, v in LABEL_TO_INDEX.items() if given.get(k) != v]
         extra = sorted(set(given) - set(LABEL_TO_INDEX))
         detail = "; ".join(diffs[:3] + [f'unknown "{e}"' for e in extra[:3]])
-        raise UserError(f"objects.json disagrees with the built-in 24-class order ({detail}); "
-                        "the evaluator's outputs follow that order, so this file cannot be used")
+        raise UserError(
+            f"objects.json disagrees with the built-in 24-class order ({detail}); "
+            "the evaluator's outputs follow that order, so this file cannot be used"
+        )
 
 
 def crowded_warning(conditions: Sequence[Sequence[str]]) -> str | None:
@@ -160,5 +166,7 @@ def crowded_warning(conditions: Sequence[Sequence[str]]) -> str | None:
     kit = f"the training images of the course kit and the default kit hold at most {MAX_TRAINING_OBJECTS}"
     if len(counts) == 1:
         return f"warning: the condition asks for {over[0]} objects, but {kit}: expect some of them to be missing"
-    return (f"warning: {len(over)} of {len(counts)} conditions ask for more objects (up to {max(over)}) than any "
-            f"training image holds ({kit}): expect some of them to be missing")
+    return (
+        f"warning: {len(over)} of {len(counts)} conditions ask for more objects (up to {max(over)}) than any "
+        f"training image holds ({kit}): expect some of them to be missing"
+    )

@@ -70,8 +70,9 @@ class ConditionalUNet(nn.Module):
         if cfg.condition == "tokens":
             self.tokens = ObjectTokens(_token_dim(cfg), cfg.token_embedding)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                x0_self: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, x0_self: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predict eps (or v) for noisy images x_t at timesteps t under conditions y; a self-conditioned model
         also takes an x0 estimate x0_self (None = zeros: no estimate yet)."""
         x = self.unet_input(x_t, x0_self)  # (B, C or 2C, H, W)
@@ -128,8 +129,13 @@ class ConditionalUNet(nn.Module):
     def denoise(self, x, t, class_emb, tokens, mask) -> torch.Tensor:
         """The tokens UNet on its input x (unet_input) and given tokens (B, N, D) with mask (B, N); the order of
         the tokens does not matter."""
-        out = self.unet(self.to_unet(x), t, encoder_hidden_states=tokens, class_labels=class_emb,
-                        encoder_attention_mask=mask.to(tokens.dtype)).sample  # (B, C', S, S)
+        out = self.unet(
+            self.to_unet(x),
+            t,
+            encoder_hidden_states=tokens,
+            class_labels=class_emb,
+            encoder_attention_mask=mask.to(tokens.dtype),
+        ).sample  # (B, C', S, S)
         return self.from_unet(out)  # (B, C, H, W)
 
 
@@ -155,12 +161,19 @@ def _pooled_unet(cfg: ModelSettings):
     from diffusers import UNet2DModel
 
     return UNet2DModel(
-        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=_out_channels(cfg),
+        sample_size=cfg.sample_size,
+        in_channels=_in_channels(cfg),
+        out_channels=_out_channels(cfg),
         layers_per_block=cfg.layers_per_block,
-        block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
-        up_block_types=tuple(cfg.up_block_types), attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout,
-        resnet_time_scale_shift=cfg.resnet_time_scale_shift, class_embed_type="identity")
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types),
+        attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        dropout=cfg.dropout,
+        resnet_time_scale_shift=cfg.resnet_time_scale_shift,
+        class_embed_type="identity",
+    )
 
 
 def _head_settings(cfg: ModelSettings) -> tuple[int, ...]:
@@ -177,14 +190,19 @@ def _head_settings(cfg: ModelSettings) -> tuple[int, ...]:
     heads = [max(1, c // width) for c in cfg.block_out_channels]
     need: dict[int, int] = {n - 1: heads[n - 1]}  # the mid block (cross-attention, heads)
     wants = [(i, heads[i] if "CrossAttn" in b else width) for i, b in enumerate(cfg.down_block_types) if "Attn" in b]
-    wants += [(n - 1 - i, heads[n - 1 - i]) if "CrossAttn" in b else (i, width)
-              for i, b in enumerate(cfg.up_block_types) if "Attn" in b]
+    wants += [
+        (n - 1 - i, heads[n - 1 - i]) if "CrossAttn" in b else (i, width)
+        for i, b in enumerate(cfg.up_block_types)
+        if "Attn" in b
+    ]
     for i, value in wants:
         if need.setdefault(i, value) != value:
-            raise UserError("model: diffusers cannot give every attention block heads of "
-                            f"{width} channels with these block types (entry {i} of its attention_head_dim "
-                            "is read as a head count by one block and as a head width by another); move the "
-                            "plain Attn blocks or use CrossAttn there")
+            raise UserError(
+                "model: diffusers cannot give every attention block heads of "
+                f"{width} channels with these block types (entry {i} of its attention_head_dim "
+                "is read as a head count by one block and as a head width by another); move the "
+                "plain Attn blocks or use CrossAttn there"
+            )
     return tuple(need.get(i, heads[i]) for i in range(n))
 
 
@@ -194,31 +212,44 @@ def _tokens_unet(cfg: ModelSettings):
 
     heads = _head_settings(cfg)
     return UNet2DConditionModel(
-        sample_size=cfg.sample_size, in_channels=_in_channels(cfg), out_channels=_out_channels(cfg),
+        sample_size=cfg.sample_size,
+        in_channels=_in_channels(cfg),
+        out_channels=_out_channels(cfg),
         layers_per_block=cfg.layers_per_block,
-        block_out_channels=tuple(cfg.block_out_channels), down_block_types=tuple(cfg.down_block_types),
-        up_block_types=tuple(cfg.up_block_types), attention_head_dim=heads,
-        norm_num_groups=cfg.norm_num_groups, dropout=cfg.dropout, cross_attention_dim=_token_dim(cfg),
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types),
+        attention_head_dim=heads,
+        norm_num_groups=cfg.norm_num_groups,
+        dropout=cfg.dropout,
+        cross_attention_dim=_token_dim(cfg),
         resnet_time_scale_shift=cfg.resnet_time_scale_shift,
-        class_embed_type="identity" if cfg.label_on_time_path else None)
+        class_embed_type="identity" if cfg.label_on_time_path else None,
+    )
 
 
 def build_model(cfg: ModelSettings) -> ConditionalUNet:
     """Build the conditional UNet of a ModelSettings section (clear error for inconsistent settings)."""
     from iclevr.errors import UserError
 
-    if len(cfg.down_block_types) != len(cfg.block_out_channels) or \
-            len(cfg.up_block_types) != len(cfg.block_out_channels):
+    if len(cfg.down_block_types) != len(cfg.block_out_channels) or len(cfg.up_block_types) != len(
+        cfg.block_out_channels
+    ):
         raise UserError("model: down_block_types, up_block_types and block_out_channels need the same length")
     if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
-        raise UserError(f"model: norm_num_groups={cfg.norm_num_groups} must divide every block_out_channels "
-                        f"value {tuple(cfg.block_out_channels)}")
+        raise UserError(
+            f"model: norm_num_groups={cfg.norm_num_groups} must divide every block_out_channels "
+            f"value {tuple(cfg.block_out_channels)}"
+        )
     if cfg.sample_size % (2 ** (len(cfg.block_out_channels) - 1)):
-        raise UserError(f"model: sample_size={cfg.sample_size} must be divisible by "
-                        f"2^{len(cfg.block_out_channels) - 1}")
+        raise UserError(
+            f"model: sample_size={cfg.sample_size} must be divisible by 2^{len(cfg.block_out_channels) - 1}"
+        )
     if cfg.condition == "tokens" and not any("CrossAttn" in b for b in cfg.down_block_types + cfg.up_block_types):
-        raise UserError("model: condition=tokens needs CrossAttnDownBlock2D / CrossAttnUpBlock2D at some level "
-                        "(the blocks that attend to the object tokens)")
+        raise UserError(
+            "model: condition=tokens needs CrossAttnDownBlock2D / CrossAttnUpBlock2D at some level "
+            "(the blocks that attend to the object tokens)"
+        )
     if cfg.condition == "pooled" and any("CrossAttn" in b for b in cfg.down_block_types + cfg.up_block_types):
         raise UserError("model: CrossAttn blocks need condition=tokens (pooled has no tokens to attend to)")
     if cfg.condition == "pooled" and not cfg.label_on_time_path:

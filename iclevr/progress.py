@@ -8,6 +8,5 @@ def progress_bar(console=None, *, enabled: bool = True, transient: bool = False,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     if columns is None:
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn())
+        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     return Progress(*columns, console=console, transient=transient, disable=not enabled)

@@ -14,8 +14,8 @@ guided x0 prediction (clipped to [-1, 1] with clip_x0; zeros at the first step),
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -35,8 +35,9 @@ class SamplerSpec:
 def _kwargs(schedule: ScheduleSettings) -> dict:
     from iclevr.schedules import scheduler_kwargs
 
-    return scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type,
-                            getattr(schedule, "shift", 1.0))
+    return scheduler_kwargs(
+        schedule.name, schedule.num_train_timesteps, schedule.prediction_type, getattr(schedule, "shift", 1.0)
+    )
 
 
 def _ddpm(schedule: ScheduleSettings):
@@ -75,11 +76,16 @@ def _unipc(schedule: ScheduleSettings):
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(_ddpm, 1000, "Ancestral DDPM sampling, the seed's (Ho, Jain & Abbeel 2020, Algorithm 2)."),
     "ddim": SamplerSpec(_ddim, 50, "Deterministic DDIM, eta = 0 (Song, Meng & Ermon 2021, eq. 12)."),
-    "dpmpp": SamplerSpec(_dpmpp, 20, "DPM-Solver++(2M), second-order multistep on the data prediction "
-                                     "(Lu et al. 2022, Algorithm 2)."),
-    "dpmpp-sde": SamplerSpec(_dpmpp_sde, 20, "SDE-DPM-Solver++(2M): the stochastic variant of dpmpp, fresh noise "
-                                             "at every step like DDPM (Lu et al. 2022, section 5; Karras et al. "
-                                             "2022 on why stochasticity corrects a network's errors)."),
+    "dpmpp": SamplerSpec(
+        _dpmpp, 20, "DPM-Solver++(2M), second-order multistep on the data prediction (Lu et al. 2022, Algorithm 2)."
+    ),
+    "dpmpp-sde": SamplerSpec(
+        _dpmpp_sde,
+        20,
+        "SDE-DPM-Solver++(2M): the stochastic variant of dpmpp, fresh noise "
+        "at every step like DDPM (Lu et al. 2022, section 5; Karras et al. "
+        "2022 on why stochasticity corrects a network's errors).",
+    ),
     "unipc": SamplerSpec(_unipc, 20, "UniPC, unified predictor-corrector (Zhao et al. 2023)."),
 }
 
@@ -125,8 +131,9 @@ def clip_output(x_t: torch.Tensor, out: torch.Tensor, alpha_bar_t: torch.Tensor,
     return a * eps - s * x0 if prediction_type == "v_prediction" else eps
 
 
-def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float,
-                  x0_self: torch.Tensor | None = None) -> torch.Tensor:
+def guided_output(
+    model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, scale: float, x0_self: torch.Tensor | None = None
+) -> torch.Tensor:
     """eps_u + s (eps_c - eps_u) from one forward pass of 2B; s == 1 runs only the conditional half (fp32 out).
 
     x0_self (self-conditioned models only) goes to both halves alike; None calls model(x_t, t, y) as is.
@@ -139,8 +146,9 @@ def guided_output(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, sc
         return model(x_t, t.expand(B), torch.zeros_like(y), **extra).float()
     if x0_self is not None:
         extra = {"x0_self": torch.cat([x0_self, x0_self])}  # (2B, 3, S, S)
-    out = model(torch.cat([x_t, x_t]), t.expand(2 * B), torch.cat([y, torch.zeros_like(y)]),
-                **extra).float()  # (2B, 3, S, S)
+    out = model(
+        torch.cat([x_t, x_t]), t.expand(2 * B), torch.cat([y, torch.zeros_like(y)]), **extra
+    ).float()  # (2B, 3, S, S)
     eps_c, eps_u = out.chunk(2)
     return eps_u + scale * (eps_c - eps_u)
 
@@ -156,14 +164,22 @@ def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
     return kwargs
 
 
-def sample_batches(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: SamplerSettings,
-                   callback: Callable[[dict], None] | None = None, seeds: list[int] | None = None,
-                   device=None) -> Iterator[tuple[int, torch.Tensor]]:
+def sample_batches(
+    model,
+    y: torch.Tensor,
+    *,
+    schedule: ScheduleSettings,
+    sampler: SamplerSettings,
+    callback: Callable[[dict], None] | None = None,
+    seeds: list[int] | None = None,
+    device=None,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Draw images for conditions y (B, 24) one chunk of `sampler.batch_size` at a time: yields (start, x0).
 
     x0 is (b, 3, H, W) float in [-1, 1] on the CPU for images start .. start + b - 1 (a latent model's
-    latents decoded by its autoencoder; callback's x_t and x0_pred stay in the space the model denoises). Only one chunk's UNet
-    inputs and outputs are alive at a time, so memory does not grow with B beyond what the caller keeps.
+    latents decoded by its autoencoder; callback's x_t and x0_pred stay in the space the model denoises).
+    Only one chunk's UNet inputs and outputs are alive at a time, so memory does not grow with B beyond what
+    the caller keeps.
     callback(dict(i, t, x_t, x0_pred, x_prev, steps, start)) is called after every step of every chunk:
     x_t is the step's input, x0_pred the predicted clean image, x_prev the step's output, `start` the index
     of the chunk's first image. `device` defaults to the model's.
@@ -179,14 +195,37 @@ def sample_batches(model, y: torch.Tensor, *, schedule: ScheduleSettings, sample
         check_object_counts(y)  # the tokens' slots (iclevr.model.ObjectTokens): one line, not a device assert
     device = torch.device(device) if device is not None else next(model.parameters()).device
     for start in range(0, y.shape[0], sampler.batch_size):
-        chunk = seeds[start:start + sampler.batch_size]
-        yield start, _denoise(model, y[start:start + len(chunk)], chunk, scheduler, steps, schedule, sampler,
-                              device, callback, start)
+        chunk = seeds[start : start + sampler.batch_size]
+        yield (
+            start,
+            _denoise(
+                model,
+                y[start : start + len(chunk)],
+                chunk,
+                scheduler,
+                steps,
+                schedule,
+                sampler,
+                device,
+                callback,
+                start,
+            ),
+        )
 
 
 @torch.inference_mode()
-def _denoise(model, y: torch.Tensor, seeds: list[int], scheduler, steps: int, schedule: ScheduleSettings,
-             sampler: SamplerSettings, device, callback, start: int) -> torch.Tensor:
+def _denoise(
+    model,
+    y: torch.Tensor,
+    seeds: list[int],
+    scheduler,
+    steps: int,
+    schedule: ScheduleSettings,
+    sampler: SamplerSettings,
+    device,
+    callback,
+    start: int,
+) -> torch.Tensor:
     """The sampling loop for one chunk: conditions y (b, 24), one seed per image -> x0 (b, 3, S, S) on the CPU."""
     from iclevr.device import autocast
 
@@ -235,13 +274,24 @@ def to_images(model, x0: torch.Tensor) -> torch.Tensor:
     return model.to_images(x0) if hasattr(model, "to_images") else x0
 
 
-def sample(model, y: torch.Tensor, *, schedule: ScheduleSettings, sampler: SamplerSettings,
-           callback: Callable[[dict], None] | None = None, seeds: list[int] | None = None,
-           device=None) -> torch.Tensor:
+def sample(
+    model,
+    y: torch.Tensor,
+    *,
+    schedule: ScheduleSettings,
+    sampler: SamplerSettings,
+    callback: Callable[[dict], None] | None = None,
+    seeds: list[int] | None = None,
+    device=None,
+) -> torch.Tensor:
     """Draw images for conditions y (B, 24); returns x0 (B, 3, S, S) float in [-1, 1] on the CPU.
 
     All chunks of sample_batches() (same arguments, same callback) concatenated.
     """
-    out = [x for _, x in sample_batches(model, y, schedule=schedule, sampler=sampler, callback=callback,
-                                        seeds=seeds, device=device)]
+    out = [
+        x
+        for _, x in sample_batches(
+            model, y, schedule=schedule, sampler=sampler, callback=callback, seeds=seeds, device=device
+        )
+    ]
     return torch.cat(out) if out else torch.zeros(0, 3, *x_shape(model)[1:])

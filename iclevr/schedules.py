@@ -56,6 +56,7 @@ def sigmoid(T: int) -> torch.Tensor:
 def squaredcos_cap_v2(T: int) -> torch.Tensor:
     """Nichol & Dhariwal 2021 (Improved DDPM, eq. 17): alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2),
     s = 0.008, beta_t = min(1 - alpha_bar(t+1)/alpha_bar(t), 0.999)."""
+
     def f(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
@@ -127,5 +128,8 @@ def make_scheduler(schedule) -> diffusers.DDPMScheduler:  # noqa: F821
     """The training DDPMScheduler for a ScheduleSettings section."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**scheduler_kwargs(schedule.name, schedule.num_train_timesteps, schedule.prediction_type,
-                                            getattr(schedule, "shift", 1.0)))
+    return DDPMScheduler(
+        **scheduler_kwargs(
+            schedule.name, schedule.num_train_timesteps, schedule.prediction_type, getattr(schedule, "shift", 1.0)
+        )
+    )

@@ -9,9 +9,9 @@ with a second row of the predicted x0 at the same steps, and an animated GIF.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +29,10 @@ def frame_states(frames: int, steps: int) -> list[int]:
     if frames < 2:
         raise UserError(f"--frames must be at least 2 (noise and final image), got {frames}")
     if frames > steps + 1:
-        raise UserError(f"--frames {frames} needs at least {frames - 1} sampling steps (got {steps}); "
-                        "lower --frames or raise --steps")
+        raise UserError(
+            f"--frames {frames} needs at least {frames - 1} sampling steps (got {steps}); "
+            "lower --frames or raise --steps"
+        )
     return [round(k * steps / (frames - 1)) for k in range(frames)]
 
 
@@ -81,8 +83,9 @@ class Trace:
     gif_x0_pred: torch.Tensor | None = None
 
 
-def record_trace(model, y: torch.Tensor, *, schedule, sampler: SamplerSettings, frames: int = 10,
-                 gif: bool = False, device=None) -> Trace:
+def record_trace(
+    model, y: torch.Tensor, *, schedule, sampler: SamplerSettings, frames: int = 10, gif: bool = False, device=None
+) -> Trace:
     """Sample one image for y (1, 24) and record `frames` evenly spaced states via sample()'s callback."""
     from iclevr.sampling import resolve_steps, sample
 
@@ -92,8 +95,13 @@ def record_trace(model, y: torch.Tensor, *, schedule, sampler: SamplerSettings, 
     decode = model.to_images if getattr(getattr(model, "cfg", None), "design", "pixels") == "latent" else None
     recorder = TraceRecorder(keep=set(states) | set(gif_states), decode=decode)
     final = sample(model, y[:1], schedule=schedule, sampler=sampler, callback=recorder, device=device)
-    trace = Trace(states=states, timesteps=[recorder.t[k] for k in states], x_t=recorder.stack(states),
-                  x0_pred=recorder.stack(states, "x0_pred"), final=final)
+    trace = Trace(
+        states=states,
+        timesteps=[recorder.t[k] for k in states],
+        x_t=recorder.stack(states),
+        x0_pred=recorder.stack(states, "x0_pred"),
+        final=final,
+    )
     if gif:
         trace.gif_x_t, trace.gif_x0_pred = recorder.stack(gif_states), recorder.stack(gif_states, "x0_pred")
     return trace
@@ -155,14 +163,19 @@ class TraceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the "
-                                    "newest finished run, else the packaged pretrained model.")
+    checkpoint: Path | None = Field(
+        None,
+        description="Run folder or .safetensors weights; empty = the "
+        "newest finished run, else the packaged pretrained model.",
+    )
     labels: list[str] = Field(list(TRACE_LABELS), min_length=1, description="The condition (label names).")
     frames: int = Field(10, ge=2, description="Frames in the row, from pure noise to the final image (course: >= 8).")
     x0_row: bool = Field(False, description="Add a second row with the predicted x0 at each frame.")
     gif: bool = Field(False, description="Also write an animated GIF next to the PNG.")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler; unset fields "
-                                     "(sampler, steps, guidance_scale) come from the weights' metadata.")
+    sampler: SamplerSettings = Field(
+        default_factory=SamplerSettings,
+        description="Sampler; unset fields (sampler, steps, guidance_scale) come from the weights' metadata.",
+    )
     out: Path = Field(Path("trace.png"), description="The trace PNG.")
 
 
@@ -170,7 +183,6 @@ def run_trace(settings: TraceSettings, console=None) -> dict:
     """Load weights, record the trace of one image and write the PNG (and GIF); returns a summary dict."""
     from iclevr.fileio import check_output_file
     from iclevr.generate import load_model, warn_crowded, with_weights_defaults
-    from iclevr.labels import encode
     from iclevr.images import save_png
     from iclevr.labels import encode
     from iclevr.sampling import resolve_steps
@@ -182,11 +194,20 @@ def run_trace(settings: TraceSettings, console=None) -> dict:
     sampler = with_weights_defaults(settings.sampler, info.sampler)
     frame_states(settings.frames, resolve_steps(sampler, info.schedule))  # fail before sampling
     began = time.perf_counter()
-    trace = record_trace(model, y, schedule=info.schedule, sampler=sampler, frames=settings.frames,
-                         gif=settings.gif, device=device)
+    trace = record_trace(
+        model, y, schedule=info.schedule, sampler=sampler, frames=settings.frames, gif=settings.gif, device=device
+    )
     seconds = time.perf_counter() - began
     png = save_png(trace_figure(trace, settings.x0_row), settings.out)
     gif = write_gif(trace, settings.out.with_suffix(".gif"), settings.x0_row) if settings.gif else None
-    return {"png": png, "gif": gif, "frames": len(trace.states), "timesteps": trace.timesteps,
-            "seconds": seconds, "checkpoint": info.path, "sampler": sampler.sampler,
-            "steps": resolve_steps(sampler, info.schedule), "guidance_scale": sampler.guidance_scale}
+    return {
+        "png": png,
+        "gif": gif,
+        "frames": len(trace.states),
+        "timesteps": trace.timesteps,
+        "seconds": seconds,
+        "checkpoint": info.path,
+        "sampler": sampler.sampler,
+        "steps": resolve_steps(sampler, info.schedule),
+        "guidance_scale": sampler.guidance_scale,
+    }

@@ -68,8 +68,18 @@ def _for_model(state: dict) -> dict:
     return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def save_weights(model, path: Path, *, model_cfg, schedule_cfg, sampler_cfg=None, preset: str = "",
-                 step: int = 0, half: bool = False, packaged: dict | None = None) -> Path:
+def save_weights(
+    model,
+    path: Path,
+    *,
+    model_cfg,
+    schedule_cfg,
+    sampler_cfg=None,
+    preset: str = "",
+    step: int = 0,
+    half: bool = False,
+    packaged: dict | None = None,
+) -> Path:
     """Save a ConditionalUNet's state_dict as safetensors with our settings in the metadata (atomic); `half`
     stores float16 tensors and `packaged` adds the packaging record (both for the packaged model)."""
     from safetensors.torch import save_file
@@ -109,17 +119,25 @@ def read_info(path: Path) -> WeightsInfo:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception:  # noqa: BLE001 - safetensors raises several types for foreign/truncated files
-        raise UserError(f"{path} is not a readable safetensors file (truncated, or another format such as a "
-                        "pickle); pass a run folder or an iclevr .safetensors weights file") from None
+        raise UserError(
+            f"{path} is not a readable safetensors file (truncated, or another format such as a "
+            "pickle); pass a run folder or an iclevr .safetensors weights file"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is a safetensors file without iclevr metadata (from another program?); "
-                        "expected weights written by `iclevr train`")
+        raise UserError(
+            f"{path} is a safetensors file without iclevr metadata (from another program?); "
+            "expected weights written by `iclevr train`"
+        )
     try:
-        return WeightsInfo(path=path, model=ModelSettings.model_validate_json(meta["model"]),
-                           schedule=ScheduleSettings.model_validate_json(meta["schedule"]),
-                           sampler=SamplerSettings.model_validate_json(meta.get("sampler", "{}")),
-                           preset=meta.get("preset", ""), step=int(meta.get("step", 0)),
-                           packaged=json.loads(meta["packaged"]) if "packaged" in meta else None)
+        return WeightsInfo(
+            path=path,
+            model=ModelSettings.model_validate_json(meta["model"]),
+            schedule=ScheduleSettings.model_validate_json(meta["schedule"]),
+            sampler=SamplerSettings.model_validate_json(meta.get("sampler", "{}")),
+            preset=meta.get("preset", ""),
+            step=int(meta.get("step", 0)),
+            packaged=json.loads(meta["packaged"]) if "packaged" in meta else None,
+        )
     except (KeyError, ValueError, ValidationError) as e:
         raise UserError(f"{path} has damaged iclevr metadata ({type(e).__name__}); re-export it") from None
 
@@ -140,13 +158,17 @@ def load_weights(path: Path, device="cpu"):
     wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:  # load_state_dict would raise a RuntimeError listing every mismatch
         k = wrong[0]
-        raise UserError(f"{path} does not match its own model settings: tensor {k} has shape "
-                        f"{tuple(state[k].shape)}, the model needs {tuple(expected[k].shape)}"
-                        f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}; re-export it")
+        raise UserError(
+            f"{path} does not match its own model settings: tensor {k} has shape "
+            f"{tuple(state[k].shape)}, the model needs {tuple(expected[k].shape)}"
+            f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}; re-export it"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{path} does not match its own model settings ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected tensors)")
+        raise UserError(
+            f"{path} does not match its own model settings ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors)"
+        )
     if info.model.design == "latent":
         attach_autoencoder(model, info, device)
     return model.to(device).eval(), info
@@ -161,9 +183,11 @@ def attach_autoencoder(model, info: WeightsInfo, device="cpu") -> None:
         raise UserError(f"{info.path} is a latent model without the hash of its autoencoder (damaged metadata)")
     ae = find_autoencoder(info.path, info.model.autoencoder_sha256, device)
     if (ae.cfg.latent_size, ae.cfg.latent_channels) != (info.model.sample_size, info.model.latent_channels):
-        raise UserError(f"{ae.path} encodes {ae.cfg.latent_channels}x{ae.cfg.latent_size}x{ae.cfg.latent_size} "
-                        f"latents, but {info.path} denoises {info.model.latent_channels}x{info.model.sample_size}"
-                        f"x{info.model.sample_size}")
+        raise UserError(
+            f"{ae.path} encodes {ae.cfg.latent_channels}x{ae.cfg.latent_size}x{ae.cfg.latent_size} "
+            f"latents, but {info.path} denoises {info.model.latent_channels}x{info.model.sample_size}"
+            f"x{info.model.sample_size}"
+        )
     model.attach_autoencoder(ae)
 
 
@@ -202,8 +226,12 @@ def resolve_model(checkpoint: Path | None) -> ModelSource:
     if checkpoint is not None:
         named = Path(checkpoint)
         path = _checkpoint_file(named)
-        return ModelSource(path, "checkpoint", named, unfinished=unfinished_step(path.parent.parent)
-                           if path.parent.name == "weights" else None)
+        return ModelSource(
+            path,
+            "checkpoint",
+            named,
+            unfinished=unfinished_step(path.parent.parent) if path.parent.name == "weights" else None,
+        )
     runs = runs_newest_first()
     skipped = runs[0] if runs and unfinished_step(runs[0]) is not None else None
     extra = {"passed_over": skipped, "passed_over_step": unfinished_step(skipped)} if skipped else {}
@@ -215,8 +243,10 @@ def resolve_model(checkpoint: Path | None) -> ModelSource:
         return ModelSource(packaged, "packaged", **extra)
     if runs:  # only unfinished runs and no packaged model: the newest, said plainly
         return ModelSource(runs[0] / "weights" / "ema.safetensors", "run", runs[0], unfinished=unfinished_step(runs[0]))
-    raise UserError(f"no trained model found under {checkpoints_root()}/; train one with "
-                    "`iclevr train` (or `iclevr demo`), or pass --checkpoint PATH")
+    raise UserError(
+        f"no trained model found under {checkpoints_root()}/; train one with "
+        "`iclevr train` (or `iclevr demo`), or pass --checkpoint PATH"
+    )
 
 
 def resolve_checkpoint(path: Path | None) -> Path:
@@ -230,13 +260,18 @@ def _checkpoint_file(path: Path) -> Path:
         for name in ("ema.safetensors", "model.safetensors"):
             if (path / "weights" / name).is_file():
                 return path / "weights" / name
-        raise UserError(no_weights_line(path) or f"{path} is not a run folder with weights (no "
-                        "weights/ema.safetensors); pass a run folder or an iclevr .safetensors weights file")
+        raise UserError(
+            no_weights_line(path)
+            or f"{path} is not a run folder with weights (no "
+            "weights/ema.safetensors); pass a run folder or an iclevr .safetensors weights file"
+        )
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix != ".safetensors":
-        raise UserError(f"{path} is not a .safetensors file; pass a run folder or iclevr weights "
-                        "(training states and .pth pickles are not loaded for sampling)")
+        raise UserError(
+            f"{path} is not a .safetensors file; pass a run folder or iclevr weights "
+            "(training states and .pth pickles are not loaded for sampling)"
+        )
     return path
 
 
@@ -253,17 +288,24 @@ def model_line(source: ModelSource, info: WeightsInfo) -> str:
     """The one line sample, denoise-trace, eval and export print: which weights they use and why."""
     if source.kind == "packaged":
         acc = packaged_accuracy(info)
-        scored = (f"test/new_test {acc['test']:.3f}/{acc['new_test']:.3f}" if {"test", "new_test"} <= set(acc)
-                  else "not scored")
-        line = (f"model: packaged pretrained model {source.path} ({info.model.condition}, {info.step:,} steps, "
-                f"{scored}; model card: {MODEL_CARD})")
+        scored = (
+            f"test/new_test {acc['test']:.3f}/{acc['new_test']:.3f}"
+            if {"test", "new_test"} <= set(acc)
+            else "not scored"
+        )
+        line = (
+            f"model: packaged pretrained model {source.path} ({info.model.condition}, {info.step:,} steps, "
+            f"{scored}; model card: {MODEL_CARD})"
+        )
     elif source.kind == "run":
         line = f"model: newest run {source.named} (step {info.step:,}{_unfinished(source)})"
     else:
         line = f"model: --checkpoint {source.named} (step {info.step:,}{_unfinished(source)})"
     if source.passed_over:
-        line += (f"; not the newer run {source.passed_over}, which has not finished (step "
-                 f"{source.passed_over_step:,}): name it with --checkpoint to use it")
+        line += (
+            f"; not the newer run {source.passed_over}, which has not finished (step "
+            f"{source.passed_over_step:,}): name it with --checkpoint to use it"
+        )
     return line
 
 

@@ -21,8 +21,9 @@ TINY_MODEL = {  # a UNet small enough that a CPU step takes milliseconds
 }
 
 
-def write_course_kit(root: Path, scenes: int = 4, size=(40, 30), rgba: bool = True, seed: int = 0,
-                     extra_png: bool = True) -> Path:
+def write_course_kit(
+    root: Path, scenes: int = 4, size=(40, 30), rgba: bool = True, seed: int = 0, extra_png: bool = True
+) -> Path:
     """Write a minimal course kit: `_0/_1/_2` scenes of coloured boxes, objects/test/new_test JSON."""
     from PIL import Image, ImageDraw
 

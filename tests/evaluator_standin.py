@@ -22,8 +22,16 @@ import torch
 from iclevr import labels as L
 
 # one reference colour per colour word, in [-1, 1] (RGB / 127.5 - 1), far apart from each other
-REFERENCE = {"gray": (128, 128, 128), "red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20),
-             "brown": (130, 70, 10), "purple": (150, 20, 200), "cyan": (20, 210, 210), "yellow": (230, 220, 10)}
+REFERENCE = {
+    "gray": (128, 128, 128),
+    "red": (220, 20, 20),
+    "blue": (20, 20, 220),
+    "green": (20, 200, 20),
+    "brown": (130, 70, 10),
+    "purple": (150, 20, 200),
+    "cyan": (20, 210, 210),
+    "yellow": (230, 220, 10),
+}
 SHAPE_BONUS = 0.05  # in logits: orders the shapes of one colour; far below the gap between two colours
 
 
@@ -85,7 +93,7 @@ def fixed_ranking(path: Path, order: list[str]) -> Path:
 def fixed_topk(order: list[str], condition: list[str]) -> list[str]:
     """What `fixed_ranking(order)` predicts for an image asking for `condition`."""
     ranked = list(order) + [n for n in L.LABELS if n not in order]
-    return ranked[:len(condition)]
+    return ranked[: len(condition)]
 
 
 def expected_hits(conditions: list[list[str]], predicted: list[list[str]]) -> list[int]:

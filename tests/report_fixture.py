@@ -41,15 +41,30 @@ def fake_split(conditions: list[list[str]], seeds=(0, 1, 2)) -> dict:
         rng = random.Random(seed)
         predicted = [judge(c, rng) for c in conditions]
         hits = [len(set(c) & set(p)) for c, p in zip(conditions, predicted)]
-        runs.append({"seed": seed, "hits": sum(hits), "total": objects, "accuracy": sum(hits) / objects,
-                     "per_condition": hits, "predicted": predicted})
+        runs.append(
+            {
+                "seed": seed,
+                "hits": sum(hits),
+                "total": objects,
+                "accuracy": sum(hits) / objects,
+                "per_condition": hits,
+                "predicted": predicted,
+            }
+        )
         all_req += conditions
         all_pred += predicted
     accs = [r["accuracy"] for r in runs]
-    return {"conditions": conditions, "objects": objects, "runs": runs, "accuracy": accs,
-            "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
-            "hits": sum(r["hits"] for r in runs), "total": sum(r["total"] for r in runs),
-            **analyse(all_req, all_pred, L.LABELS)}
+    return {
+        "conditions": conditions,
+        "objects": objects,
+        "runs": runs,
+        "accuracy": accs,
+        "mean": statistics.fmean(accs),
+        "std": statistics.pstdev(accs),
+        "hits": sum(r["hits"] for r in runs),
+        "total": sum(r["total"] for r in runs),
+        **analyse(all_req, all_pred, L.LABELS),
+    }
 
 
 def fake_conditions(n: int, min_objects: int, seed: int) -> list[list[str]]:
@@ -60,13 +75,21 @@ def fake_conditions(n: int, min_objects: int, seed: int) -> list[list[str]]:
 
 def fake_report(splits: dict[str, list[list[str]]], seeds=(0, 1, 2)) -> dict:
     """A whole report.json of `iclevr eval` around fake_split's splits."""
-    return {"checkpoint": "checkpoints/tiny-run/weights/ema.safetensors", "images": None,
-            "model": {"preset": "tiny", "step": 1200, "condition_type": "class_embedding"},
-            "sampler": {"sampler": "dpmpp-sde", "steps": 20, "guidance_scale": 1.0, "batch_size": 64, "seed": 0},
-            "data_dir": "/data/iclevr", "evaluator": {"kind": "own", "path": "/cache/evaluator.safetensors",
-                                                     "sha256": "ab" * 32, "heldout": {"test-like": 0.981}},
-            "settings": {"split": "all", "seeds": list(seeds), "note": "<script>alert(1)</script> & more"},
-            "splits": {s: fake_split(c, seeds) for s, c in splits.items()}}
+    return {
+        "checkpoint": "checkpoints/tiny-run/weights/ema.safetensors",
+        "images": None,
+        "model": {"preset": "tiny", "step": 1200, "condition_type": "class_embedding"},
+        "sampler": {"sampler": "dpmpp-sde", "steps": 20, "guidance_scale": 1.0, "batch_size": 64, "seed": 0},
+        "data_dir": "/data/iclevr",
+        "evaluator": {
+            "kind": "own",
+            "path": "/cache/evaluator.safetensors",
+            "sha256": "ab" * 32,
+            "heldout": {"test-like": 0.981},
+        },
+        "settings": {"split": "all", "seeds": list(seeds), "note": "<script>alert(1)</script> & more"},
+        "splits": {s: fake_split(c, seeds) for s, c in splits.items()},
+    }
 
 
 def write_example(kit, out) -> None:
@@ -88,14 +111,19 @@ def write_example(kit, out) -> None:
     out.mkdir(parents=True, exist_ok=True)
     grids = {}
     for split, fs in files.items():  # squashed to 64x64 like the course loader
-        images = np.stack([np.asarray(Image.open(kit / "iclevr" / f).convert("RGB").resize((64, 64), Image.BILINEAR))
-                           for f in fs])
+        images = np.stack(
+            [np.asarray(Image.open(kit / "iclevr" / f).convert("RGB").resize((64, 64), Image.BILINEAR)) for f in fs]
+        )
         grid = annotate_split(images, report["splits"][split], title=f"{split}, sampling seed 0")
         grids[split] = grid.png()
         (out / f"{split}_annotated.png").write_bytes(grids[split])
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    write_report(out / "report.html", report, images=grids,
-                 title="Example report: synthetic renders, verdicts from a stand-in judge")
+    write_report(
+        out / "report.html",
+        report,
+        images=grids,
+        title="Example report: synthetic renders, verdicts from a stand-in judge",
+    )
 
 
 if __name__ == "__main__":  # python tests/report_fixture.py KIT OUT (KIT from `iclevr data synth --out KIT`)

@@ -14,10 +14,18 @@ from iclevr.evaluation.annotate import FOUND, MISSED, WRONG, annotate_split, ann
 from iclevr.evaluation.metric import image_hits, topk_predictions
 
 # a stand-in evaluator whose answers are known: condition -> its top-k predictions
-CONDITIONS = [["red cube", "blue sphere"], ["yellow cylinder"], ["gray cube", "purple sphere", "cyan cylinder"],
-              ["green cube", "brown sphere"]]
-PREDICTED = [["red cube", "green cylinder"], ["yellow cylinder"], ["gray sphere", "purple cube", "cyan cylinder"],
-             ["brown sphere", "green cube"]]
+CONDITIONS = [
+    ["red cube", "blue sphere"],
+    ["yellow cylinder"],
+    ["gray cube", "purple sphere", "cyan cylinder"],
+    ["green cube", "brown sphere"],
+]
+PREDICTED = [
+    ["red cube", "green cylinder"],
+    ["yellow cylinder"],
+    ["gray sphere", "purple cube", "cyan cylinder"],
+    ["brown sphere", "green cube"],
+]
 
 
 def centre(box):
@@ -36,8 +44,7 @@ def stand_in_scores(predicted: list[list[str]]) -> np.ndarray:
 
 
 def test_hits_from_marks_found_missed_and_wrong():
-    assert hits_from(["red cube", "blue sphere"], ["red cube", "green cylinder"]) == ([True, False],
-                                                                                    ["green cylinder"])
+    assert hits_from(["red cube", "blue sphere"], ["red cube", "green cylinder"]) == ([True, False], ["green cylinder"])
     assert hits_from([1, 10], [1, 19]) == ([True, False], ["green cylinder"])  # indices work too
     assert hits_from([" Red  Cube"], ["red cube"]) == ([True], [])
 

@@ -24,8 +24,14 @@ def world(tmp_path, course_kit, tiny_model_cfg):
     from iclevr.weights import save_weights
 
     torch.manual_seed(0)
-    weights = save_weights(build_model(tiny_model_cfg), tmp_path / "tiny.safetensors", model_cfg=tiny_model_cfg,
-                           schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(steps=2), preset="tiny")
+    weights = save_weights(
+        build_model(tiny_model_cfg),
+        tmp_path / "tiny.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(steps=2),
+        preset="tiny",
+    )
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
@@ -41,8 +47,11 @@ def world(tmp_path, course_kit, tiny_model_cfg):
 
 
 def _fingerprint(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".iclevr-cache" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".iclevr-cache" not in p.parts
+    }
 
 
 def _sub(args: list[str], world: dict) -> list[str]:
@@ -51,86 +60,192 @@ def _sub(args: list[str], world: dict) -> list[str]:
 
 CASES = [
     # sample
-    ("sample: unknown label", ["sample", "--checkpoint", "{w}", "--labels", "pink sphere"],
-     'unknown label "pink sphere" — did you mean "purple sphere"?'),
-    ("sample: duplicate label", ["sample", "--checkpoint", "{w}", "--labels", "red cube,Red Cube"],
-     'duplicate label "red cube" in condition'),
-    ("sample: empty labels", ["sample", "--checkpoint", "{w}", "--labels", " , "],
-     "empty condition: name at least one object"),
-    ("sample: missing checkpoint", ["sample", "--checkpoint", "{tmp}/nope.safetensors", "--labels", "red cube"],
-     "checkpoint not found: {tmp}/nope.safetensors"),
-    ("sample: not safetensors", ["sample", "--checkpoint", "{tmp}/model.pth", "--labels", "red cube"],
-     "{tmp}/model.pth is not a .safetensors file"),
-    ("sample: foreign safetensors", ["sample", "--checkpoint", "{tmp}/foreign.safetensors", "--labels",
-                                     "red cube"], "foreign.safetensors is a safetensors file without iclevr metadata"),
-    ("sample: truncated safetensors", ["sample", "--checkpoint", "{tmp}/truncated.safetensors", "--labels",
-                                       "red cube"],
-     "truncated.safetensors is not a readable safetensors file (truncated"),
-    ("sample: zero steps", ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--steps", "0"],
-     "settings.sampler.steps: Input should be greater than 0"),
-    ("sample: guidance out of range", ["sample", "--checkpoint", "{w}", "--labels", "red cube",
-                                       "--guidance-scale", "-1"],
-     "settings.sampler.guidance_scale: Input should be greater than or equal to 0"),
-    ("sample: unknown sampler", ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--sampler", "euler"],
-     'unknown sampler "euler"; valid: ddpm, ddim'),
-    ("sample: conflicting flags", ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--labels-file",
-                                   "{tmp}/labels_bad.json"], "--labels and --labels-file conflict"),
-    ("sample: labels file with unknown label", ["sample", "--checkpoint", "{w}", "--labels-file",
-                                                "{tmp}/labels_bad.json"],
-     'labels_bad.json condition 1: unknown label "pink cube"'),
-    ("sample: malformed labels file", ["sample", "--checkpoint", "{w}", "--labels-file",
-                                       "{tmp}/labels_malformed.json"],
-     "labels_malformed.json is not valid JSON"),
-    ("sample: unwritable output", ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--out",
-                                   "{tmp}/afile.txt/grid.png"],
-     "cannot write to output folder {tmp}/afile.txt: it is a file, not a folder"),
+    (
+        "sample: unknown label",
+        ["sample", "--checkpoint", "{w}", "--labels", "pink sphere"],
+        'unknown label "pink sphere" — did you mean "purple sphere"?',
+    ),
+    (
+        "sample: duplicate label",
+        ["sample", "--checkpoint", "{w}", "--labels", "red cube,Red Cube"],
+        'duplicate label "red cube" in condition',
+    ),
+    (
+        "sample: empty labels",
+        ["sample", "--checkpoint", "{w}", "--labels", " , "],
+        "empty condition: name at least one object",
+    ),
+    (
+        "sample: missing checkpoint",
+        ["sample", "--checkpoint", "{tmp}/nope.safetensors", "--labels", "red cube"],
+        "checkpoint not found: {tmp}/nope.safetensors",
+    ),
+    (
+        "sample: not safetensors",
+        ["sample", "--checkpoint", "{tmp}/model.pth", "--labels", "red cube"],
+        "{tmp}/model.pth is not a .safetensors file",
+    ),
+    (
+        "sample: foreign safetensors",
+        ["sample", "--checkpoint", "{tmp}/foreign.safetensors", "--labels", "red cube"],
+        "foreign.safetensors is a safetensors file without iclevr metadata",
+    ),
+    (
+        "sample: truncated safetensors",
+        ["sample", "--checkpoint", "{tmp}/truncated.safetensors", "--labels", "red cube"],
+        "truncated.safetensors is not a readable safetensors file (truncated",
+    ),
+    (
+        "sample: zero steps",
+        ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--steps", "0"],
+        "settings.sampler.steps: Input should be greater than 0",
+    ),
+    (
+        "sample: guidance out of range",
+        ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--guidance-scale", "-1"],
+        "settings.sampler.guidance_scale: Input should be greater than or equal to 0",
+    ),
+    (
+        "sample: unknown sampler",
+        ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--sampler", "euler"],
+        'unknown sampler "euler"; valid: ddpm, ddim',
+    ),
+    (
+        "sample: conflicting flags",
+        ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--labels-file", "{tmp}/labels_bad.json"],
+        "--labels and --labels-file conflict",
+    ),
+    (
+        "sample: labels file with unknown label",
+        ["sample", "--checkpoint", "{w}", "--labels-file", "{tmp}/labels_bad.json"],
+        'labels_bad.json condition 1: unknown label "pink cube"',
+    ),
+    (
+        "sample: malformed labels file",
+        ["sample", "--checkpoint", "{w}", "--labels-file", "{tmp}/labels_malformed.json"],
+        "labels_malformed.json is not valid JSON",
+    ),
+    (
+        "sample: unwritable output",
+        ["sample", "--checkpoint", "{w}", "--labels", "red cube", "--out", "{tmp}/afile.txt/grid.png"],
+        "cannot write to output folder {tmp}/afile.txt: it is a file, not a folder",
+    ),
     # denoise-trace
-    ("trace: one frame", ["denoise-trace", "--checkpoint", "{w}", "--frames", "1"],
-     "settings.frames: Input should be greater than or equal to 2"),
-    ("trace: bad label", ["denoise-trace", "--checkpoint", "{w}", "--labels", "red spere,blue cube,blue cube"],
-     'unknown label "red spere" — did you mean "red sphere"?'),
-    ("trace: unknown key in the config", ["denoise-trace", "--checkpoint", "{w}", "--config",
-                                          "{tmp}/unknown_key.json"], "settings.sampler.stepz: unknown setting"),
+    (
+        "trace: one frame",
+        ["denoise-trace", "--checkpoint", "{w}", "--frames", "1"],
+        "settings.frames: Input should be greater than or equal to 2",
+    ),
+    (
+        "trace: bad label",
+        ["denoise-trace", "--checkpoint", "{w}", "--labels", "red spere,blue cube,blue cube"],
+        'unknown label "red spere" — did you mean "red sphere"?',
+    ),
+    (
+        "trace: unknown key in the config",
+        ["denoise-trace", "--checkpoint", "{w}", "--config", "{tmp}/unknown_key.json"],
+        "settings.sampler.stepz: unknown setting",
+    ),
     # train
-    ("train: zero batch size", ["train", "--preset", "tiny", "--data-dir", "{kit}", "--batch-size", "0",
-                                "--out", "{tmp}/run"], "settings.train.batch_size: Input should be greater than 0"),
-    ("train: negative epochs", ["train", "--preset", "tiny", "--data-dir", "{kit}", "--epochs", "-1",
-                                "--out", "{tmp}/run"], "settings.train.epochs: Input should be greater than 0"),
-    ("train: unknown schedule", ["train", "--preset", "tiny", "--data-dir", "{kit}", "--schedule", "cosin",
-                                 "--out", "{tmp}/run"], 'unknown noise schedule "cosin"; valid: linear'),
-    ("train: missing data folder", ["train", "--preset", "tiny", "--data-dir", "{tmp}/nodata", "--max-steps",
-                                    "1", "--out", "{tmp}/run"], "data folder not found: {tmp}/nodata"),
+    (
+        "train: zero batch size",
+        ["train", "--preset", "tiny", "--data-dir", "{kit}", "--batch-size", "0", "--out", "{tmp}/run"],
+        "settings.train.batch_size: Input should be greater than 0",
+    ),
+    (
+        "train: negative epochs",
+        ["train", "--preset", "tiny", "--data-dir", "{kit}", "--epochs", "-1", "--out", "{tmp}/run"],
+        "settings.train.epochs: Input should be greater than 0",
+    ),
+    (
+        "train: unknown schedule",
+        ["train", "--preset", "tiny", "--data-dir", "{kit}", "--schedule", "cosin", "--out", "{tmp}/run"],
+        'unknown noise schedule "cosin"; valid: linear',
+    ),
+    (
+        "train: missing data folder",
+        ["train", "--preset", "tiny", "--data-dir", "{tmp}/nodata", "--max-steps", "1", "--out", "{tmp}/run"],
+        "data folder not found: {tmp}/nodata",
+    ),
     ("train: unknown preset", ["train", "--preset", "huge"], 'unknown preset "huge"'),
-    ("train: a word for a number", ["train", "--preset", "tiny", "--max-minutes", "soon"],
-     "Invalid value for '--max-minutes'"),
+    (
+        "train: a word for a number",
+        ["train", "--preset", "tiny", "--max-minutes", "soon"],
+        "Invalid value for '--max-minutes'",
+    ),
     # eval
-    ("eval: bad split", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--split", "train"],
-     "settings.split: Input should be 'test', 'new_test', 'val' or 'all'"),
-    ("eval: missing checkpoint", ["eval", "--checkpoint", "{tmp}/nope", "--data-dir", "{kit}"],
-     "checkpoint not found: {tmp}/nope"),
-    ("eval: evaluator with wrong keys", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--evaluator",
-                                         "{tmp}/bad_evaluator.pth", "--seeds", "0"],
-     "bad_evaluator.pth is not a resnet18 evaluator"),
-    ("eval: seeds not integers", ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--seeds", "0,x"],
-     "--seeds must be comma-separated integers"),
+    (
+        "eval: bad split",
+        ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--split", "train"],
+        "settings.split: Input should be 'test', 'new_test', 'val' or 'all'",
+    ),
+    (
+        "eval: missing checkpoint",
+        ["eval", "--checkpoint", "{tmp}/nope", "--data-dir", "{kit}"],
+        "checkpoint not found: {tmp}/nope",
+    ),
+    (
+        "eval: evaluator with wrong keys",
+        [
+            "eval",
+            "--checkpoint",
+            "{w}",
+            "--data-dir",
+            "{kit}",
+            "--evaluator",
+            "{tmp}/bad_evaluator.pth",
+            "--seeds",
+            "0",
+        ],
+        "bad_evaluator.pth is not a resnet18 evaluator",
+    ),
+    (
+        "eval: seeds not integers",
+        ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--seeds", "0,x"],
+        "--seeds must be comma-separated integers",
+    ),
     # data
-    ("data check: missing folder", ["data", "check", "--data-dir", "{tmp}/nodata"],
-     "data folder not found: {tmp}/nodata"),
-    ("data synth: bad size", ["data", "synth", "--out", "{tmp}/synth", "--size", "12x"],
-     '--size "12x" is not WIDTHxHEIGHT'),
-    ("data synth: zero scenes", ["data", "synth", "--out", "{tmp}/synth", "--scenes", "0"],
-     "settings.scenes: Input should be greater than or equal to 1"),
-    ("data synth: 16:9 size from a config", ["data", "synth", "--out", "{tmp}/synth", "--config",
-                                             "{tmp}/synth_16x9.json"], "--size 160x90 is not 4:3"),
+    (
+        "data check: missing folder",
+        ["data", "check", "--data-dir", "{tmp}/nodata"],
+        "data folder not found: {tmp}/nodata",
+    ),
+    (
+        "data synth: bad size",
+        ["data", "synth", "--out", "{tmp}/synth", "--size", "12x"],
+        '--size "12x" is not WIDTHxHEIGHT',
+    ),
+    (
+        "data synth: zero scenes",
+        ["data", "synth", "--out", "{tmp}/synth", "--scenes", "0"],
+        "settings.scenes: Input should be greater than or equal to 1",
+    ),
+    (
+        "data synth: 16:9 size from a config",
+        ["data", "synth", "--out", "{tmp}/synth", "--config", "{tmp}/synth_16x9.json"],
+        "--size 160x90 is not 4:3",
+    ),
     # compare-schedules and demo
-    ("compare: unknown schedule", ["compare-schedules", "--schedules", "linear,quadratic", "--max-steps", "1",
-                                   "--out", "{tmp}/cmp"], 'unknown noise schedule "quadratic"'),
-    ("compare: no fixed budget", ["compare-schedules", "--out", "{tmp}/cmp"],
-     "give a fixed budget with --epochs or --max-steps"),
-    ("compare: negative seed", ["compare-schedules", "--seeds", "-1", "--max-steps", "1", "--out", "{tmp}/cmp"],
-     "--seeds needs at least one non-negative integer"),
-    ("demo: zero minutes", ["demo", "--minutes", "0", "--out", "{tmp}/demo"],
-     "settings.minutes: Input should be greater than 0"),
+    (
+        "compare: unknown schedule",
+        ["compare-schedules", "--schedules", "linear,quadratic", "--max-steps", "1", "--out", "{tmp}/cmp"],
+        'unknown noise schedule "quadratic"',
+    ),
+    (
+        "compare: no fixed budget",
+        ["compare-schedules", "--out", "{tmp}/cmp"],
+        "give a fixed budget with --epochs or --max-steps",
+    ),
+    (
+        "compare: negative seed",
+        ["compare-schedules", "--seeds", "-1", "--max-steps", "1", "--out", "{tmp}/cmp"],
+        "--seeds needs at least one non-negative integer",
+    ),
+    (
+        "demo: zero minutes",
+        ["demo", "--minutes", "0", "--out", "{tmp}/demo"],
+        "settings.minutes: Input should be greater than 0",
+    ),
 ]
 
 
@@ -150,16 +265,30 @@ def test_bad_input(world, name, args, match):
     assert {k: v for k, v in after.items() if k in before} == before, f"{name} changed the user's files"
 
 
-@pytest.mark.parametrize("filename,content,match", [
-    ("train.json", "{not json", "not valid JSON"),
-    ("test.json", json.dumps([["red sphere"], ["teal cube"]]), "teal cube"),
-    ("objects.json", json.dumps({"gray cube": 5}), "objects.json"),
-])
+@pytest.mark.parametrize(
+    "filename,content,match",
+    [
+        ("train.json", "{not json", "not valid JSON"),
+        ("test.json", json.dumps([["red sphere"], ["teal cube"]]), "teal cube"),
+        ("objects.json", json.dumps({"gray cube": 5}), "objects.json"),
+    ],
+)
 def test_bad_kit_files(world, filename, content, match):
     (world["kit"] / filename).write_text(content)
-    for args in (["data", "check", "--data-dir", str(world["kit"])],
-                 ["train", "--preset", "tiny", "--data-dir", str(world["kit"]), "--max-steps", "1",
-                  "--out", str(world["tmp"] / "run")]):
+    for args in (
+        ["data", "check", "--data-dir", str(world["kit"])],
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data-dir",
+            str(world["kit"]),
+            "--max-steps",
+            "1",
+            "--out",
+            str(world["tmp"] / "run"),
+        ],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and match in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
 
@@ -168,6 +297,18 @@ def test_missing_and_corrupt_images_stop_training(world):
     images = sorted((world["kit"] / "iclevr").glob("CLEVR_*.png"))
     images[0].unlink()
     images[1].write_bytes(b"garbage")
-    r = runner.invoke(app, ["train", "--preset", "tiny", "--data-dir", str(world["kit"]), "--max-steps", "1",
-                            "--out", str(world["tmp"] / "run")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--data-dir",
+            str(world["kit"]),
+            "--max-steps",
+            "1",
+            "--out",
+            str(world["tmp"] / "run"),
+        ],
+    )
     assert r.exit_code == 2 and "1 missing" in r.stderr and "1 corrupt" in r.stderr

@@ -27,9 +27,15 @@ def tiny_run(tiny_model_cfg) -> Path:
 
     torch.manual_seed(0)
     run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"
-    save_weights(build_model(tiny_model_cfg), run / "weights" / "ema.safetensors", model_cfg=tiny_model_cfg,
-                 schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(sampler="ddim", steps=2),
-                 preset="tiny", step=1)
+    save_weights(
+        build_model(tiny_model_cfg),
+        run / "weights" / "ema.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=2),
+        preset="tiny",
+        step=1,
+    )
     return run
 
 
@@ -79,8 +85,26 @@ def test_eval_scores_sampled_images_with_a_known_evaluator(tiny_run, course_kit,
     course = fixed_ranking(tmp_path / "fixed.pth", order)
     own = save_own(load_file(course).net, tmp_path / "fixed.safetensors", {"heldout": {}})  # our format too
     out = tmp_path / "eval"
-    text = _ok(runner.invoke(app, ["eval", "--data-dir", str(course_kit), "--evaluator", str(own),
-                                   "--seeds", "0,1", "--steps", "2", "--out", str(out), "--device", "cpu"]))
+    text = _ok(
+        runner.invoke(
+            app,
+            [
+                "eval",
+                "--data-dir",
+                str(course_kit),
+                "--evaluator",
+                str(own),
+                "--seeds",
+                "0,1",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ],
+        )
+    )
     for split in ("test", "new_test"):
         names = sorted(p.name for p in (out / "images" / split).iterdir())
         assert names == sorted(f"{i}.png" for i in range(32))
@@ -125,8 +149,10 @@ def _assert_report_page(out: Path, report: dict) -> None:
             png = png.convert("RGB")
             assert decode(img["src"]).size == png.size == grid.image.size
             drawn = [png.getpixel(((m.box[0] + m.box[2]) // 2, (m.box[1] + m.box[3]) // 2)) for m in grid.marks]
-        found = [sum(c == FOUND for c, m in zip(drawn, grid.marks) if m.image == i and m.kind != "wrong")
-                 for i in range(len(r["conditions"]))]
+        found = [
+            sum(c == FOUND for c, m in zip(drawn, grid.marks) if m.image == i and m.kind != "wrong")
+            for i in range(len(r["conditions"]))
+        ]
         assert found == r["runs"][0]["per_condition"]  # the green squares in the written PNG are the hits
 
 
@@ -136,8 +162,22 @@ def test_eval_images_mode_with_course_checkpoint_in_data_dir(tiny_run, course_ki
     conditions = json.loads((course_kit / "test.json").read_text())
     predicted = _painted(tmp_path / "flat", conditions)
     out = tmp_path / "ev-out"
-    text = _ok(runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test",
-                                   "--data-dir", str(course_kit), "--out", str(out)]))
+    text = _ok(
+        runner.invoke(
+            app,
+            [
+                "eval",
+                "--images",
+                str(tmp_path / "flat"),
+                "--split",
+                "test",
+                "--data-dir",
+                str(course_kit),
+                "--out",
+                str(out),
+            ],
+        )
+    )
     report = json.loads((out / "report.json").read_text())
     assert list(report["splits"]) == ["test"] and report["evaluator"]["kind"] == "course"
     assert (out / report["evaluator"]["path"]).resolve() == (course_kit / "checkpoint.pth").resolve()
@@ -149,8 +189,9 @@ def test_eval_images_mode_with_course_checkpoint_in_data_dir(tiny_run, course_ki
     split = report["splits"]["test"]
     assert f"{split['hits']} / {split['total']}" in text
     (tmp_path / "flat" / "31.png").unlink()
-    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test",
-                                 "--data-dir", str(course_kit)])
+    result = runner.invoke(
+        app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test", "--data-dir", str(course_kit)]
+    )
     assert result.exit_code == 2 and "31.png" in result.output
 
 
@@ -163,8 +204,22 @@ def test_eval_images_mode_needs_no_training_images(tmp_path):
     predicted = _painted(tmp_path / "imgs" / "new_test", conditions)
     evaluator = colour_reader(tmp_path / "reader.pth")
     out = tmp_path / "out"
-    _ok(runner.invoke(app, ["eval", "--images", str(tmp_path / "imgs"), "--split", "new_test",
-                            "--evaluator", str(evaluator), "--out", str(out)]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "eval",
+                "--images",
+                str(tmp_path / "imgs"),
+                "--split",
+                "new_test",
+                "--evaluator",
+                str(evaluator),
+                "--out",
+                str(out),
+            ],
+        )
+    )
     report = json.loads((out / "report.json").read_text())
     _assert_scored(report["splits"]["new_test"], conditions, predicted)
     assert report["data_dir"] is None and (out / report["evaluator"]["path"]).resolve() == evaluator.resolve()
@@ -183,12 +238,15 @@ def test_eval_fails_fast_without_a_trained_model(tmp_path):
     assert result.exit_code == 2 and "no trained model found" in result.output, result.output
     assert time.perf_counter() - began < 30  # the embedded kit alone took minutes to render
     assert not (iclevr_home() / "kits").exists() and not own_default_path().exists()
-    result = runner.invoke(app, ["eval", "--images", str(tmp_path), "--split", "test",
-                                 "--evaluator", str(tmp_path / "missing.pth")])
+    result = runner.invoke(
+        app, ["eval", "--images", str(tmp_path), "--split", "test", "--evaluator", str(tmp_path / "missing.pth")]
+    )
     assert result.exit_code == 2 and "0.png" in result.output  # the image folder is checked first
     _painted(tmp_path / "flat", [["red cube"]] * 32)
-    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test",
-                                 "--evaluator", str(tmp_path / "missing.pth")])
+    result = runner.invoke(
+        app,
+        ["eval", "--images", str(tmp_path / "flat"), "--split", "test", "--evaluator", str(tmp_path / "missing.pth")],
+    )
     assert result.exit_code == 2 and "evaluator file not found" in result.output, result.output
 
 
@@ -196,8 +254,24 @@ def test_eval_fails_fast_without_a_trained_model(tmp_path):
 def test_eval_default_out_and_first_use_own_evaluator(tiny_run, course_kit, tmp_path):
     config = tmp_path / "eval.toml"
     config.write_text("[own_evaluator]\npool = 16\nmax_steps = 1\nheldout = 4\nbatch_size = 8\nworkers = 1\n")
-    text = _ok(runner.invoke(app, ["eval", "--data-dir", str(course_kit), "--split", "new_test", "--seeds", "3",
-                                   "--steps", "1", "--config", str(config)]))
+    text = _ok(
+        runner.invoke(
+            app,
+            [
+                "eval",
+                "--data-dir",
+                str(course_kit),
+                "--split",
+                "new_test",
+                "--seeds",
+                "3",
+                "--steps",
+                "1",
+                "--config",
+                str(config),
+            ],
+        )
+    )
     assert "training the project's own evaluator" in text
     from iclevr.evaluation.evaluator import own_default_path
 
@@ -206,8 +280,22 @@ def test_eval_default_out_and_first_use_own_evaluator(tiny_run, course_kit, tmp_
     assert list(report["splits"]) == ["new_test"] and report["splits"]["new_test"]["runs"][0]["seed"] == 3
     assert len(list((tiny_run / "eval" / "images" / "new_test").glob("*.png"))) == 32
     # --images on the per-split folder just written scores the same split without sampling
-    text = _ok(runner.invoke(app, ["eval", "--images", str(tiny_run / "eval" / "images"), "--split", "new_test",
-                                   "--data-dir", str(course_kit), "--out", str(tmp_path / "again")]))
+    text = _ok(
+        runner.invoke(
+            app,
+            [
+                "eval",
+                "--images",
+                str(tiny_run / "eval" / "images"),
+                "--split",
+                "new_test",
+                "--data-dir",
+                str(course_kit),
+                "--out",
+                str(tmp_path / "again"),
+            ],
+        )
+    )
     assert "training the project's own evaluator" not in text  # cached
     assert (tmp_path / "again" / "report.json").is_file()
 
@@ -218,26 +306,46 @@ def test_malicious_evaluator_is_refused_and_never_runs(course_kit, tmp_path):
             return (open, (str(tmp_path / "pwned.txt"), "w"))
 
     torch.save({"model": Evil()}, tmp_path / "checkpoint.pth")
-    result = runner.invoke(app, ["evaluator", "export", "--evaluator", str(tmp_path / "checkpoint.pth"),
-                                 "--out", str(tmp_path / "copy.pth")])
+    result = runner.invoke(
+        app,
+        ["evaluator", "export", "--evaluator", str(tmp_path / "checkpoint.pth"), "--out", str(tmp_path / "copy.pth")],
+    )
     assert result.exit_code == 2 and "refused" in result.output
     assert not (tmp_path / "pwned.txt").exists() and not (tmp_path / "copy.pth").exists()
     shutil.copy(tmp_path / "checkpoint.pth", course_kit / "checkpoint.pth")
     _painted(tmp_path / "flat", json.loads((course_kit / "test.json").read_text()))  # images that would score
-    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test", "--data-dir",
-                                 str(course_kit)])
+    result = runner.invoke(
+        app, ["eval", "--images", str(tmp_path / "flat"), "--split", "test", "--data-dir", str(course_kit)]
+    )
     assert result.exit_code == 2 and "refused" in result.output and not (tmp_path / "pwned.txt").exists()
 
 
 @pytest.mark.slow
 def test_evaluator_train_and_export(tmp_path):
     out = tmp_path / "own.safetensors"
-    text = _ok(runner.invoke(app, ["evaluator", "train", "--pool", "16", "--steps", "1", "--heldout", "4",
-                                   "--out", str(out), "--config", str(_write(tmp_path / "c.json",
-                                                                             {"batch_size": 8, "workers": 1}))]))
+    text = _ok(
+        runner.invoke(
+            app,
+            [
+                "evaluator",
+                "train",
+                "--pool",
+                "16",
+                "--steps",
+                "1",
+                "--heldout",
+                "4",
+                "--out",
+                str(out),
+                "--config",
+                str(_write(tmp_path / "c.json", {"batch_size": 8, "workers": 1})),
+            ],
+        )
+    )
     assert out.is_file() and "held-out" in text and "1-3 objects, 64x48 -> 64x64" in text
-    text = _ok(runner.invoke(app, ["evaluator", "export", "--evaluator", str(out), "--out",
-                                   str(tmp_path / "checkpoint.pth")]))
+    text = _ok(
+        runner.invoke(app, ["evaluator", "export", "--evaluator", str(out), "--out", str(tmp_path / "checkpoint.pth")])
+    )
     raw = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert list(raw) == ["model"] and raw["model"]["fc.0.weight"].shape == (24, 512)
     result = runner.invoke(app, ["evaluator", "export", "--out", str(tmp_path / "x.pth")])

@@ -22,8 +22,13 @@ def weights(tmp_path, tiny_model_cfg):
     from iclevr.weights import save_weights
 
     torch.manual_seed(0)
-    return save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
-                        schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(sampler="ddim", steps=6))
+    return save_weights(
+        build_model(tiny_model_cfg),
+        tmp_path / "w.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=6),
+    )
 
 
 def run(*args):
@@ -34,8 +39,20 @@ def run(*args):
 
 def test_sample_writes_grid_and_individual_images(weights, tmp_path):
     out = tmp_path / "out" / "grid.png"
-    r = run("sample", "--checkpoint", weights, "--labels", "red sphere,cyan cylinder,cyan cube", "--num", "10",
-            "--save-individual", "--out", out, "--device", "cpu")
+    r = run(
+        "sample",
+        "--checkpoint",
+        weights,
+        "--labels",
+        "red sphere,cyan cylinder,cyan cube",
+        "--num",
+        "10",
+        "--save-individual",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0, r.output
     assert "10 image(s)" in r.output and "ddim (6 steps, guidance 2)" in r.output  # the weights' defaults
     assert "images/s" in r.output and str(out) in r.output.replace("\n", "")
@@ -52,8 +69,20 @@ def test_sample_labels_file_flags_and_newest_run(weights, tmp_path):
     conds = tmp_path / "test.json"
     conds.write_text(json.dumps([["red sphere"], ["gray cube", "blue cylinder"], ["yellow sphere"]]))
     out = tmp_path / "g.png"
-    r = run("sample", "--labels-file", conds, "--sampler", "dpmpp", "--steps", "3", "--guidance-scale", "1",
-            "--out", out, "--save-individual")
+    r = run(
+        "sample",
+        "--labels-file",
+        conds,
+        "--sampler",
+        "dpmpp",
+        "--steps",
+        "3",
+        "--guidance-scale",
+        "1",
+        "--out",
+        out,
+        "--save-individual",
+    )
     assert r.exit_code == 0, r.output
     assert "3 image(s)" in r.output and "tiny-run" in r.output and "dpmpp (3 steps, guidance 1)" in r.output
     assert len(list((tmp_path / "g").glob("*.png"))) == 3
@@ -76,26 +105,35 @@ def test_sample_writes_each_batch_of_pngs_before_drawing_the_next(weights, tmp_p
     monkeypatch.setattr(S, "sample_batches", watching)
     conds = tmp_path / "c.json"
     conds.write_text(json.dumps([["red sphere"], ["cyan cube", "gray cylinder"]] * 3))
-    r = run_sample(SampleSettings(checkpoint=weights, labels_file=conds, out=tmp_path / "grid.png",
-                                  save_individual=True, sampler=SamplerSettings(steps=2, batch_size=4,
-                                                                                device="cpu")))
+    r = run_sample(
+        SampleSettings(
+            checkpoint=weights,
+            labels_file=conds,
+            out=tmp_path / "grid.png",
+            save_individual=True,
+            sampler=SamplerSettings(steps=2, batch_size=4, device="cpu"),
+        )
+    )
     assert seen == [[], [0, 1, 2, 3]] and r["images"] == 6
     assert sorted(int(p.stem) for p in (tmp_path / "grid").glob("*.png")) == list(range(6))
     assert Image.open(tmp_path / "grid.png").size == (6 * 66 + 2, 66 + 2)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("bad_label", 'unknown label "red spere" — did you mean "red sphere"'),
-    ("conflict", "--labels and --labels-file conflict"),
-    ("no_labels", "name what to draw"),
-    ("missing", "checkpoint not found"),
-    ("pickle", "is not a .safetensors file"),
-    ("foreign", "without iclevr metadata"),
-    ("truncated", "not a readable safetensors file"),
-    ("no_runs", "no trained model found"),
-    ("bad_file", "condition 1: unknown label"),
-    ("bad_sampler", 'unknown sampler "euler"'),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("bad_label", 'unknown label "red spere" — did you mean "red sphere"'),
+        ("conflict", "--labels and --labels-file conflict"),
+        ("no_labels", "name what to draw"),
+        ("missing", "checkpoint not found"),
+        ("pickle", "is not a .safetensors file"),
+        ("foreign", "without iclevr metadata"),
+        ("truncated", "not a readable safetensors file"),
+        ("no_runs", "no trained model found"),
+        ("bad_file", "condition 1: unknown label"),
+        ("bad_sampler", 'unknown sampler "euler"'),
+    ],
+)
 def test_sample_errors_are_one_clear_line(weights, tmp_path, case, message):
     from safetensors.torch import save_file
 
@@ -133,8 +171,9 @@ def test_sample_errors_are_one_clear_line(weights, tmp_path, case, message):
 
 def test_denoise_trace_writes_png_and_gif(weights, tmp_path):
     out = tmp_path / "trace.png"
-    r = run("denoise-trace", "--checkpoint", weights, "--frames", "8", "--steps", "10", "--x0-row", "--gif",
-            "--out", out)
+    r = run(
+        "denoise-trace", "--checkpoint", weights, "--frames", "8", "--steps", "10", "--x0-row", "--gif", "--out", out
+    )
     assert r.exit_code == 0, r.output
     assert "8 frames (t = 999," in r.output and "final) with ddim (10 steps" in r.output
     assert Image.open(out).size[0] == 8 * 66 + 2
@@ -149,16 +188,31 @@ def test_denoise_trace_writes_png_and_gif(weights, tmp_path):
 def test_more_objects_than_any_training_image_gives_one_warning_line(weights, tmp_path):
     """Five objects where the kits hold at most three: drawn anyway, with one warning line (trap 3)."""
     five = "red sphere,cyan cylinder,cyan cube,gray cube,blue sphere"
-    commands = (["sample", "--out", tmp_path / "s.png"],
-                ["denoise-trace", "--frames", "2", "--out", tmp_path / "t.png"])
+    commands = (
+        ["sample", "--out", tmp_path / "s.png"],
+        ["denoise-trace", "--frames", "2", "--out", tmp_path / "t.png"],
+    )
     for cmd in commands:
         r = run(*cmd, "--checkpoint", weights, "--labels", five, "--steps", "2", "--device", "cpu")
         assert r.exit_code == 0, r.output
         warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]
-        assert warnings == ["warning: the condition asks for 5 objects, but the training images of the course kit "
-                            "and the default kit hold at most 3: expect some of them to be missing"], r.output
-    r = run("sample", "--checkpoint", weights, "--labels", "red sphere,cyan cube,gray cube", "--steps", "2",
-            "--out", tmp_path / "three.png", "--device", "cpu")
+        assert warnings == [
+            "warning: the condition asks for 5 objects, but the training images of the course kit "
+            "and the default kit hold at most 3: expect some of them to be missing"
+        ], r.output
+    r = run(
+        "sample",
+        "--checkpoint",
+        weights,
+        "--labels",
+        "red sphere,cyan cube,gray cube",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "three.png",
+        "--device",
+        "cpu",
+    )
     assert r.exit_code == 0 and "warning" not in r.output
 
 

@@ -25,10 +25,16 @@ def tiny_config(tmp_path: Path) -> Path:
     """A settings file for the 16x16 test UNet with object tokens like the CPU preset, on pixels (the CPU preset's
     latents would need an autoencoder trained on the test kit); no preset in it, so the CLI picks one."""
     cfg = tmp_path / "cfg.json"
-    model = {**TINY_MODEL, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens", "design": "pixels"}
-    cfg.write_text(json.dumps({"model": model, "sampler": {"sampler": "ddim", "steps": 2},
-                               "train": {"log_every": 2, "lr": 1e-3}}))
+    model = {
+        **TINY_MODEL,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "condition": "tokens",
+        "design": "pixels",
+    }
+    cfg.write_text(
+        json.dumps({"model": model, "sampler": {"sampler": "ddim", "steps": 2}, "train": {"log_every": 2, "lr": 1e-3}})
+    )
     return cfg
 
 
@@ -41,8 +47,23 @@ def test_train_writes_the_run_folder_then_protects_and_resumes_it(course_kit, tm
 
     monkeypatch.setattr("iclevr.device.has_gpu", lambda: False)
     run = tmp_path / "run"
-    args = ["train", "--config", str(tiny_config(tmp_path)), "--data-dir", str(course_kit), "--out", str(run),
-            "--max-steps", "4", "--batch-size", "4", "--device", "cpu", "--p-uncond", "0.3"]
+    args = [
+        "train",
+        "--config",
+        str(tiny_config(tmp_path)),
+        "--data-dir",
+        str(course_kit),
+        "--out",
+        str(run),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--p-uncond",
+        "0.3",
+    ]
     r = runner.invoke(app, args)
     out = flat(r.output)
     assert r.exit_code == 0, r.output + r.stderr
@@ -78,24 +99,63 @@ def test_train_writes_the_run_folder_then_protects_and_resumes_it(course_kit, tm
 
 
 def test_dry_run_prints_resolved_settings(tmp_path):
-    r = runner.invoke(app, ["train", "--preset", "seed", "--dry-run", "--lr", "3e-4", "--schedule", "cosine",
-                            "--prediction-type", "v_prediction", "--batch-size", "16", "--epochs", "3"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "seed",
+            "--dry-run",
+            "--lr",
+            "3e-4",
+            "--schedule",
+            "cosine",
+            "--prediction-type",
+            "v_prediction",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads(r.output)
     assert s["preset"] == "seed" and s["model"]["block_out_channels"] == [128, 128, 256, 256, 512, 512]
     assert s["train"]["lr"] == 3e-4 and s["train"]["batch_size"] == 16 and s["train"]["epochs"] == 3
-    assert s["schedule"] == {"name": "cosine", "num_train_timesteps": 1000, "prediction_type": "v_prediction",
-                             "shift": 1.0}
+    assert s["schedule"] == {
+        "name": "cosine",
+        "num_train_timesteps": 1000,
+        "prediction_type": "v_prediction",
+        "shift": 1.0,
+    }
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--schedule", "cosinus"], "unknown noise schedule"),
-    (["--prediction-type", "x0"], "prediction_type"),
-    (["--batch-size", "64"], "exceeds the 12 training images"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--schedule", "cosinus"], "unknown noise schedule"),
+        (["--prediction-type", "x0"], "prediction_type"),
+        (["--batch-size", "64"], "exceeds the 12 training images"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(course_kit, tmp_path, args, message):
-    r = runner.invoke(app, ["train", "--preset", "tiny", "--config", str(tiny_config(tmp_path)), "--data-dir",
-                            str(course_kit), "--out", str(tmp_path / "run"), "--max-steps", "1", *args])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--config",
+            str(tiny_config(tmp_path)),
+            "--data-dir",
+            str(course_kit),
+            "--out",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "1",
+            *args,
+        ],
+    )
     assert r.exit_code == 2 and message in flat(r.stderr)
     assert "Traceback" not in r.output + r.stderr
 
@@ -104,10 +164,37 @@ def test_bad_flags_are_one_line_errors(course_kit, tmp_path, args, message):
 def test_two_processes_through_accelerate(course_kit, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 ... --device cpu`: DDP over gloo on the CPU."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "iclevr", "train",
-           "--preset", "tiny", "--config", str(tiny_config(tmp_path)), "--data-dir", str(course_kit),
-           "--out", str(tmp_path / "run"), "--max-steps", "3", "--batch-size", "2", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "iclevr",
+        "train",
+        "--preset",
+        "tiny",
+        "--config",
+        str(tiny_config(tmp_path)),
+        "--data-dir",
+        str(course_kit),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = flat(done.stdout)

@@ -31,8 +31,9 @@ def _expected_accuracy(kit, order: list[str]) -> dict[str, float]:
 
 def _page_numbers(page: str) -> dict[str, float]:
     """The page's tagged numbers: data-key (a path into report.json) -> data-value."""
-    return {k: json.loads(v.replace("&quot;", '"'))
-            for k, v in re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page)}
+    return {
+        k: json.loads(v.replace("&quot;", '"')) for k, v in re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page)
+    }
 
 
 def _lookup(report: dict, key: str):
@@ -68,19 +69,46 @@ def _check_val_first(report: dict, page: str, stdout: str, expected: dict[str, f
 
 def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     cfg = tmp_path / "train.json"
-    cfg.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 4, "warmup_steps": 0,
-                                                              "log_every": 1, "sample_every": 0}}))
+    cfg.write_text(
+        json.dumps(
+            {"model": TINY_MODEL, "train": {"batch_size": 4, "warmup_steps": 0, "log_every": 1, "sample_every": 0}}
+        )
+    )
     order = [c[0] for c in json.loads((course_kit / "new_test.json").read_text())[:4]]
     evaluator = fixed_ranking(tmp_path / "checkpoint.pth", order)
     expected = _expected_accuracy(course_kit, order)
     out = tmp_path / "study"
-    args = ["compare-schedules", "--schedules", "linear,cosine", "--preset", "tiny", "--max-steps", "3",
-            "--data-dir", str(course_kit), "--evaluator", str(evaluator), "--eval-seeds", "0,1",
-            "--steps", "2", "--train-config", str(cfg), "--out", str(out)]
+    args = [
+        "compare-schedules",
+        "--schedules",
+        "linear,cosine",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "3",
+        "--data-dir",
+        str(course_kit),
+        "--evaluator",
+        str(evaluator),
+        "--eval-seeds",
+        "0,1",
+        "--steps",
+        "2",
+        "--train-config",
+        str(cfg),
+        "--out",
+        str(out),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.stdout + r.stderr
-    for name in ("schedules.png", "accuracy.png", "report.json", "report.html", "grid-linear-s0.png",
-                 "grid-cosine-s0.png"):
+    for name in (
+        "schedules.png",
+        "accuracy.png",
+        "report.json",
+        "report.html",
+        "grid-linear-s0.png",
+        "grid-cosine-s0.png",
+    ):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()  # one page: both figures and each schedule's grid, embedded
     assert page.count("<img") == 4 and 'id="schedule-linear"' in page and 'id="schedule-cosine"' in page
@@ -92,8 +120,9 @@ def test_study_writes_everything_and_reuses_finished_runs(tmp_path, course_kit):
     # same initial weights and data order: only the schedule differs between the two runs
     runs = {n: json.loads((out / "runs" / f"{n}-s0" / "settings.json").read_text()) for n in ("linear", "cosine")}
     assert runs["linear"]["schedule"]["name"] == "linear" and runs["cosine"]["schedule"]["name"] == "cosine"
-    runs["linear"]["schedule"]["name"] = runs["cosine"]["schedule"]["name"] = runs["linear"]["out"] = \
-        runs["cosine"]["out"] = None
+    runs["linear"]["schedule"]["name"] = runs["cosine"]["schedule"]["name"] = runs["linear"]["out"] = runs["cosine"][
+        "out"
+    ] = None
     assert runs["linear"] == runs["cosine"]
     stamp = (out / "runs" / "linear-s0" / "weights" / "ema.safetensors").stat().st_mtime_ns
     cache = out / "runs" / "linear-s0" / "compare-eval.json"
@@ -131,8 +160,9 @@ def test_plot_only_is_fast_and_draws_one_curve_per_schedule(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    r = runner.invoke(app, ["compare-schedules", "--plot-only", "--schedules", "linear,sigmoid,cosine",
-                            "--out", str(tmp_path)])
+    r = runner.invoke(
+        app, ["compare-schedules", "--plot-only", "--schedules", "linear,sigmoid,cosine", "--out", str(tmp_path)]
+    )
     assert r.exit_code == 0, r.stdout + r.stderr
     assert (tmp_path / "schedules.png").is_file() and not (tmp_path / "runs").exists()
     table = json.loads((tmp_path / "report.json").read_text())["table"]
@@ -169,8 +199,9 @@ def test_plot_curves_match_schedules(tmp_path):
 
 
 def test_unknown_schedule_lists_valid_ones(tmp_path):
-    r = runner.invoke(app, ["compare-schedules", "--plot-only", "--schedules", "linear,cosinus",
-                            "--out", str(tmp_path)])
+    r = runner.invoke(
+        app, ["compare-schedules", "--plot-only", "--schedules", "linear,cosinus", "--out", str(tmp_path)]
+    )
     assert r.exit_code == 2
     assert 'unknown noise schedule "cosinus"' in r.stderr and "squaredcos_cap_v2" in r.stderr
 
@@ -178,16 +209,41 @@ def test_unknown_schedule_lists_valid_ones(tmp_path):
 def test_study_trains_and_scores_a_tokens_model(tmp_path, course_kit):
     from iclevr.weights import load_weights
 
-    tokens = {**TINY_MODEL, "condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-              "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
+    tokens = {
+        **TINY_MODEL,
+        "condition": "tokens",
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    }
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": tokens, "train": {"batch_size": 4, "warmup_steps": 0, "sample_every": 0}}))
     order = [c[0] for c in json.loads((course_kit / "new_test.json").read_text())[:4]]
     evaluator = fixed_ranking(tmp_path / "checkpoint.pth", order)
     out = tmp_path / "study"
-    r = runner.invoke(app, ["compare-schedules", "--schedules", "cosine", "--preset", "tiny", "--max-steps", "2",
-                            "--data-dir", str(course_kit), "--evaluator", str(evaluator), "--eval-seeds", "0",
-                            "--steps", "2", "--train-config", str(cfg), "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "compare-schedules",
+            "--schedules",
+            "cosine",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--data-dir",
+            str(course_kit),
+            "--evaluator",
+            str(evaluator),
+            "--eval-seeds",
+            "0",
+            "--steps",
+            "2",
+            "--train-config",
+            str(cfg),
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.stdout + r.stderr
     model, info = load_weights(out / "runs" / "cosine-s0" / "weights" / "ema.safetensors")
     assert info.model.condition == "tokens" and type(model.unet).__name__ == "UNet2DConditionModel"
@@ -208,14 +264,16 @@ def test_best_schedule_is_chosen_on_val_alone():
 
     rows = []  # cosine wins test and new_test, linear wins val: the study must pick linear
     for name, val, reported in (("linear", 0.70, 0.50), ("cosine", 0.60, 0.80), ("sigmoid", 0.65, 0.40)):
-        splits = {s: {"values": [v], "mean": v, "std": 0.0} for s, v in
-                  (("val", val), ("test", reported), ("new_test", reported + 0.01))}
+        splits = {
+            s: {"values": [v], "mean": v, "std": 0.0}
+            for s, v in (("val", val), ("test", reported), ("new_test", reported + 0.01))
+        }
         rows.append({"name": name, "splits": splits, "final_loss": None, "train_wall_s": 60.0, "runs": []})
     assert best_schedule(rows) == "linear" and best_schedule(rows[1:]) == "sigmoid" and best_schedule(rows[:1]) is None
     report = {"table": [], "runs": rows, "choose_on": "val", "best": best_schedule(rows), "settings": {}}
     page = render_comparison(report, grids={}, figures={})
     assert page.count('class="best"') == 1
-    linear = page[page.index('id="schedule-linear"'):page.index('id="schedule-cosine"')]
+    linear = page[page.index('id="schedule-linear"') : page.index('id="schedule-cosine"')]
     assert 'class="best"' in linear and linear.index('class="best"') < linear.index("splits/test/mean")
     console = Console(width=80, record=True)
     print_report(console, report, Path("study"))

@@ -41,8 +41,9 @@ def test_preprocessing_matches_reference_resize(course_kit):
 
     path = next((course_kit / "iclevr").glob("CLEVR_*.png"))
     ours = to_model_range(load_image(path, 64)[None])[0]
-    ref = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor(),
-                              transforms.Normalize((0.5,) * 3, (0.5,) * 3)])(Image.open(path).convert("RGB"))
+    ref = transforms.Compose(
+        [transforms.Resize((64, 64)), transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)]
+    )(Image.open(path).convert("RGB"))
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
@@ -57,17 +58,20 @@ def test_missing_and_corrupt_images(course_kit):
         load_train_tensors(kit, 32, cache=False)
 
 
-@pytest.mark.parametrize("filename,content,match", [
-    ("train.json", "{bad", "train.json is not valid JSON"),
-    ("train.json", "[1, 2]", "must be an object mapping"),
-    ("train.json", '{"a.png": ["pink sphere"]}', 'did you mean "purple sphere"'),
-    ("train.json", '{"../evil.png": ["red sphere"]}', "not a plain file name"),
-    ("test.json", '[["red sphere"], "cyan cube"]', "test.json must be a list of lists"),
-    ("new_test.json", '[["red sphere", "red sphere"]]', "duplicate label"),
-    ("val.json", '[["red sphere", "red sphere"]]', "val.json condition 0: duplicate label"),
-    ("val.json", '{"a": 1}', "val.json must be a list of lists"),
-    ("objects.json", json.dumps({"gray cube": 1, "red cube": 0}), "disagrees with the built-in"),
-])
+@pytest.mark.parametrize(
+    "filename,content,match",
+    [
+        ("train.json", "{bad", "train.json is not valid JSON"),
+        ("train.json", "[1, 2]", "must be an object mapping"),
+        ("train.json", '{"a.png": ["pink sphere"]}', 'did you mean "purple sphere"'),
+        ("train.json", '{"../evil.png": ["red sphere"]}', "not a plain file name"),
+        ("test.json", '[["red sphere"], "cyan cube"]', "test.json must be a list of lists"),
+        ("new_test.json", '[["red sphere", "red sphere"]]', "duplicate label"),
+        ("val.json", '[["red sphere", "red sphere"]]', "val.json condition 0: duplicate label"),
+        ("val.json", '{"a": 1}', "val.json must be a list of lists"),
+        ("objects.json", json.dumps({"gray cube": 1, "red cube": 0}), "disagrees with the built-in"),
+    ],
+)
 def test_bad_json_gives_clear_errors(course_kit, filename, content, match):
     (course_kit / filename).write_text(content)
     with pytest.raises(UserError, match=match):
@@ -89,6 +93,7 @@ def test_cache_is_reused_and_rebuilt_when_files_change(course_kit):
     assert len(cached) == 1
     # a cached entry is served as stored: poison it and check we get the poisoned copy back
     from safetensors.torch import load_file, save_file
+
     t = load_file(str(cached[0]))
     save_file({"images": torch.zeros_like(t["images"]), "labels": t["labels"]}, str(cached[0]))
     b, _ = load_train_tensors(load_kit(course_kit), 16)

@@ -14,9 +14,14 @@ from iclevr.studies import demo
 def fake_split(seeds: list[int], hits: list[int], total: int) -> dict:
     """A split of an eval report as evaluation/run.py writes it (only the fields the summary reads)."""
     accs = [h / total for h in hits]
-    return {"runs": [{"seed": s, "hits": h, "total": total, "accuracy": a} for s, h, a in zip(seeds, hits, accs)],
-            "accuracy": accs, "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
-            "hits": sum(hits), "total": total * len(seeds)}
+    return {
+        "runs": [{"seed": s, "hits": h, "total": total, "accuracy": a} for s, h, a in zip(seeds, hits, accs)],
+        "accuracy": accs,
+        "mean": statistics.fmean(accs),
+        "std": statistics.pstdev(accs),
+        "hits": sum(hits),
+        "total": total * len(seeds),
+    }
 
 
 @pytest.fixture
@@ -30,10 +35,15 @@ def stubbed_stages(monkeypatch, tmp_path):
         (run_dir / "settings.json").write_text(json.dumps({"train": {"batch_size": 32}}))
         return run_dir, False
 
-    report = {"out": str(tmp_path / "demo" / "eval"), "sampler": {"sampler": "dpmpp-sde", "steps": 20},
-              "evaluator": {"kind": "own", "path": "own.safetensors", "sha256": "ab"},
-              "splits": {"test": fake_split([0, 1, 2], [25, 27, 24], 72),
-                         "new_test": fake_split([0, 1, 2], [35, 36, 34], 84)}}
+    report = {
+        "out": str(tmp_path / "demo" / "eval"),
+        "sampler": {"sampler": "dpmpp-sde", "steps": 20},
+        "evaluator": {"kind": "own", "path": "own.safetensors", "sha256": "ab"},
+        "splits": {
+            "test": fake_split([0, 1, 2], [25, 27, 24], 72),
+            "new_test": fake_split([0, 1, 2], [35, 36, 34], 84),
+        },
+    }
     monkeypatch.setattr(kits, "resolve_data_dir", lambda data_dir, console: tmp_path / "kit")
     monkeypatch.setattr(demo, "_evaluator", lambda data_dir, console: Path("own.safetensors"))
     monkeypatch.setattr(demo, "_train", fake_train)
@@ -79,8 +89,11 @@ def test_demo_summary_names_the_html_report(stubbed_stages, tmp_path):
 
 
 def test_summary_leaves_steps_empty_when_the_run_folder_has_no_progress(tmp_path):
-    result = {"run_dir": tmp_path / "missing-run", "stages": {"data": 60.0},
-              "eval": {"splits": {"test": fake_split([0], [36], 72)}}}
+    result = {
+        "run_dir": tmp_path / "missing-run",
+        "stages": {"data": 60.0},
+        "eval": {"splits": {"test": fake_split([0], [36], 72)}},
+    }
     summary = demo.build_summary(demo.DemoSettings(out=tmp_path), result)
     assert summary["train"]["steps"] is None and summary["train"]["train_minutes"] is None
     assert summary["stage_minutes"] == {"data": 1.0} and summary["mean_over_splits"] == 0.5
@@ -92,15 +105,30 @@ def _packaged_file(path: Path, tiny_model_cfg) -> Path:
     from iclevr.settings import ScheduleSettings
     from iclevr.weights import save_weights
 
-    record = {"wall_hours": 6.5, "images_seen": 640000, "evaluator": {"kind": "own", "sha256": "cd"},
-              "accuracy": {"val": {"mean": 0.81, "std": 0.01}, "test": {"mean": 0.93, "std": 0.02},
-                           "new_test": {"mean": 0.95, "std": 0.0}}}
-    return save_weights(build_model(tiny_model_cfg), path, model_cfg=tiny_model_cfg, schedule_cfg=ScheduleSettings(),
-                        step=20000, half=True, packaged=record)
+    record = {
+        "wall_hours": 6.5,
+        "images_seen": 640000,
+        "evaluator": {"kind": "own", "sha256": "cd"},
+        "accuracy": {
+            "val": {"mean": 0.81, "std": 0.01},
+            "test": {"mean": 0.93, "std": 0.02},
+            "new_test": {"mean": 0.95, "std": 0.0},
+        },
+    }
+    return save_weights(
+        build_model(tiny_model_cfg),
+        path,
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        step=20000,
+        half=True,
+        packaged=record,
+    )
 
 
-def test_demo_sets_the_packaged_models_recorded_score_beside_the_fresh_one(stubbed_stages, tmp_path, monkeypatch,
-                                                                            tiny_model_cfg):
+def test_demo_sets_the_packaged_models_recorded_score_beside_the_fresh_one(
+    stubbed_stages, tmp_path, monkeypatch, tiny_model_cfg
+):
     from rich.console import Console
 
     monkeypatch.setenv("ICLEVR_PACKAGED_MODEL", str(_packaged_file(tmp_path / "p.safetensors", tiny_model_cfg)))
@@ -124,5 +152,6 @@ def test_demo_without_a_packaged_model_says_so_in_one_line(stubbed_stages, tmp_p
     demo.print_summary(console, result)
     text = console.export_text()
     assert [line for line in text.splitlines() if "pretrained" in line or "packaged model" in line] == [
-        "packaged pretrained model: none in this install, so there is no longer-trained score to compare with"]
+        "packaged pretrained model: none in this install, so there is no longer-trained score to compare with"
+    ]
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["packaged_model"] is None

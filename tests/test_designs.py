@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from typer.testing import CliRunner
 
-from conftest import TINY_MODEL
 from iclevr.cli.app import app
 from iclevr.settings import ModelSettings, SamplerSettings, ScheduleSettings
 
@@ -44,8 +44,9 @@ def test_shifted_schedule_is_noisier_by_exactly_the_shift_in_log_snr():
     ab = alpha_bar("squaredcos_cap_v2", 1000)
     shifted = shift_alpha_bar(ab, 2.0)
     logsnr = lambda a: torch.log(a) - torch.log1p(-a)  # noqa: E731
-    assert torch.allclose(logsnr(ab[:900]) - logsnr(shifted[:900]), torch.full((900,), 2 * math.log(2.0),
-                                                                                  dtype=torch.float64))
+    assert torch.allclose(
+        logsnr(ab[:900]) - logsnr(shifted[:900]), torch.full((900,), 2 * math.log(2.0), dtype=torch.float64)
+    )
     assert torch.allclose(torch.cumprod(1 - betas_from_alpha_bar(shifted), 0)[:900], shifted[:900])
     sched = make_scheduler(ScheduleSettings(prediction_type="v_prediction", shift=2.0))
     assert sched.alphas_cumprod[500] == pytest.approx(float(shifted[500]), rel=1e-5)
@@ -58,8 +59,23 @@ def _train_autoencoder(tmp_path: Path, course_kit: Path, steps: int = 3) -> Path
     cfg = tmp_path / "ae.json"
     cfg.write_text(json.dumps({"model": TINY_AE, "batch_size": 4, "heldout": 50, "log_every": 1}))
     # 12 training images in the kit fixture are too few for 50 held out: make a bigger kit
-    r = runner.invoke(app, ["autoencoder", "train", "--config", str(cfg), "--data-dir", str(course_kit),
-                            "--out", str(run), "--max-steps", str(steps), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "autoencoder",
+            "train",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(course_kit),
+            "--out",
+            str(run),
+            "--max-steps",
+            str(steps),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return run
 
@@ -85,8 +101,10 @@ def test_autoencoder_train_writes_its_file_and_resumes(tmp_path, big_kit):
     z = ae.encode(torch.zeros(2, 3, 64, 64))
     assert z.shape == (2, 4, 16, 16) and ae.decode(z).shape == (2, 3, 64, 64)
     # a second train into the same folder is refused; --resume continues to a larger budget
-    r = runner.invoke(app, ["autoencoder", "train", "--out", str(run), "--max-steps", "5", "--device", "cpu",
-                            "--data-dir", str(big_kit)])
+    r = runner.invoke(
+        app,
+        ["autoencoder", "train", "--out", str(run), "--max-steps", "5", "--device", "cpu", "--data-dir", str(big_kit)],
+    )
     assert r.exit_code == 2 and "already holds an autoencoder run" in flat(r.output)
     r = runner.invoke(app, ["autoencoder", "train", "--resume", str(run), "--max-steps", "5", "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -96,24 +114,52 @@ def test_autoencoder_train_writes_its_file_and_resumes(tmp_path, big_kit):
 
 
 def _latent_config(tmp_path: Path) -> Path:
-    model = {**TINY_MODEL, "design": "latent", "down_block_types": ["DownBlock2D",
-             "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+    model = {
+        **TINY_MODEL,
+        "design": "latent",
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "condition": "tokens",
+    }
     cfg = tmp_path / "latent.json"
-    cfg.write_text(json.dumps({"model": model, "sampler": {"sampler": "ddim", "steps": 3},
-                               "train": {"log_every": 2, "lr": 1e-3, "batch_size": 4}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": model,
+                "sampler": {"sampler": "ddim", "steps": 3},
+                "train": {"log_every": 2, "lr": 1e-3, "batch_size": 4},
+            }
+        )
+    )
     return cfg
 
 
 def test_latent_model_trains_on_cached_latents_samples_decoded_images_and_refuses_a_missing_autoencoder(
-        tmp_path, big_kit):
+    tmp_path, big_kit
+):
     from iclevr.fileio import file_sha256
     from iclevr.generate import SampleSettings, run_sample
     from iclevr.weights import load_weights
 
     ae_run = _train_autoencoder(tmp_path, big_kit)
     run = tmp_path / "latent"
-    args = ["train", "--config", str(_latent_config(tmp_path)), "--data-dir", str(big_kit), "--out", str(run),
-            "--max-steps", "2", "--device", "cpu", "--autoencoder", str(ae_run), "--sample-grids", "off"]
+    args = [
+        "train",
+        "--config",
+        str(_latent_config(tmp_path)),
+        "--data-dir",
+        str(big_kit),
+        "--out",
+        str(run),
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--autoencoder",
+        str(ae_run),
+        "--sample-grids",
+        "off",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "latent design: autoencoder" in flat(r.output)
@@ -132,8 +178,9 @@ def test_latent_model_trains_on_cached_latents_samples_decoded_images_and_refuse
     assert same["images"] == 2 and (tmp_path / "g.png").read_bytes() == (tmp_path / "h.png").read_bytes()
     # the autoencoder gone, or replaced by another: one line, exit 2
     (run / "autoencoder.safetensors").unlink()
-    r = runner.invoke(app, ["sample", "--checkpoint", str(run), "--labels", "red sphere", "--out",
-                            str(tmp_path / "x.png")])
+    r = runner.invoke(
+        app, ["sample", "--checkpoint", str(run), "--labels", "red sphere", "--out", str(tmp_path / "x.png")]
+    )
     assert r.exit_code == 2 and "autoencoder (sha256" in flat(r.output) and "is missing" in flat(r.output)
     assert not (tmp_path / "x.png").exists()
 
@@ -145,17 +192,41 @@ def test_latent_training_refuses_the_embedded_autoencoder_for_a_course_kit_and_a
     ae = load_autoencoder(ae_run / "autoencoder.safetensors")
     embedded = tmp_path / "embedded.safetensors"
     save_autoencoder(ae.vae, embedded, ae.cfg, ae.scale_factor, {**ae.info, "embedded": True})
-    base = ["train", "--config", str(_latent_config(tmp_path)), "--data-dir", str(big_kit), "--max-steps", "1",
-            "--device", "cpu"]
+    base = [
+        "train",
+        "--config",
+        str(_latent_config(tmp_path)),
+        "--data-dir",
+        str(big_kit),
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+    ]
     r = runner.invoke(app, base + ["--out", str(tmp_path / "r1"), "--autoencoder", str(embedded)])
     assert r.exit_code == 2 and "trained on the embedded kit" in flat(r.output)
     assert "iclevr autoencoder train --data-dir" in flat(r.output)
     cfg = json.loads(_latent_config(tmp_path).read_text())
     cfg["model"]["sample_size"] = 8
     (tmp_path / "c4.json").write_text(json.dumps(cfg))
-    r = runner.invoke(app, ["train", "--config", str(tmp_path / "c4.json"), "--data-dir", str(big_kit),
-                            "--max-steps", "1", "--device", "cpu", "--out", str(tmp_path / "r2"),
-                            "--autoencoder", str(ae_run)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(tmp_path / "c4.json"),
+            "--data-dir",
+            str(big_kit),
+            "--max-steps",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r2"),
+            "--autoencoder",
+            str(ae_run),
+        ],
+    )
     assert r.exit_code == 2 and "makes 16x16 latents" in flat(r.output)
     small = tmp_path / "small.safetensors"  # an autoencoder of another resolution
     save_autoencoder(ae.vae, small, ae.cfg.model_copy(update={"resolution": 32}), ae.scale_factor, ae.info)
@@ -169,12 +240,21 @@ def test_init_from_starts_from_weights_of_the_same_architecture_only(tmp_path, c
     from safetensors.torch import load_file
 
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"preset": "tiny", "model": TINY_MODEL, "train": {"batch_size": 4, "lr": 1e-3},
-                               "sampler": {"sampler": "ddim", "steps": 2}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "model": TINY_MODEL,
+                "train": {"batch_size": 4, "lr": 1e-3},
+                "sampler": {"sampler": "ddim", "steps": 2},
+            }
+        )
+    )
     base = ["train", "--config", str(cfg), "--data-dir", str(course_kit), "--device", "cpu", "--sample-grids", "off"]
     assert runner.invoke(app, base + ["--out", str(tmp_path / "a"), "--max-steps", "2", "--seed", "1"]).exit_code == 0
-    r = runner.invoke(app, base + ["--out", str(tmp_path / "b"), "--max-steps", "1", "--init-from",
-                                   str(tmp_path / "a")])
+    r = runner.invoke(
+        app, base + ["--out", str(tmp_path / "b"), "--max-steps", "1", "--init-from", str(tmp_path / "a")]
+    )
     assert r.exit_code == 0, r.output
     assert "initialised from" in flat(r.output) and "optimizer starts fresh" in flat(r.output)
     # one step of lr 1e-3 from a's weights (seed 1): b (seed 0) is close to a; a fresh seed-0 start is not
@@ -186,8 +266,9 @@ def test_init_from_starts_from_weights_of_the_same_architecture_only(tmp_path, c
     assert (b[key] - a[key]).abs().max() < 0.01 < (c[key] - a[key]).abs().max()
     other = {**json.loads(cfg.read_text()), "model": {**TINY_MODEL, "block_out_channels": [8, 16]}}
     cfg.write_text(json.dumps(other))
-    r = runner.invoke(app, base + ["--out", str(tmp_path / "d"), "--max-steps", "1", "--init-from",
-                                   str(tmp_path / "a")])
+    r = runner.invoke(
+        app, base + ["--out", str(tmp_path / "d"), "--max-steps", "1", "--init-from", str(tmp_path / "a")]
+    )
     assert r.exit_code == 2 and "another architecture" in flat(r.output) and "block_out_channels" in flat(r.output)
     assert not (tmp_path / "d" / "weights").exists()
 
@@ -198,8 +279,12 @@ def test_patch2_samples_at_64_without_resizing(tmp_path):
 
     torch.manual_seed(0)
     model = build_model(ModelSettings(**TINY_MODEL, design="patch2")).eval()
-    x = sample(model, torch.zeros(2, 24), schedule=ScheduleSettings(shift=2.0),
-               sampler=SamplerSettings(sampler="ddim", steps=2))
+    x = sample(
+        model,
+        torch.zeros(2, 24),
+        schedule=ScheduleSettings(shift=2.0),
+        sampler=SamplerSettings(sampler="ddim", steps=2),
+    )
     assert x.shape == (2, 3, 32, 32) and x.abs().max() <= 1
 
 

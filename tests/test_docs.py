@@ -51,21 +51,31 @@ def test_every_module_in_the_development_map_exists():
 
 
 def test_every_cited_docs_path_exists():
-    broken = [f"{path.relative_to(ROOT)}: {ref}" for path in cited_files()
-              for ref in CITED.findall(path.read_text(encoding="utf-8")) if not (ROOT / ref).exists()]
+    broken = [
+        f"{path.relative_to(ROOT)}: {ref}"
+        for path in cited_files()
+        for ref in CITED.findall(path.read_text(encoding="utf-8"))
+        if not (ROOT / ref).exists()
+    ]
     assert not broken, "cited but missing: " + "; ".join(broken)
 
 
 def test_the_code_cites_docs_not_sections_of_a_file_outside_the_repo():
-    stale = [str(path.relative_to(ROOT)) for path in cited_files()
-             if OUTSIDE_CITATION.search(path.read_text(encoding="utf-8"))]
+    stale = [
+        str(path.relative_to(ROOT))
+        for path in cited_files()
+        if OUTSIDE_CITATION.search(path.read_text(encoding="utf-8"))
+    ]
     assert not stale, f"cite the docs/ page instead of a section number: {', '.join(stale)}"
 
 
 def test_docs_link_to_files_that_exist():
-    broken = [f"{page.name} -> {target}" for page in sorted((ROOT / "docs").glob("*.md"))
-              for target in re.findall(r"\]\(([^)#]+)\)", page.read_text(encoding="utf-8"))
-              if "://" not in target and not (page.parent / target).exists()]
+    broken = [
+        f"{page.name} -> {target}"
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        for target in re.findall(r"\]\(([^)#]+)\)", page.read_text(encoding="utf-8"))
+        if "://" not in target and not (page.parent / target).exists()
+    ]
     assert not broken, "broken links in docs/: " + "; ".join(broken)
 
 
@@ -74,19 +84,31 @@ ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s"'=(:,\[]))/(?!/)(?!path/to/)[\w.@+-]
 
 def test_no_absolute_path_of_a_machine_in_results_or_docs():
     """Result files and docs name files relative to the repository or the run folder, never /home/me/..."""
-    files = [p for folder in ("benchmarks/results", "docs") for p in sorted((ROOT / folder).rglob("*"))
-             if p.is_file() and p.suffix not in (".png", ".gif", ".jpg")]
-    found = [f"{p.relative_to(ROOT)}: {m.group()}" for p in files
-             for m in ABSOLUTE_PATH.finditer(p.read_text(encoding="utf-8"))]
+    files = [
+        p
+        for folder in ("benchmarks/results", "docs")
+        for p in sorted((ROOT / folder).rglob("*"))
+        if p.is_file() and p.suffix not in (".png", ".gif", ".jpg")
+    ]
+    found = [
+        f"{p.relative_to(ROOT)}: {m.group()}"
+        for p in files
+        for m in ABSOLUTE_PATH.finditer(p.read_text(encoding="utf-8"))
+    ]
     assert not found, "absolute paths (write them with iclevr.fileio.portable): " + "; ".join(found[:10])
 
 
 def test_results_are_written_with_relative_paths(tmp_path):
     from iclevr.fileio import PACKAGE_DIR, portable, write_result_json
 
-    data = {"out": str(tmp_path / "run" / "eval"), "evaluator": {"path": str(PACKAGE_DIR / "assets" / "x.pt")},
-            "command": f"iclevr eval --checkpoint {tmp_path / 'run'} --split test", "ratio": "test/new_test 0.9/0.8",
-            "url": "https://example.org/a/b", "rows": [tmp_path / "other" / "w.safetensors"]}
+    data = {
+        "out": str(tmp_path / "run" / "eval"),
+        "evaluator": {"path": str(PACKAGE_DIR / "assets" / "x.pt")},
+        "command": f"iclevr eval --checkpoint {tmp_path / 'run'} --split test",
+        "ratio": "test/new_test 0.9/0.8",
+        "url": "https://example.org/a/b",
+        "rows": [tmp_path / "other" / "w.safetensors"],
+    }
     write_result_json(tmp_path / "run" / "report.json", data)
     text = (tmp_path / "run" / "report.json").read_text()
     assert not ABSOLUTE_PATH.search(text), text

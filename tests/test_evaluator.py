@@ -203,8 +203,9 @@ def test_fine_tuning_starts_from_the_init_weights(tmp_path):
     start = build_evaluator()
     save_own(start, tmp_path / "start.safetensors", {"heldout": {}})
     frames, y = torch.randint(0, 256, (8, 3, 48, 64), dtype=torch.uint8), torch.zeros(8, 24)
-    settings = EvaluatorTrainSettings(init=tmp_path / "start.safetensors", max_steps=1, minutes=None,
-                                      batch_size=4, lr=1e-9, warmup_steps=0)
+    settings = EvaluatorTrainSettings(
+        init=tmp_path / "start.safetensors", max_steps=1, minutes=None, batch_size=4, lr=1e-9, warmup_steps=0
+    )
     net, stats = fit(settings, frames, y, "cpu")
     assert stats["steps"] == 1
     tuned = net.state_dict()

@@ -13,8 +13,11 @@ from iclevr.cli.app import app
 runner = CliRunner()
 STEPS = 6  # the snippet's 1000 DDPM steps, cut to keep the test fast
 CONDITION = "red sphere, cyan cube"  # the snippet's condition
-TOKENS = {"condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
+TOKENS = {
+    "condition": "tokens",
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+}
 
 
 def _export(tmp_path, cfg, prediction, scale_tokens=1.0):
@@ -32,9 +35,14 @@ def _export(tmp_path, cfg, prediction, scale_tokens=1.0):
     if cfg.self_condition:  # a stronger x0 input: the fed-back estimate then visibly changes the image
         with torch.no_grad():
             model.unet.conv_in.weight[:, 3:].mul_(5)
-    weights = save_weights(model, tmp_path / "w.safetensors", model_cfg=cfg,
-                           schedule_cfg=ScheduleSettings(prediction_type=prediction),
-                           sampler_cfg=SamplerSettings(guidance_scale=2.5), preset="test")
+    weights = save_weights(
+        model,
+        tmp_path / "w.safetensors",
+        model_cfg=cfg,
+        schedule_cfg=ScheduleSettings(prediction_type=prediction),
+        sampler_cfg=SamplerSettings(guidance_scale=2.5),
+        preset="test",
+    )
     out = tmp_path / "export"
     r = runner.invoke(app, ["export", "--checkpoint", str(weights), "--out", str(out)])
     assert r.exit_code == 0, r.stdout + r.stderr
@@ -72,8 +80,7 @@ def _assert_same(plain, ours):
 
 
 @pytest.mark.parametrize("shift, prediction", [("default", "epsilon"), ("scale_shift", "v_prediction")])
-def test_pooled_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, shift,
-                                                                           prediction):
+def test_pooled_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, shift, prediction):
     from diffusers import UNet2DModel
 
     from iclevr.labels import LABELS
@@ -81,8 +88,13 @@ def test_pooled_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_p
 
     cfg = tiny_model_cfg.model_copy(update={"resnet_time_scale_shift": shift})  # the tiny preset: scale_shift, v
     weights, out = _export(tmp_path, cfg, prediction)
-    for name in ("unet/config.json", "scheduler/scheduler_config.json", "label_embed.safetensors",
-                 "iclevr.json", "README.md"):
+    for name in (
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "label_embed.safetensors",
+        "iclevr.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "object_tokens.safetensors").exists()
     meta = json.loads((out / "iclevr.json").read_text())
@@ -91,18 +103,31 @@ def test_pooled_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_p
     _assert_same(_run_readme_snippet(out), _ours(*load_weights(weights)))
 
 
-@pytest.mark.parametrize("embedding, shift, prediction, time_path", [
-    ("class", "default", "epsilon", True), ("shape_colour", "scale_shift", "v_prediction", True),
-    ("shape_colour", "scale_shift", "v_prediction", False)])  # tokens alone: no label on the time path
-def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_path, tiny_model_cfg, embedding,
-                                                                           shift, prediction, time_path):
+@pytest.mark.parametrize(
+    "embedding, shift, prediction, time_path",
+    [
+        ("class", "default", "epsilon", True),
+        ("shape_colour", "scale_shift", "v_prediction", True),
+        ("shape_colour", "scale_shift", "v_prediction", False),
+    ],
+)  # tokens alone: no label on the time path
+def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(
+    tmp_path, tiny_model_cfg, embedding, shift, prediction, time_path
+):
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
     from iclevr.weights import load_weights
 
-    cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **TOKENS, "token_embedding": embedding,
-                                  "resnet_time_scale_shift": shift, "label_on_time_path": time_path})
+    cfg = type(tiny_model_cfg)(
+        **{
+            **tiny_model_cfg.model_dump(),
+            **TOKENS,
+            "token_embedding": embedding,
+            "resnet_time_scale_shift": shift,
+            "label_on_time_path": time_path,
+        }
+    )
     weights, out = _export(tmp_path, cfg, prediction, scale_tokens=4.0)
     meta = json.loads((out / "iclevr.json").read_text())
     assert meta["condition"] == "tokens" and meta["unet_class"] == "UNet2DConditionModel"
@@ -125,15 +150,15 @@ def test_tokens_export_loads_in_plain_diffusers_and_reproduces_our_samples(tmp_p
 
 
 @pytest.mark.parametrize("design, prediction", [("pooled", "v_prediction"), ("tokens", "epsilon")])
-def test_self_conditioned_export_feeds_back_x0_and_reproduces_our_samples(tmp_path, tiny_model_cfg, design,
-                                                                          prediction):
+def test_self_conditioned_export_feeds_back_x0_and_reproduces_our_samples(tmp_path, tiny_model_cfg, design, prediction):
     import diffusers
 
     from iclevr.export import unet_class
     from iclevr.weights import load_weights
 
-    cfg = type(tiny_model_cfg)(**{**tiny_model_cfg.model_dump(), **(TOKENS if design == "tokens" else {}),
-                                  "self_condition": True})
+    cfg = type(tiny_model_cfg)(
+        **{**tiny_model_cfg.model_dump(), **(TOKENS if design == "tokens" else {}), "self_condition": True}
+    )
     weights, out = _export(tmp_path, cfg, prediction, scale_tokens=4.0)
     meta = json.loads((out / "iclevr.json").read_text())
     assert meta["model"]["self_condition"] and "self-conditioning" in meta["note"]
@@ -180,8 +205,12 @@ def test_export_refuses_to_overwrite(tmp_path, tiny_model_cfg):
     from iclevr.settings import ScheduleSettings
     from iclevr.weights import save_weights
 
-    weights = save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
-                           schedule_cfg=ScheduleSettings())
+    weights = save_weights(
+        build_model(tiny_model_cfg),
+        tmp_path / "w.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+    )
     out = tmp_path / "taken"
     out.mkdir()
     (out / "mine.txt").write_text("keep")

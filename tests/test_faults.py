@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import TINY_MODEL
 from evaluator_standin import colour_reader
+from typer.testing import CliRunner
+
 from iclevr.cli.app import app
 
 runner = CliRunner()
@@ -32,8 +32,11 @@ def one_error(r, *needles: str) -> str:
 
 
 def digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file() and p.name != "train.lock"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file() and p.name != "train.lock"
+    }
 
 
 @pytest.fixture
@@ -44,16 +47,29 @@ def weights(tmp_path, tiny_model_cfg) -> Path:
     from iclevr.weights import save_weights
 
     torch.manual_seed(0)
-    return save_weights(build_model(tiny_model_cfg), tmp_path / "tiny.safetensors", model_cfg=tiny_model_cfg,
-                        schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(steps=2), preset="tiny")
+    return save_weights(
+        build_model(tiny_model_cfg),
+        tmp_path / "tiny.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(steps=2),
+        preset="tiny",
+    )
 
 
 def tiny_run(course_kit: Path, tmp_path: Path, steps: int = 2, **train) -> tuple[Path, list[str]]:
     """Train the tiny test UNet for `steps` steps through the CLI; returns (run folder, the train arguments)."""
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"preset": "tiny", "model": TINY_MODEL, "sampler": {"sampler": "ddim", "steps": 2},
-                               "train": {"log_every": 1, "lr": 1e-3, "device": "cpu", "batch_size": 4,
-                                         "sample_grids": "off", **train}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "model": TINY_MODEL,
+                "sampler": {"sampler": "ddim", "steps": 2},
+                "train": {"log_every": 1, "lr": 1e-3, "device": "cpu", "batch_size": 4, "sample_grids": "off", **train},
+            }
+        )
+    )
     run = tmp_path / "run"
     args = ["train", "--config", str(cfg), "--data-dir", str(course_kit), "--out", str(run)]
     r = runner.invoke(app, [*args, "--max-steps", str(steps)])
@@ -65,9 +81,17 @@ def tiny_run(course_kit: Path, tmp_path: Path, steps: int = 2, **train) -> tuple
 def test_plot_only_never_rewrites_a_finished_study(tmp_path):
     study = tmp_path / "study"
     study.mkdir()
-    (study / "report.json").write_text(json.dumps({"settings": {"schedules": ["linear"]}, "table": [],
-                                                   "runs": [{"name": "linear"}], "choose_on": "val",
-                                                   "best": "linear"}))
+    (study / "report.json").write_text(
+        json.dumps(
+            {
+                "settings": {"schedules": ["linear"]},
+                "table": [],
+                "runs": [{"name": "linear"}],
+                "choose_on": "val",
+                "best": "linear",
+            }
+        )
+    )
     (study / "schedules.png").write_bytes(b"the study's own figure")
     before = digest(study)
     r = runner.invoke(app, ["compare-schedules", "--plot-only", "--out", str(study)])
@@ -85,36 +109,57 @@ def test_evaluator_export_protects_its_out_and_refuses_junk(tmp_path):
     args = ["evaluator", "export", "--evaluator", str(source), "--out"]
     one_error(runner.invoke(app, [*args, str(target)]), f"{target} exists", "--overwrite")
     assert target.read_text() == "precious"
-    one_error(runner.invoke(app, [*args, str(tmp_path)]), f"--out {tmp_path} is a folder",
-              str(tmp_path / "checkpoint.pth"))
+    one_error(
+        runner.invoke(app, [*args, str(tmp_path)]), f"--out {tmp_path} is a folder", str(tmp_path / "checkpoint.pth")
+    )
     r = runner.invoke(app, [*args, str(target), "--overwrite"])
     assert r.exit_code == 0, r.output + r.stderr
     assert torch.load(target, weights_only=True)["model"]["fc.0.weight"].shape == (24, 512)
     (tmp_path / "junk.pth").write_text("junk\n")
-    one_error(runner.invoke(app, ["evaluator", "export", "--evaluator", str(tmp_path / "junk.pth"), "--out",
-                                  str(tmp_path / "x.pth")]), "junk.pth is not a readable torch checkpoint")
+    one_error(
+        runner.invoke(
+            app, ["evaluator", "export", "--evaluator", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.pth")]
+        ),
+        "junk.pth is not a readable torch checkpoint",
+    )
 
 
 def test_eval_refuses_a_junk_evaluator(tmp_path, course_kit, weights):
     (tmp_path / "junk.pth").write_text("junk\n")
-    r = runner.invoke(app, ["eval", "--checkpoint", str(weights), "--data-dir", str(course_kit), "--evaluator",
-                            str(tmp_path / "junk.pth"), "--seeds", "0", "--out", str(tmp_path / "ev")])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(weights),
+            "--data-dir",
+            str(course_kit),
+            "--evaluator",
+            str(tmp_path / "junk.pth"),
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     one_error(r, "junk.pth is not a readable torch checkpoint")
 
 
 # 4. --out naming an existing folder, for the commands that write one file
-@pytest.mark.parametrize("args,example", [
-    (["sample", "--checkpoint", "{w}", "--labels", "red cube"], "samples.png"),
-    (["denoise-trace", "--checkpoint", "{w}"], "trace.png"),
-    (["data", "preview", "--data-dir", "{kit}"], "contact_sheet.png"),
-])
+@pytest.mark.parametrize(
+    "args,example",
+    [
+        (["sample", "--checkpoint", "{w}", "--labels", "red cube"], "samples.png"),
+        (["denoise-trace", "--checkpoint", "{w}"], "trace.png"),
+        (["data", "preview", "--data-dir", "{kit}"], "contact_sheet.png"),
+    ],
+)
 def test_out_naming_a_folder_is_refused_before_any_work(tmp_path, course_kit, weights, args, example):
     folder = tmp_path / "existing"
     folder.mkdir()
     (folder / "keep.txt").write_text("precious")
     args = [a.format(w=weights, kit=course_kit) for a in args]
-    one_error(runner.invoke(app, [*args, "--out", str(folder)]), f"--out {folder} is a folder",
-              str(folder / example))
+    one_error(runner.invoke(app, [*args, "--out", str(folder)]), f"--out {folder} is a folder", str(folder / example))
     assert digest(folder) == {"keep.txt": hashlib.sha256(b"precious").hexdigest()}
 
 
@@ -137,8 +182,9 @@ def test_export_to_an_existing_file_is_refused(tmp_path, weights, extra):
     assert target.read_text() == "precious"
 
 
-@pytest.mark.parametrize("args", [["data", "synth", "--scenes", "1"], ["eval", "--checkpoint", "{w}",
-                                                                       "--data-dir", "{kit}", "--seeds", "0"]])
+@pytest.mark.parametrize(
+    "args", [["data", "synth", "--scenes", "1"], ["eval", "--checkpoint", "{w}", "--data-dir", "{kit}", "--seeds", "0"]]
+)
 def test_a_folder_out_naming_a_file_is_refused(tmp_path, course_kit, weights, args):
     target = tmp_path / "afile.txt"
     target.write_text("precious")
@@ -158,8 +204,18 @@ def test_weights_with_a_wrong_shape_name_the_tensor(tmp_path, weights):
     key = next(k for k, v in state.items() if v.ndim == 4)
     state[key] = torch.zeros(1, *state[key].shape[1:])
     save_file(state, str(tmp_path / "reshaped.safetensors"), metadata=meta)
-    r = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "reshaped.safetensors"), "--labels", "red cube",
-                            "--out", str(tmp_path / "grid.png")])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--checkpoint",
+            str(tmp_path / "reshaped.safetensors"),
+            "--labels",
+            "red cube",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ],
+    )
     one_error(r, f"tensor {key} has shape (1, ", "re-export")
     assert not (tmp_path / "grid.png").exists()
 
@@ -168,18 +224,36 @@ def test_weights_with_a_wrong_shape_name_the_tensor(tmp_path, weights):
 @pytest.mark.parametrize("split", ["test", "new_test"])
 def test_an_empty_condition_list_is_refused(tmp_path, course_kit, weights, split):
     (course_kit / f"{split}.json").write_text("[]")
-    one_error(runner.invoke(app, ["data", "check", "--data-dir", str(course_kit)]), f"{split}.json lists no "
-              "conditions")
-    r = runner.invoke(app, ["eval", "--checkpoint", str(weights), "--data-dir", str(course_kit), "--split", split,
-                            "--seeds", "0", "--out", str(tmp_path / "ev")])
+    one_error(runner.invoke(app, ["data", "check", "--data-dir", str(course_kit)]), f"{split}.json lists no conditions")
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(weights),
+            "--data-dir",
+            str(course_kit),
+            "--split",
+            split,
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     one_error(r, f"{split}.json lists no conditions")
 
 
 # 9. an infinite learning rate, and weights that became non-finite
-@pytest.mark.parametrize("args", [["train", "--preset", "tiny", "--lr", "inf"],
-                                  ["train", "--preset", "tiny", "--lr", "inf", "--dry-run"],
-                                  ["sample", "--labels", "red cube", "--guidance-scale", "inf"],
-                                  ["compare-schedules", "--max-steps", "1", "--guidance-scale", "nan"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--preset", "tiny", "--lr", "inf"],
+        ["train", "--preset", "tiny", "--lr", "inf", "--dry-run"],
+        ["sample", "--labels", "red cube", "--guidance-scale", "inf"],
+        ["compare-schedules", "--max-steps", "1", "--guidance-scale", "nan"],
+    ],
+)
 def test_non_finite_numbers_are_refused(args):
     one_error(runner.invoke(app, args), "finite number")
 
@@ -187,11 +261,39 @@ def test_non_finite_numbers_are_refused(args):
 def test_non_finite_weights_are_never_saved(course_kit, tmp_path):
     """lr 1e39 (float32 overflows): the first step's loss is finite, its weights are inf; nothing is saved."""
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"preset": "tiny", "model": TINY_MODEL, "train": {
-        "device": "cpu", "batch_size": 4, "sample_grids": "off", "grad_clip": None, "lr_schedule": "constant", "warmup_steps": 0}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "model": TINY_MODEL,
+                "train": {
+                    "device": "cpu",
+                    "batch_size": 4,
+                    "sample_grids": "off",
+                    "grad_clip": None,
+                    "lr_schedule": "constant",
+                    "warmup_steps": 0,
+                },
+            }
+        )
+    )
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--config", str(cfg), "--data-dir", str(course_kit), "--out", str(run),
-                            "--max-steps", "1", "--lr", "1e39"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(course_kit),
+            "--out",
+            str(run),
+            "--max-steps",
+            "1",
+            "--lr",
+            "1e39",
+        ],
+    )
     one_error(r, "non-finite", "no state was saved", "lower --lr (now 1e+39)", f"--resume {run}")
     assert not list((run / "state").glob("*.pt")) and not (run / "weights").exists()
 
@@ -231,8 +333,9 @@ def test_resume_with_only_damaged_states_keeps_the_weights(course_kit, tmp_path)
     assert "UserWarning" not in r.stderr and ".py:" not in r.stderr
     for state in (run / "state").glob("*.pt"):
         state.unlink()  # no state at all, weights still there: a new run would replace them
-    one_error(runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "6"]), "holds weights but no "
-              "training state")
+    one_error(
+        runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "6"]), "holds weights but no training state"
+    )
     assert digest(run / "weights") == before
 
 
@@ -240,20 +343,41 @@ def test_resume_with_only_damaged_states_keeps_the_weights(course_kit, tmp_path)
 def test_resume_refuses_another_preset_and_a_missing_or_empty_folder(course_kit, tmp_path):
     run, _ = tiny_run(course_kit, tmp_path, steps=2)
     before = digest(run)
-    one_error(runner.invoke(app, ["train", "--resume", str(run), "--preset", "small", "--max-steps", "4"]),
-              "trained with preset tiny, not small", "leave out --preset")
+    one_error(
+        runner.invoke(app, ["train", "--resume", str(run), "--preset", "small", "--max-steps", "4"]),
+        "trained with preset tiny, not small",
+        "leave out --preset",
+    )
     assert digest(run) == before
     typo = tmp_path / "rnu"
-    one_error(runner.invoke(app, ["train", "--resume", str(typo), "--max-steps", "4"]), f"--resume {typo}: no "
-              "such folder", "--out")
+    one_error(
+        runner.invoke(app, ["train", "--resume", str(typo), "--max-steps", "4"]),
+        f"--resume {typo}: no such folder",
+        "--out",
+    )
     assert not typo.exists()
     (tmp_path / "empty").mkdir()
-    one_error(runner.invoke(app, ["train", "--resume", str(tmp_path / "empty"), "--max-steps", "4"]),
-              "is not a run folder")
+    one_error(
+        runner.invoke(app, ["train", "--resume", str(tmp_path / "empty"), "--max-steps", "4"]), "is not a run folder"
+    )
     assert list((tmp_path / "empty").iterdir()) == []
     r = runner.invoke(app, ["train", "--resume", str(run), "--preset", "tiny", "--max-steps", "4"])
     assert r.exit_code == 0 and "done: max_steps=4 reached at step 4" in " ".join(r.output.split()), r.output
     new = tmp_path / "requeued"  # --out and --resume of one folder: started when not there (docs/slurm-train.sbatch)
-    r = runner.invoke(app, ["train", "--config", str(tmp_path / "cfg.json"), "--data-dir", str(course_kit),
-                            "--out", str(new), "--resume", str(new), "--max-steps", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--data-dir",
+            str(course_kit),
+            "--out",
+            str(new),
+            "--resume",
+            str(new),
+            "--max-steps",
+            "1",
+        ],
+    )
     assert r.exit_code == 0 and (new / "weights" / "ema.safetensors").is_file(), r.output + r.stderr

@@ -23,7 +23,7 @@ def _scenes(n: int, seed: int) -> torch.Tensor:
     for i in range(n):
         for _ in range(2):
             r, c = torch.randint(0, 48, (2,), generator=g).tolist()
-            x[i, :, r:r + 14, c:c + 14] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+            x[i, :, r : r + 14, c : c + 14] = torch.rand(3, 1, 1, generator=g) * 2 - 1
     return x
 
 
@@ -54,8 +54,13 @@ def test_kid_is_near_zero_for_the_same_distribution_and_far_above_it_for_blur_an
     same = kid_fd(net, b, a, subset_size=50, subsets=50)
     blur = F.interpolate(F.interpolate(b, size=16, mode="bilinear", antialias=True), size=64, mode="bilinear")
     blurred = kid_fd(net, blur, a, subset_size=50, subsets=50)
-    noisy = kid_fd(net, (b + 0.2 * torch.randn(b.shape, generator=torch.Generator().manual_seed(3))).clamp(-1, 1),
-                   a, subset_size=50, subsets=50)
+    noisy = kid_fd(
+        net,
+        (b + 0.2 * torch.randn(b.shape, generator=torch.Generator().manual_seed(3))).clamp(-1, 1),
+        a,
+        subset_size=50,
+        subsets=50,
+    )
     assert abs(same["kid"]) < 3 * same["kid_std"] + 1e-4
     for worse in (blurred, noisy):
         assert worse["kid"] > same["kid"] + 5 * max(same["kid_std"], worse["kid_std"] / 5)
@@ -95,9 +100,15 @@ def tiny_run(tiny_model_cfg, tmp_path):
 
     torch.manual_seed(0)
     run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"
-    save_weights(build_model(tiny_model_cfg), run / "weights" / "ema.safetensors", model_cfg=tiny_model_cfg,
-                 schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(sampler="ddim", steps=1),
-                 preset="tiny", step=1)
+    save_weights(
+        build_model(tiny_model_cfg),
+        run / "weights" / "ema.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=1),
+        preset="tiny",
+        step=1,
+    )
     return run
 
 
@@ -106,8 +117,23 @@ def test_eval_kid_request_with_too_few_images_writes_nothing(tiny_run, tmp_path)
 
     evaluator = colour_reader(tmp_path / "reader.pth")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["eval", "--split", "test", "--seeds", "0", "--kid", "--evaluator", str(evaluator),
-                            "--out", str(out), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "--split",
+            "test",
+            "--seeds",
+            "0",
+            "--kid",
+            "--evaluator",
+            str(evaluator),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 2, r.output
     text = " ".join(r.output.split())
     assert "error: KID needs at least 50 images per set; test (32 conditions x 1 seed(s)) has 32" in text
@@ -120,8 +146,22 @@ def test_eval_reports_fidelity_against_embedded_renders(tiny_run, tmp_path):
 
     evaluator = colour_reader(tmp_path / "reader.pth")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["eval", "--split", "test", "--seeds", "0,1", "--evaluator", str(evaluator),
-                            "--out", str(out), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "--split",
+            "test",
+            "--seeds",
+            "0,1",
+            "--evaluator",
+            str(evaluator),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     f = json.loads((out / "report.json").read_text())["splits"]["test"]["fidelity"]
     assert f["generated"]["n_generated"] == 64 and f["generated"]["n_reference"] == 96
@@ -130,4 +170,4 @@ def test_eval_reports_fidelity_against_embedded_renders(tiny_run, tmp_path):
     assert f["generated"]["kid"] > f["floor"]["kid"] + 5 * f["generated"]["kid_std"]
     text = " ".join(r.output.split())
     assert f"KID x10^3 {1e3 * f['generated']['kid']:.1f}" in text
-    assert f'data-key="splits/test/fidelity/generated/kid"' in (out / "report.html").read_text()
+    assert 'data-key="splits/test/fidelity/generated/kid"' in (out / "report.html").read_text()

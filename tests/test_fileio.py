@@ -50,11 +50,14 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 # --- write failures the user can fix: one WriteError naming the file, the old file kept, no temporary left ---
 
+
 def _half_then_fail(exc):
     """A writer that puts half of its bytes into the file, then fails like a full disk would."""
+
     def write(tmp):
         tmp.write_bytes(b"x" * 500)
         raise exc
+
     return write
 
 
@@ -99,8 +102,10 @@ def test_library_errors_without_errno_are_probed(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
-                    reason="needs the /dev/full device (every write fails with ENOSPC)")
+@pytest.mark.skipif(
+    not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
+    reason="needs the /dev/full device (every write fails with ENOSPC)",
+)
 def test_probe_reports_the_file_systems_errno():
     import errno
     from pathlib import Path
@@ -117,10 +122,14 @@ def test_permission_and_read_only_are_one_line(tmp_path, monkeypatch):
     import iclevr.fileio as F
     from iclevr.errors import WriteError
 
-    for code, words in ((errno.EACCES, f"permission denied in {tmp_path}"),
-                        (errno.EROFS, f"{tmp_path} is on a read-only file system")):
+    for code, words in (
+        (errno.EACCES, f"permission denied in {tmp_path}"),
+        (errno.EROFS, f"{tmp_path} is on a read-only file system"),
+    ):
+
         def refuse(path, code=code):
             raise OSError(code, os.strerror(code), str(path))
+
         monkeypatch.setattr(F, "_new_temp", refuse)
         with pytest.raises(WriteError) as err:
             atomic_write_text(tmp_path / "report.json", "{}")

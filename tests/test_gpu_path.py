@@ -9,18 +9,20 @@ import gc
 import json
 import math
 import weakref
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from conftest import TINY_MODEL
+from torch.utils._python_dispatch import TorchDispatchMode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOKENS = {**TINY_MODEL, "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+TOKENS = {
+    **TINY_MODEL,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "condition": "tokens",
+}
 
 
 class SyncCounter(TorchDispatchMode):
@@ -49,9 +51,14 @@ def test_a_training_step_of_the_tokens_model_reads_nothing_back(tmp_path):
     from iclevr.settings import TrainSettings, resolve
     from iclevr.training.loop import diffusion_loss, make_optimizer
 
-    settings = resolve(TrainSettings, overrides={"model": {**TOKENS, "self_condition": True},
-                                                 "schedule": {"prediction_type": "v_prediction"},
-                                                 "train": {"optimizer": "adamw", "snr_gamma": 5.0}})
+    settings = resolve(
+        TrainSettings,
+        overrides={
+            "model": {**TOKENS, "self_condition": True},
+            "schedule": {"prediction_type": "v_prediction"},
+            "train": {"optimizer": "adamw", "snr_gamma": 5.0},
+        },
+    )
     torch.manual_seed(0)
     model = build_model(settings.model)
     ema, opt = EMA(model), make_optimizer(model, settings.train)
@@ -104,8 +111,10 @@ def fake_cuda(monkeypatch):
     torch.set_float32_matmul_precision(precision)
 
 
-@pytest.mark.parametrize("capability,dtype", [((7, 0), torch.float16), ((7, 5), torch.float16),
-                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    "capability,dtype",
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
 def test_autocast_asks_for_native_bf16_only(fake_cuda, capability, dtype):
     """Issue 29 item 3: V100 (7.0) and T4 (7.5) sample and evaluate in fp16, Ampere (8.0) on in bf16."""
     from iclevr.device import autocast
@@ -115,8 +124,10 @@ def test_autocast_asks_for_native_bf16_only(fake_cuda, capability, dtype):
         assert autocast(torch.device("cuda")).fast_dtype == dtype
 
 
-@pytest.mark.parametrize("capability,asked,used", [((7, 0), "bf16", "fp16"), ((8, 0), "bf16", "bf16"),
-                                                   ((7, 0), "fp16", "fp16"), ((7, 0), "no", "no")])
+@pytest.mark.parametrize(
+    "capability,asked,used",
+    [((7, 0), "bf16", "fp16"), ((8, 0), "bf16", "bf16"), ((7, 0), "fp16", "fp16"), ((7, 0), "no", "no")],
+)
 def test_training_falls_back_to_fp16_without_native_bf16(fake_cuda, capability, asked, used):
     """Issue 29 item 3: a bf16 preset (small, small-tokens) trains in fp16 on a pre-Ampere GPU, with a note."""
     from iclevr.settings import TrainLoopSettings
@@ -139,8 +150,10 @@ def test_cuda_training_turns_on_cudnn_benchmark_and_tf32(fake_cuda):
     assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
 
 
-@pytest.mark.parametrize("launched,setting,noted", [("fp16", "no", True), ("no", "bf16", True), ("fp16", "fp16", False),
-                                                    (None, "bf16", False)])
+@pytest.mark.parametrize(
+    "launched,setting,noted",
+    [("fp16", "no", True), ("no", "bf16", True), ("fp16", "fp16", False), (None, "bf16", False)],
+)
 def test_a_precision_that_overrides_accelerate_launch_says_so(fake_cuda, monkeypatch, launched, setting, noted):
     """Issue 29 item 10: `accelerate launch --mixed_precision X` is overridden by train.mixed_precision; when the
     two disagree, one line says which is used."""
@@ -155,9 +168,14 @@ def test_a_precision_that_overrides_accelerate_launch_says_so(fake_cuda, monkeyp
     _, note = make_accelerator(TrainLoopSettings(mixed_precision=setting))
     assert made[-1]["mixed_precision"] == setting
     lines = [x for x in (note or "").splitlines() if "accelerate launch" in x]
-    assert lines == ([f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; "
-                      f"train.mixed_precision = {setting} (preset, config or --mixed-precision) is used"]
-                     if noted else [])
+    assert lines == (
+        [
+            f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; "
+            f"train.mixed_precision = {setting} (preset, config or --mixed-precision) is used"
+        ]
+        if noted
+        else []
+    )
 
 
 @pytest.mark.slow
@@ -176,14 +194,34 @@ def test_two_ranks_agree_on_a_nan_before_saving_and_on_time_without_the_device(c
     from iclevr.training.state import list_states, load_state
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(root / "tests" / "two_ranks.py"), str(course_kit), str(tmp_path)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(root / "tests" / "two_ranks.py"),
+        str(course_kit),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    reports = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)
-               if (tmp_path / f"rank-{r}.json").is_file()]
+    reports = [
+        json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1) if (tmp_path / f"rank-{r}.json").is_file()
+    ]
     assert len(reports) == 2, done.stdout[-2000:] + done.stderr[-2000:]
     for report in reports:  # the same stop on both ranks, at the first save after the NaN, naming its step
         assert report["train"].startswith("TrainingInterrupted: loss became non-finite at step 3"), report
@@ -201,14 +239,23 @@ def _settings(course_kit, out, **train):
     """TrainSettings of the tiny test UNet on the test kit (12 images), no sample grids."""
     from iclevr.settings import TrainSettings, resolve
 
-    loop = {"batch_size": 4, "lr": 1e-3, "log_every": 2, "checkpoint_every": 0, "device": "cpu",
-            "sample_grids": "off", **train}
-    return resolve(TrainSettings, overrides={"model": TINY_MODEL, "data.data_dir": str(course_kit), "out": str(out),
-                                             "train": loop})
+    loop = {
+        "batch_size": 4,
+        "lr": 1e-3,
+        "log_every": 2,
+        "checkpoint_every": 0,
+        "device": "cpu",
+        "sample_grids": "off",
+        **train,
+    }
+    return resolve(
+        TrainSettings, overrides={"model": TINY_MODEL, "data.data_dir": str(course_kit), "out": str(out), "train": loop}
+    )
 
 
 def _strict_rows(path):
     """metrics.jsonl read as strict JSON (Infinity and NaN refused, as JavaScript, jq or Go would)."""
+
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
 
@@ -315,8 +362,7 @@ def test_the_torch_floor_builds_the_fused_optimizer():
         assert opt.defaults["fused"] is True
 
 
-def test_periodic_saves_write_the_sampling_weights_and_the_raw_weights_at_the_end(course_kit, tmp_path,
-                                                                                  monkeypatch):
+def test_periodic_saves_write_the_sampling_weights_and_the_raw_weights_at_the_end(course_kit, tmp_path, monkeypatch):
     """Issue 29 item 5: every save wrote the state and both weight files (seed: 1.8 + 0.45 + 0.45 GB); the raw
     weights (model.safetensors) are only needed at the end, since the state holds them in between."""
     import iclevr.weights

@@ -84,7 +84,7 @@ def shows(text: str, value) -> bool:
         return False
     shown, decimals, unit = float(match[1]), len(match[2] or ""), match[3] or ""
     target = value * 100 if unit == "%" else value / 60 if unit == " min" else value
-    return abs(shown - target) <= 0.5 * 10 ** -decimals + 1e-12
+    return abs(shown - target) <= 0.5 * 10**-decimals + 1e-12
 
 
 def decode(src: str) -> Image.Image:
@@ -160,8 +160,12 @@ def test_a_report_of_existing_images_and_bad_arguments():
 
 def test_write_report_writes_the_rendered_page(tmp_path, sample):
     report, grids, page = sample
-    path = write_report(tmp_path / "eval" / "report.html", report, images={s: g.png() for s, g in grids.items()},
-                        title="iclevr eval: tiny-run")
+    path = write_report(
+        tmp_path / "eval" / "report.html",
+        report,
+        images={s: g.png() for s, g in grids.items()},
+        title="iclevr eval: tiny-run",
+    )
     assert path.read_text() == page
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]
 
@@ -170,8 +174,10 @@ def comparison_report():
     """A report shaped like compare-schedules' report.json: val chooses (linear), test/new_test are reported."""
     rows = []
     for name, base in (("linear", 0.61), ("cosine", 0.68), ("sigmoid", 0.65)):
-        splits = {s: {"values": [base + d, base + 2 * d], "mean": base + 1.5 * d, "std": d / 2}
-                  for s, d in (("test", 0.01), ("new_test", 0.02))}
+        splits = {
+            s: {"values": [base + d, base + 2 * d], "mean": base + 1.5 * d, "std": d / 2}
+            for s, d in (("test", 0.01), ("new_test", 0.02))
+        }
         splits = {"val": {"values": [0.9 - base], "mean": 0.9 - base, "std": 0.0}, **splits}
         rows.append({"name": name, "splits": splits, "final_loss": 0.031, "train_wall_s": 600.0, "runs": []})
     return {"runs": rows, "best": "linear", "settings": {"seeds": [0], "epochs": 3}}
@@ -181,8 +187,9 @@ def test_comparison_sets_schedules_side_by_side():
     report = comparison_report()
     rows = report["runs"]
     grid = png_bytes(Image.fromarray(solid_images(1, 32)[0]))
-    page = render_comparison(report, grids={r["name"]: grid for r in rows}, figures={"noise schedules": grid,
-                             "accuracy by schedule": grid})
+    page = render_comparison(
+        report, grids={r["name"]: grid for r in rows}, figures={"noise schedules": grid, "accuracy by schedule": grid}
+    )
     parsed = Page(page)
     assert parsed.errors == [] and "https://" not in page and "http://" not in page
     assert len(parsed.images) == 2 + len(rows)
@@ -193,7 +200,7 @@ def test_comparison_sets_schedules_side_by_side():
     cards = re.findall(r'id="schedule-(\w+)".*?(?=<section|$)', page, flags=re.S)
     assert cards == ["linear", "cosine", "sigmoid"]
     assert page.count('class="best"') == 1  # on val only, although cosine leads test and new_test
-    linear = page[page.index('id="schedule-linear"'):page.index('id="schedule-cosine"')]
+    linear = page[page.index('id="schedule-linear"') : page.index('id="schedule-cosine"')]
     assert 'class="best"' in linear and linear.index("splits/val/mean") < linear.index("splits/test/mean")
     with pytest.raises(ValueError, match="karras"):
         render_comparison(report, grids={"karras": grid}, figures={})
@@ -205,15 +212,27 @@ def find_chromium() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed (Debian: apt-get install "
-                    "chromium); the page's structure is still checked by the tests above")
+@pytest.mark.skipif(
+    find_chromium() is None,
+    reason="Chromium is not installed (Debian: apt-get install "
+    "chromium); the page's structure is still checked by the tests above",
+)
 def test_a_real_browser_draws_the_page(tmp_path, sample):
     report, grids, _ = sample
     page = write_report(tmp_path / "report.html", report, images={s: g.png() for s, g in grids.items()})
     shot = tmp_path / "shot.png"
-    cmd = [find_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-           "--window-size=1200,2000", page.resolve().as_uri()]
+    cmd = [
+        find_chromium(),
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--hide-scrollbars",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        page.resolve().as_uri(),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert shot.is_file(), result.stderr[-2000:]
     image = Image.open(shot).convert("RGB")

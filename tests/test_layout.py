@@ -11,16 +11,28 @@ PACKAGE = Path(__file__).resolve().parents[1] / "iclevr"
 # The floors, lowest first (the README's Development map, docs/development.md). A module may import its own floor
 # and the floors below; a module of a sub-package belongs to the floor of its longest listed prefix.
 FLOORS: list[tuple[str, ...]] = [
-    ("iclevr", "iclevr.errors", "iclevr.paths", "iclevr.seeding", "iclevr.progress", "iclevr.fileio",
-     "iclevr.labels", "iclevr.images", "iclevr.device", "iclevr.settings", "iclevr.runinfo", "iclevr.ema",
-     "iclevr.schedules"),                                                     # the ground floor
+    (
+        "iclevr",
+        "iclevr.errors",
+        "iclevr.paths",
+        "iclevr.seeding",
+        "iclevr.progress",
+        "iclevr.fileio",
+        "iclevr.labels",
+        "iclevr.images",
+        "iclevr.device",
+        "iclevr.settings",
+        "iclevr.runinfo",
+        "iclevr.ema",
+        "iclevr.schedules",
+    ),  # the ground floor
     ("iclevr.model", "iclevr.autoencoder", "iclevr.sampling", "iclevr.weights"),  # the model and its weights
-    ("iclevr.generate", "iclevr.trace", "iclevr.export"),                    # how a model is used
-    ("iclevr.data",),                                                         # kits, the renderer
-    ("iclevr.training",),                                                     # train(settings) -> run_dir
-    ("iclevr.evaluation",),                                                   # scoring (may use the lr shape)
-    ("iclevr.studies", "iclevr.serve"),                                       # studies, the web page
-    ("iclevr.cli", "iclevr.__main__"),                                        # the thin CLI on top
+    ("iclevr.generate", "iclevr.trace", "iclevr.export"),  # how a model is used
+    ("iclevr.data",),  # kits, the renderer
+    ("iclevr.training",),  # train(settings) -> run_dir
+    ("iclevr.evaluation",),  # scoring (may use the lr shape)
+    ("iclevr.studies", "iclevr.serve"),  # studies, the web page
+    ("iclevr.cli", "iclevr.__main__"),  # the thin CLI on top
 ]
 
 
@@ -62,7 +74,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph[m]):
             if colour[n] == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if colour[n] == 0 and (found := visit(n)):
                 return found
         stack.pop()
@@ -99,13 +111,18 @@ def floor_of(module: str) -> int | None:
 def upward_imports(graph: dict[str, set[str]]) -> list[str]:
     """'a -> b' for every import from a lower floor to a higher one (and modules no floor lists)."""
     found = [f"{m} is on no floor" for m in sorted(graph) if floor_of(m) is None]
-    return found + [f"{m} -> {n}" for m in sorted(graph) for n in sorted(graph[m])
-                    if None not in (floor_of(m), floor_of(n)) and floor_of(n) > floor_of(m)]
+    return found + [
+        f"{m} -> {n}"
+        for m in sorted(graph)
+        for n in sorted(graph[m])
+        if None not in (floor_of(m), floor_of(n)) and floor_of(n) > floor_of(m)
+    ]
 
 
 def test_the_floor_check_finds_an_upward_import():
     assert upward_imports({"iclevr.weights": {"iclevr.training.lock"}, "iclevr.training.lock": set()}) == [
-        "iclevr.weights -> iclevr.training.lock"]
+        "iclevr.weights -> iclevr.training.lock"
+    ]
     assert upward_imports({"iclevr.cli.app": {"iclevr.model"}, "iclevr.model": set()}) == []
     assert upward_imports({"iclevr.newthing": set()}) == ["iclevr.newthing is on no floor"]
 
@@ -120,8 +137,17 @@ def test_the_metric_imports_nothing_from_iclevr():
 
 
 # The floors of the README's package map, lowest first: a module imports its own floor or lower ones only.
-GROUND = {"iclevr.errors", "iclevr.settings", "iclevr.fileio", "iclevr.labels", "iclevr.paths", "iclevr.seeding",
-          "iclevr.device", "iclevr.images", "iclevr.progress"}
+GROUND = {
+    "iclevr.errors",
+    "iclevr.settings",
+    "iclevr.fileio",
+    "iclevr.labels",
+    "iclevr.paths",
+    "iclevr.seeding",
+    "iclevr.device",
+    "iclevr.images",
+    "iclevr.progress",
+}
 UPWARD = {("iclevr.weights", "iclevr.training.lock")}  # the run finder asks whether a run without weights is
 # still being trained (its lock holder) to say so; the lock module imports only the ground floor
 
@@ -131,17 +157,28 @@ def floor(module: str) -> int:
     evaluation/ and data/, 3 studies/, 4 cli/, 5 the package itself and __main__."""
     if module in ("iclevr", "iclevr.__main__"):
         return 5
-    for prefix, level in (("iclevr.cli", 4), ("iclevr.studies", 3), ("iclevr.training", 2),
-                          ("iclevr.evaluation", 2), ("iclevr.data", 2)):
+    for prefix, level in (
+        ("iclevr.cli", 4),
+        ("iclevr.studies", 3),
+        ("iclevr.training", 2),
+        ("iclevr.evaluation", 2),
+        ("iclevr.data", 2),
+    ):
         if module == prefix or module.startswith(prefix + "."):
             return level
     return 0 if module in GROUND else 1
 
 
 def test_arrows_point_down():
-    up = sorted((m, t) for m, targets in import_graph().items() for t in targets
-                if floor(t) > floor(m) and (m, t) not in UPWARD)
+    up = sorted(
+        (m, t) for m, targets in import_graph().items() for t in targets if floor(t) > floor(m) and (m, t) not in UPWARD
+    )
     assert up == [], "imports pointing up a floor: " + "; ".join(f"{m} -> {t}" for m, t in up)
-    assert floor("iclevr.fileio") < floor("iclevr.weights") < floor("iclevr.training.loop") < floor(
-        "iclevr.studies.demo") < floor("iclevr.cli.train")
+    assert (
+        floor("iclevr.fileio")
+        < floor("iclevr.weights")
+        < floor("iclevr.training.loop")
+        < floor("iclevr.studies.demo")
+        < floor("iclevr.cli.train")
+    )
     assert import_graph()["iclevr.training.lock"] <= GROUND  # why UPWARD's one exception is harmless

@@ -9,8 +9,11 @@ from iclevr.training.noise import immiscible_permutation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOKENS = {"condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
+TOKENS = {
+    "condition": "tokens",
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+}
 
 
 def _total(x0, eps, perm):
@@ -86,8 +89,9 @@ class Recorder(torch.nn.Module):
 
     def forward(self, x_t, t, y, x0_self=None):
         out = self.inner(x_t, t, y, x0_self=x0_self) if x0_self is not None else self.inner(x_t, t, y)
-        self.calls.append(dict(x_t=x_t.detach().clone(), t=t, x0_self=x0_self, out=out.detach().clone(),
-                               grad=torch.is_grad_enabled()))
+        self.calls.append(
+            dict(x_t=x_t.detach().clone(), t=t, x0_self=x0_self, out=out.detach().clone(), grad=torch.is_grad_enabled())
+        )
         return out
 
 
@@ -95,8 +99,14 @@ def _loss_setup(prediction="epsilon", **train):
     from iclevr.schedules import make_scheduler
     from iclevr.settings import TrainSettings, resolve
 
-    settings = resolve(TrainSettings, overrides={"model": dict(TINY_MODEL), "train": {"p_uncond": 0.0, **train},
-                                                 "schedule.prediction_type": prediction})
+    settings = resolve(
+        TrainSettings,
+        overrides={
+            "model": dict(TINY_MODEL),
+            "train": {"p_uncond": 0.0, **train},
+            "schedule.prediction_type": prediction,
+        },
+    )
     torch.manual_seed(5)
     x0 = torch.rand(8, 3, 16, 16) * 2 - 1  # (B, 3, S, S)
     y = torch.zeros(8, 24)

@@ -33,8 +33,10 @@ def test_topk_hits_hand_case():
 
 def test_micro_average_differs_from_per_image_mean():
     y = L.encode_many([["red sphere"], ["gray cube", "blue cube", "cyan cylinder"]])
-    scores = _scores({"blue sphere": 0.9, "red sphere": 0.1},  # 0 of 1
-                     {"gray cube": 0.9, "blue cube": 0.8, "cyan cylinder": 0.7})  # 3 of 3
+    scores = _scores(
+        {"blue sphere": 0.9, "red sphere": 0.1},  # 0 of 1
+        {"gray cube": 0.9, "blue cube": 0.8, "cyan cylinder": 0.7},
+    )  # 3 of 3
     hits, total = accuracy(scores, y)
     per_image_mean = (0 / 1 + 3 / 3) / 2
     assert (hits, total) == (3, 4)
@@ -58,8 +60,11 @@ def test_tied_scores_go_to_the_lower_class_index():
     scores = torch.full((3, 24), 0.5)  # row 0: all 24 tied
     scores[1, i["yellow cylinder"]] = 0.9  # row 1: one clear winner, then 23 tied
     scores[2, [i["red cube"], i["blue cube"], i["cyan cube"]]] = 0.8  # row 2: three tied above the rest
-    assert topk_predictions(scores, y) == [[i["gray cube"], i["red cube"]], [i["yellow cylinder"], i["gray cube"]],
-                                           [i["red cube"], i["blue cube"]]]
+    assert topk_predictions(scores, y) == [
+        [i["gray cube"], i["red cube"]],
+        [i["yellow cylinder"], i["gray cube"]],
+        [i["red cube"], i["blue cube"]],
+    ]
     assert image_hits(scores, y) == [2, 2, 1] and accuracy(scores, y) == (5, 6)
 
     def higher_index_first(row: torch.Tensor, k: int) -> list[int]:
@@ -82,26 +87,39 @@ def test_binding_errors_and_most_missed():
     assert full_swaps(["red sphere", "blue cube"], ["blue sphere", "red cube"]) == 1
     assert full_swaps(["red sphere", "blue cube"], ["blue sphere", "blue cube"]) == 0
     assert full_swaps(["red sphere", "red cube"], ["red cube", "red sphere"]) == 0  # same colour: nothing swapped
-    a = analyse([["red sphere", "blue cube"], ["red sphere"]], [["blue sphere", "red cube"], ["red sphere"]],
-                L.LABELS)
-    assert a["binding"] == {"wrong_predictions": 2, "share_of_wrong": 1.0, "images": 1, "images_total": 2,
-                            "full_swaps": 1}
+    a = analyse([["red sphere", "blue cube"], ["red sphere"]], [["blue sphere", "red cube"], ["red sphere"]], L.LABELS)
+    assert a["binding"] == {
+        "wrong_predictions": 2,
+        "share_of_wrong": 1.0,
+        "images": 1,
+        "images_total": 2,
+        "full_swaps": 1,
+    }
     assert a["wrong_predictions"] == {"total": 2, "binding": 2, "colour": 0, "shape": 0, "other": 0}
     assert list(a["per_class_recall"]) == list(L.LABELS)
     assert a["per_class_recall"]["red sphere"] == 0.5 and a["per_class_recall"]["blue cube"] == 0.0
     assert a["per_class_recall"]["gray cube"] is None
     # both missed once; red sphere (index 9) was asked twice, blue cube (index 2) once: ties go in class order
-    assert a["most_missed"] == [{"label": "blue cube", "missed": 1, "requested": 1},
-                                {"label": "red sphere", "missed": 1, "requested": 2}]
-    by_index = analyse([L.parse_names(["red sphere", "blue cube"]), L.parse_names(["red sphere"])],
-                       [L.parse_names(["blue sphere", "red cube"]), L.parse_names(["red sphere"])], L.LABELS)
+    assert a["most_missed"] == [
+        {"label": "blue cube", "missed": 1, "requested": 1},
+        {"label": "red sphere", "missed": 1, "requested": 2},
+    ]
+    by_index = analyse(
+        [L.parse_names(["red sphere", "blue cube"]), L.parse_names(["red sphere"])],
+        [L.parse_names(["blue sphere", "red cube"]), L.parse_names(["red sphere"])],
+        L.LABELS,
+    )
     assert by_index == a  # indices into the vocabulary read the same as names
 
 
 def test_analysis_counts_each_kind_of_wrong_prediction():
     requested = [["red sphere", "blue cube"]] * 4
-    predicted = [["red cylinder", "blue cube"], ["green sphere", "blue cube"], ["green cylinder", "blue cube"],
-                 ["red sphere", "blue cube"]]
+    predicted = [
+        ["red cylinder", "blue cube"],
+        ["green sphere", "blue cube"],
+        ["green cylinder", "blue cube"],
+        ["red sphere", "blue cube"],
+    ]
     a = analyse(requested, predicted, L.LABELS)
     assert a["wrong_predictions"] == {"total": 3, "binding": 0, "colour": 1, "shape": 1, "other": 1}
     assert a["binding"]["images"] == 0 and a["binding"]["share_of_wrong"] == 0.0

@@ -52,11 +52,14 @@ def test_forward_shape_and_the_condition_matters(tiny_model_cfg):
     assert not torch.allclose(cond, null)
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"down_block_types": ["DownBlock2D"]}, "same length"),
-    ({"norm_num_groups": 7}, "must divide"),
-    ({"sample_size": 17}, "divisible"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"down_block_types": ["DownBlock2D"]}, "same length"),
+        ({"norm_num_groups": 7}, "must divide"),
+        ({"sample_size": 17}, "divisible"),
+    ],
+)
 def test_inconsistent_model_settings_are_user_errors(tiny_model_cfg, change, match):
     with pytest.raises(UserError, match=match):
         build_model(ModelSettings(**{**tiny_model_cfg.model_dump(), **change}))
@@ -77,8 +80,11 @@ def test_unwrap_peels_nested_wrappers(tiny_model_cfg):
 
 # ---- object tokens (docs/conditioning.md) ----------------------------------------------------------
 
-TOKENS_MODEL = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "condition": "tokens"}
+TOKENS_MODEL = {
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "condition": "tokens",
+}
 
 
 def _tokens_model(tiny_model_cfg, **change):
@@ -163,15 +169,20 @@ def test_shape_colour_tokens_share_their_parts(tiny_model_cfg):
     model = _tokens_model(tiny_model_cfg, token_embedding="shape_colour")
     table = model.tokens.table()  # (24, D)
     from iclevr.labels import LABEL_TO_INDEX as I
+
     # red sphere - red cube == cyan sphere - cyan cube (the shape part is shared across colours)
-    assert torch.allclose(table[I["red sphere"]] - table[I["red cube"]],
-                          table[I["cyan sphere"]] - table[I["cyan cube"]], atol=1e-5)
+    assert torch.allclose(
+        table[I["red sphere"]] - table[I["red cube"]], table[I["cyan sphere"]] - table[I["cyan cube"]], atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("condition,blocks,match", [
-    ("tokens", {}, "needs CrossAttn"),
-    ("pooled", TOKENS_MODEL, "need condition=tokens"),
-])
+@pytest.mark.parametrize(
+    "condition,blocks,match",
+    [
+        ("tokens", {}, "needs CrossAttn"),
+        ("pooled", TOKENS_MODEL, "need condition=tokens"),
+    ],
+)
 def test_conditioning_and_block_types_must_agree(tiny_model_cfg, condition, blocks, match):
     cfg = {**tiny_model_cfg.model_dump(), **blocks, "condition": condition}
     with pytest.raises(UserError, match=match):
@@ -183,8 +194,9 @@ def test_tokens_weights_round_trip_with_their_metadata(tiny_model_cfg, tmp_path)
     from iclevr.weights import load_weights, save_weights
 
     model = _tokens_model(tiny_model_cfg, token_embedding="shape_colour").eval()
-    path = save_weights(model, tmp_path / "w.safetensors", model_cfg=model.cfg, schedule_cfg=ScheduleSettings(),
-                        preset="test", step=7)
+    path = save_weights(
+        model, tmp_path / "w.safetensors", model_cfg=model.cfg, schedule_cfg=ScheduleSettings(), preset="test", step=7
+    )
     loaded, info = load_weights(path)
     assert (info.model.condition, info.model.token_embedding, info.step) == ("tokens", "shape_colour", 7)
     x_t, t, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 900]), _y([0, 12], [7])
@@ -198,15 +210,20 @@ def test_every_attention_block_of_a_tokens_preset_has_heads_of_the_requested_wid
     unet = build_model(cfg).unet
     attention = [m for m in unet.modules() if type(m).__name__ == "Attention"]
     assert any(m.is_cross_attention for m in attention) and any(not m.is_cross_attention for m in attention)
-    assert all(m.inner_dim // m.heads == cfg.attention_head_dim for m in attention), \
-        [(m.heads, m.inner_dim) for m in attention]
+    assert all(m.inner_dim // m.heads == cfg.attention_head_dim for m in attention), [
+        (m.heads, m.inner_dim) for m in attention
+    ]
 
 
 def test_an_attention_layout_diffusers_cannot_express_is_a_user_error(tiny_model_cfg):
     # entry 1 would be a head width for the plain Attn up block and a head count for the CrossAttn down block
-    cfg = {**tiny_model_cfg.model_dump(), "condition": "tokens",
-           "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["UpBlock2D", "AttnUpBlock2D"],
-           "attention_head_dim": 4}
+    cfg = {
+        **tiny_model_cfg.model_dump(),
+        "condition": "tokens",
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["UpBlock2D", "AttnUpBlock2D"],
+        "attention_head_dim": 4,
+    }
     with pytest.raises(UserError, match="head width"):
         build_model(ModelSettings(**cfg))
 

@@ -43,8 +43,15 @@ def make_run(folder: Path, *, step: int, seed: int, log_rows: int = 3, finished:
     rows = [{"step": 25 * (i + 1), "loss": 1.0 / (i + 1), "lr": 1e-3, "wall_s": float(i)} for i in range(log_rows)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(seed)
-    save_weights(build_model(cfg), folder / "weights" / "ema.safetensors", model_cfg=cfg,
-                 schedule_cfg=ScheduleSettings(), sampler_cfg=settings.sampler, preset="tiny", step=step)
+    save_weights(
+        build_model(cfg),
+        folder / "weights" / "ema.safetensors",
+        model_cfg=cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=settings.sampler,
+        preset="tiny",
+        step=step,
+    )
     return folder
 
 
@@ -59,8 +66,9 @@ def packaged(tmp_path_factory):
         env.setenv("ICLEVR_CHECKPOINTS", str(root / "home" / "checkpoints"))
         run = make_run(root / "run", step=1234, seed=0, log_rows=450)
         out, metrics = root / "pretrained.safetensors", root / "metrics.json"
-        record = _package_module().package(run, out, seeds=[0, 1], command="iclevr train --preset tiny",
-                                           metrics=metrics, device="cpu")
+        record = _package_module().package(
+            run, out, seeds=[0, 1], command="iclevr train --preset tiny", metrics=metrics, device="cpu"
+        )
     torch.set_num_threads(before)
     return {"run": run, "file": out, "metrics": metrics, "record": record}
 
@@ -106,22 +114,26 @@ def test_an_unfinished_run_is_used_only_when_named(use_packaged, tmp_path):
     assert resolve_model(None).kind == "packaged" and resolve_model(None).passed_over == stopped
     [line] = model_lines(invoke(*sample))
     assert line.startswith("model: packaged pretrained model") and line.endswith(
-        f"; not the newer run {stopped}, which has not finished (step 57): name it with --checkpoint to use it")
+        f"; not the newer run {stopped}, which has not finished (step 57): name it with --checkpoint to use it"
+    )
     done = make_run(root / "done", step=7, seed=1)
     os.utime(stopped / "weights" / "ema.safetensors")  # the unfinished run stays the newest
     chosen = resolve_model(None)
     assert chosen.kind == "run" and chosen.named == done and chosen.passed_over == stopped
     [line] = model_lines(invoke(*sample, "--checkpoint", stopped))
-    assert line == (f"model: --checkpoint {stopped} (step 57, unfinished: its training stopped before its "
-                    "budget or is still going)")
+    assert line == (
+        f"model: --checkpoint {stopped} (step 57, unfinished: its training stopped before its budget or is still going)"
+    )
 
 
 def test_each_command_prints_one_line_naming_the_model(use_packaged, tmp_path):
     sample = ["sample", "--labels", "red sphere,cyan cube", "--out", tmp_path / "s.png", "--device", "cpu"]
     lines = model_lines(invoke(*sample))
-    assert lines == [f"model: packaged pretrained model {use_packaged} (pooled, 1,234 steps, test/new_test "
-                     f"{_mean(use_packaged, 'test'):.3f}/{_mean(use_packaged, 'new_test'):.3f}; model card: "
-                     "docs/model-card.md)"], lines
+    assert lines == [
+        f"model: packaged pretrained model {use_packaged} (pooled, 1,234 steps, test/new_test "
+        f"{_mean(use_packaged, 'test'):.3f}/{_mean(use_packaged, 'new_test'):.3f}; model card: "
+        "docs/model-card.md)"
+    ], lines
     trace = model_lines(invoke("denoise-trace", "--frames", "2", "--out", tmp_path / "t.png", "--device", "cpu"))
     export = model_lines(invoke("export", "--out", tmp_path / "export"))
     assert trace == export == lines[:1]
@@ -228,11 +240,31 @@ def test_packaging_stores_and_scores_the_sampler_chosen_on_val(tmp_path, monkeyp
     run = make_run(tmp_path / "run", step=5, seed=0)
     used = []
     real = module.score_file
-    monkeypatch.setattr(module, "score_file", lambda weights, *a, **k: used.append(read_info(weights).sampler)
-                        or real(weights, *a, **k))
+    monkeypatch.setattr(
+        module, "score_file", lambda weights, *a, **k: used.append(read_info(weights).sampler) or real(weights, *a, **k)
+    )
     out = tmp_path / "p.safetensors"
-    assert module.main(["--run", str(run), "--out", str(out), "--seeds", "0", "--metrics", str(tmp_path / "m.json"),
-                        "--sampler-steps", "1", "--guidance", "3.5", "--device", "cpu"]) == 0
+    assert (
+        module.main(
+            [
+                "--run",
+                str(run),
+                "--out",
+                str(out),
+                "--seeds",
+                "0",
+                "--metrics",
+                str(tmp_path / "m.json"),
+                "--sampler-steps",
+                "1",
+                "--guidance",
+                "3.5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     info = read_info(out)
     assert (info.sampler.steps, info.sampler.guidance_scale, info.sampler.sampler) == (1, 3.5, "ddim")
     assert [(s.steps, s.guidance_scale) for s in used] == [(1, 3.5)]  # scored with what it stores

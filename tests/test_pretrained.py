@@ -57,6 +57,7 @@ def test_the_shipped_model_draws_what_is_asked_and_random_weights_do_not(one_thr
     torch.manual_seed(0)
     random = _accuracy(build_model(info.model).eval(), info, conditions, evaluator)
     recorded = json.dumps(info.packaged["accuracy"]["val"]["mean"])
-    assert shipped >= 0.5, f"the shipped model scored {shipped:.3f} on {CHECK_CONDITIONS} val conditions " \
-                           f"(its record says val {recorded})"
+    assert shipped >= 0.5, (
+        f"the shipped model scored {shipped:.3f} on {CHECK_CONDITIONS} val conditions (its record says val {recorded})"
+    )
     assert random <= 0.3 < shipped

@@ -21,8 +21,10 @@ def test_a_bug_is_exit_1_with_one_line_and_debug_shows_the_traceback(monkeypatch
     monkeypatch.setattr("iclevr.data.course.load_kit", broken)
     r = runner.invoke(app, ["data", "check", "--data-dir", str(tmp_path)])
     assert r.exit_code == 1 and "Traceback" not in r.output + r.stderr
-    assert r.stderr.strip() == ("error: unexpected RuntimeError: planted bug (this is a bug or an unusual environment; "
-                                "re-run with --debug for the traceback)")
+    assert r.stderr.strip() == (
+        "error: unexpected RuntimeError: planted bug (this is a bug or an unusual environment; "
+        "re-run with --debug for the traceback)"
+    )
     r = runner.invoke(app, ["--debug", "data", "check", "--data-dir", str(tmp_path)])
     assert r.exit_code == 1 and isinstance(r.exception, RuntimeError) and str(r.exception).startswith("planted bug")
 
@@ -41,8 +43,9 @@ def test_a_second_ctrl_c_in_training_is_exit_130_with_the_resume_line(monkeypatc
     import os
     import signal
 
-    import iclevr.training.loop as T
     from conftest import TINY_MODEL
+
+    import iclevr.training.loop as T
 
     real, calls = T.diffusion_loss, {"n": 0}
 
@@ -55,14 +58,24 @@ def test_a_second_ctrl_c_in_training_is_exit_130_with_the_resume_line(monkeypatc
 
     monkeypatch.setattr(T, "diffusion_loss", twice)
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"preset": "tiny", "model": TINY_MODEL, "train": {
-        "device": "cpu", "batch_size": 4, "sample_grids": "off", "checkpoint_every": 0}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "model": TINY_MODEL,
+                "train": {"device": "cpu", "batch_size": 4, "sample_grids": "off", "checkpoint_every": 0},
+            }
+        )
+    )
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--config", str(cfg), "--data-dir", str(course_kit), "--out", str(run),
-                            "--max-steps", "6"])
+    r = runner.invoke(
+        app, ["train", "--config", str(cfg), "--data-dir", str(course_kit), "--out", str(run), "--max-steps", "6"]
+    )
     assert r.exit_code == 130, r.output + r.stderr
-    assert " ".join(r.stderr.split()) == (f"error: interrupted during step 2; continue from the last saved state "
-                                          f"(none yet) with `iclevr train --resume {run}`")
+    assert " ".join(r.stderr.split()) == (
+        f"error: interrupted during step 2; continue from the last saved state "
+        f"(none yet) with `iclevr train --resume {run}`"
+    )
 
 
 def test_a_file_system_without_locks_trains_with_one_warning(monkeypatch, tmp_path):

@@ -52,8 +52,11 @@ def test_the_demo_curve_is_the_committed_result_files():
         val = json.loads((files / f"2026-12-03-tiny-tokens-{minutes}min-val.json").read_text())["splits"]["val"]
         steps = summary["train"]["steps"]
         assert cells[1] == f"{summary['train']['train_minutes']:.1f} min ({steps:,})"
-        for cell, split in ((cells[4], val), (cells[5], summary["accuracy"]["test"]),
-                            (cells[6], summary["accuracy"]["new_test"])):
+        for cell, split in (
+            (cells[4], val),
+            (cells[5], summary["accuracy"]["test"]),
+            (cells[6], summary["accuracy"]["new_test"]),
+        ):
             assert cell == f"{split['mean']:.3f} ± {split['std']:.3f}"
         assert cells[7] == f"{summary['mean_over_splits']:.3f}"
 
@@ -92,6 +95,8 @@ def test_the_readmes_demo_numbers_are_the_demo_summaries():
     line = readme.split("the demo's model scores", 1)[1].split("(mean of test and new_test", 1)[0]
     quoted = [float(x) for x in re.findall(r"\*\*(\d\.\d{3})\*\*", line)]
     files = ROOT / "benchmarks" / "results" / "demo"
-    expected = [json.loads((files / f"2026-12-03-tiny-tokens-{m}min.json").read_text())["mean_over_splits"]
-                for m in (10, 30, 60)]
+    expected = [
+        json.loads((files / f"2026-12-03-tiny-tokens-{m}min.json").read_text())["mean_over_splits"]
+        for m in (10, 30, 60)
+    ]
     assert quoted == [round(e, 3) for e in expected]

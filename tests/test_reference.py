@@ -12,8 +12,18 @@ def test_the_committed_command_reference_is_current():
 
 def test_the_reference_names_every_command_and_option():
     page = reference.generate()
-    for command in ("train", "sample", "denoise-trace", "eval", "compare-schedules", "demo", "data check",
-                    "data synth", "evaluator train", "export"):
+    for command in (
+        "train",
+        "sample",
+        "denoise-trace",
+        "eval",
+        "compare-schedules",
+        "demo",
+        "data check",
+        "data synth",
+        "evaluator train",
+        "export",
+    ):
         assert f"## `iclevr {command}`" in page
     assert "| `--labels` |" in page and "| `--epochs` |" in page
 

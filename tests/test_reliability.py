@@ -33,16 +33,34 @@ def settings_for(course_kit: Path, out: Path, **train):
     """TrainSettings of the tiny test UNet on the test kit (12 images, 3 steps per epoch at batch 4)."""
     from iclevr.settings import TrainSettings, resolve
 
-    loop = {"batch_size": 4, "lr": 2e-3, "lr_schedule": "constant", "log_every": 1, "checkpoint_every": 0,
-            "optimizer": "adamw", "device": "cpu", **train}
-    return resolve(TrainSettings, overrides={"model": dict(TINY_MODEL), "data.data_dir": str(course_kit),
-                                             "out": str(out), "train": loop,
-                                             "sampler": {"sampler": "ddim", "steps": 2, "batch_size": 32}})
+    loop = {
+        "batch_size": 4,
+        "lr": 2e-3,
+        "lr_schedule": "constant",
+        "log_every": 1,
+        "checkpoint_every": 0,
+        "optimizer": "adamw",
+        "device": "cpu",
+        **train,
+    }
+    return resolve(
+        TrainSettings,
+        overrides={
+            "model": dict(TINY_MODEL),
+            "data.data_dir": str(course_kit),
+            "out": str(out),
+            "train": loop,
+            "sampler": {"sampler": "ddim", "steps": 2, "batch_size": 32},
+        },
+    )
 
 
 def weights(run: Path) -> dict:
-    return {f"{name}/{k}": v for name in ("model", "ema")
-            for k, v in load_file(str(run / "weights" / f"{name}.safetensors")).items()}
+    return {
+        f"{name}/{k}": v
+        for name in ("model", "ema")
+        for k, v in load_file(str(run / "weights" / f"{name}.safetensors")).items()
+    }
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -53,9 +71,24 @@ def same_weights(a: Path, b: Path) -> bool:
 def cli_config(tmp_path: Path, **train) -> Path:
     """A settings file for `iclevr train` of the tiny test UNet."""
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"preset": "tiny", "model": TINY_MODEL, "sampler": {"sampler": "ddim", "steps": 2},
-                               "train": {"log_every": 1, "lr": 1e-3, "lr_schedule": "constant",
-                                         "checkpoint_every": 0, "device": "cpu", "batch_size": 4, **train}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "preset": "tiny",
+                "model": TINY_MODEL,
+                "sampler": {"sampler": "ddim", "steps": 2},
+                "train": {
+                    "log_every": 1,
+                    "lr": 1e-3,
+                    "lr_schedule": "constant",
+                    "checkpoint_every": 0,
+                    "device": "cpu",
+                    "batch_size": 4,
+                    **train,
+                },
+            }
+        )
+    )
     return cfg
 
 
@@ -63,8 +96,7 @@ def launch(args: list[str], log: Path) -> subprocess.Popen:
     """`python -m iclevr ARGS` with stdout+stderr into `log` (one thread, as on the shared test machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "iclevr", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen([sys.executable, "-m", "iclevr", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_for(text: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
@@ -78,6 +110,7 @@ def wait_for(text: str, proc: subprocess.Popen, log: Path, timeout: float = 120.
 
 # --- one writer per run folder ----------------------------------------------------------------------------
 
+
 def test_the_run_lock_is_exclusive_and_names_its_holder(tmp_path):
     from iclevr.training.lock import lock_path, read_holder, run_lock
 
@@ -89,8 +122,10 @@ def test_the_run_lock_is_exclusive_and_names_its_holder(tmp_path):
             with run_lock(run):
                 pass
         text = str(err.value)
-        assert text.startswith(f"{run} is being trained by another process (pid {os.getpid()} on host "
-                               f"{socket.gethostname()}, started {holder['started']})")
+        assert text.startswith(
+            f"{run} is being trained by another process (pid {os.getpid()} on host "
+            f"{socket.gethostname()}, started {holder['started']})"
+        )
         assert f"`kill {os.getpid()}`" in text and "another --out folder" in text
     with run_lock(run):  # released at the end of the block
         pass
@@ -135,8 +170,11 @@ def test_a_second_writer_touches_nothing(course_kit, tmp_path):
 
     run = tmp_path / "run"
     (run / "state").mkdir(parents=True)
-    files = {run / "state" / ".step-00000006.pt.1234abcd.tmp": b"half a state being written",
-             run / "metrics.jsonl": b'{"step": 1}\n', run / "settings.json": b"{}"}
+    files = {
+        run / "state" / ".step-00000006.pt.1234abcd.tmp": b"half a state being written",
+        run / "metrics.jsonl": b'{"step": 1}\n',
+        run / "settings.json": b"{}",
+    }
     for path, data in files.items():
         path.write_bytes(data)
     settings = settings_for(course_kit, run, max_steps=2)
@@ -150,6 +188,7 @@ def test_a_second_writer_touches_nothing(course_kit, tmp_path):
 
 
 # --- preemption signals ------------------------------------------------------------------------------------
+
 
 def test_stop_signals_set_one_flag_and_only_a_second_ctrl_c_escalates():
     from iclevr.training.signals import interrupt_flag, stop_cause
@@ -201,8 +240,20 @@ def test_sigterm_mid_run_saves_exits_3_and_resumes_bit_identically(course_kit, t
     from iclevr.training.loop import train
 
     run, log = tmp_path / "run", tmp_path / "train.log"
-    proc = launch(["train", "--config", str(cli_config(tmp_path)), "--data-dir", str(course_kit), "--out", str(run),
-                   "--max-steps", "30"], log)
+    proc = launch(
+        [
+            "train",
+            "--config",
+            str(cli_config(tmp_path)),
+            "--data-dir",
+            str(course_kit),
+            "--out",
+            str(run),
+            "--max-steps",
+            "30",
+        ],
+        log,
+    )
     try:
         wait_for("step 3 epoch", proc, log)
         proc.send_signal(signal.SIGTERM)  # what `kill`, `docker stop` and SLURM send
@@ -214,8 +265,10 @@ def test_sigterm_mid_run_saves_exits_3_and_resumes_bit_identically(course_kit, t
     assert len(states) == 1, states
     step = int(states[0][5:13])
     assert 3 <= step < 30
-    assert (f"stopped by SIGTERM at step {step}; state saved in {run}/state; continue with `iclevr train --resume "
-            f"{run}` (exit code 3: resumable)") in text
+    assert (
+        f"stopped by SIGTERM at step {step}; state saved in {run}/state; continue with `iclevr train --resume "
+        f"{run}` (exit code 3: resumable)"
+    ) in text
     assert "Traceback" not in text and json.loads((run / "progress.json").read_text())["step"] == step
 
     r = runner.invoke(app, ["train", "--resume", str(run)])
@@ -238,15 +291,14 @@ def test_two_trainings_into_one_folder_one_runs_the_other_stops(course_kit, tmp_
     winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
     assert f"error: {run} is being trained by another process (pid {procs[winner].pid} on host " in logs[loser]
     assert "Traceback" not in logs[loser] and "done: max_steps=60 reached at step 60" in logs[winner]
-    assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [10, 20, 30, 40,
-                                                                                              50, 60]
+    assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [10, 20, 30, 40, 50, 60]
     assert sorted(p.name for p in (run / "state").iterdir()) == ["step-00000040.pt", "step-00000060.pt"]
 
 
 # --- full disks -----------------------------------------------------------------------------------------------
 
-def test_a_full_disk_during_a_state_save_is_one_line_and_the_last_state_resumes(course_kit, tmp_path,
-                                                                                 monkeypatch):
+
+def test_a_full_disk_during_a_state_save_is_one_line_and_the_last_state_resumes(course_kit, tmp_path, monkeypatch):
     """The 3rd state write (step 6) puts half its bytes on disk, then the disk is full."""
     import errno
 
@@ -265,15 +317,29 @@ def test_a_full_disk_during_a_state_save_is_one_line_and_the_last_state_resumes(
 
     monkeypatch.setattr("iclevr.device.has_gpu", lambda: False)
     monkeypatch.setattr(torch, "save", filling_save)
-    args = ["train", "--config", str(cli_config(tmp_path, checkpoint_every_steps=2, p_uncond=0.5)),
-            "--data-dir", str(course_kit), "--out", str(run), "--max-steps", "8"]
+    args = [
+        "train",
+        "--config",
+        str(cli_config(tmp_path, checkpoint_every_steps=2, p_uncond=0.5)),
+        "--data-dir",
+        str(course_kit),
+        "--out",
+        str(run),
+        "--max-steps",
+        "8",
+    ]
     r = runner.invoke(app, args)
     err = flat(r.stderr)
     assert r.exit_code == 2, r.output + r.stderr
-    assert err.startswith(f"error: cannot write training state {run}/state/step-00000006.pt: no space left on "
-                          "device (about ")
-    assert " MB needed, " in err and f"free in {run}/state); the last good state step-00000004.pt is kept; " \
-        f"once fixed, continue with `iclevr train --resume {run}`" in err
+    assert err.startswith(
+        f"error: cannot write training state {run}/state/step-00000006.pt: no space left on device (about "
+    )
+    assert (
+        " MB needed, " in err
+        and f"free in {run}/state); the last good state step-00000004.pt is kept; "
+        f"once fixed, continue with `iclevr train --resume {run}`"
+        in err
+    )
     assert "Traceback" not in r.output + r.stderr and len(r.stderr.strip().splitlines()) <= 3  # one wrapped line
     assert sorted(p.name for p in (run / "state").iterdir()) == ["step-00000002.pt", "step-00000004.pt"]
     assert read_info(run / "weights" / "ema.safetensors").step == 4  # the weights of the last good state
@@ -305,16 +371,20 @@ FILE_LIMIT_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_torch_save_failing_without_errno_is_translated(tmp_path):
     """torch.save reports a refused write as RuntimeError('... unexpected pos ...'); the probe finds out why."""
-    done = subprocess.run([sys.executable, "-c", FILE_LIMIT_SCRIPT, str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_LIMIT_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == (f"cannot write training state {tmp_path}/step-00000002.pt: file too large for "
-                                   "the file system (about 4.0 MB needed); the last good state step-00000001.pt "
-                                   "is kept")
+    assert done.stdout.strip() == (
+        f"cannot write training state {tmp_path}/step-00000002.pt: file too large for "
+        "the file system (about 4.0 MB needed); the last good state step-00000001.pt "
+        "is kept"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001.pt"]
 
 
 # --- runs that never saved ----------------------------------------------------------------------------------
+
 
 def test_readers_report_a_run_without_weights_in_one_line(course_kit, tmp_path):
     from iclevr.training.lock import read_holder, run_lock
@@ -323,17 +393,22 @@ def test_readers_report_a_run_without_weights_in_one_line(course_kit, tmp_path):
     with run_lock(run):  # a training that is still in its first minutes
         (run / "settings.json").write_text("{}")
         started = read_holder(run)["started"]
-        for args in (["sample", "--checkpoint", str(run), "--labels", "red cube"],
-                     ["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval")],
-                     ["export", "--checkpoint", str(run), "--out", str(tmp_path / "export")]):
+        for args in (
+            ["sample", "--checkpoint", str(run), "--labels", "red cube"],
+            ["eval", "--checkpoint", str(run), "--out", str(tmp_path / "eval")],
+            ["export", "--checkpoint", str(run), "--out", str(tmp_path / "export")],
+        ):
             r = runner.invoke(app, args)
             assert r.exit_code == 2 and flat(r.stderr) == (
                 f"error: {run} has no weights yet (training started at {started}, no state saved); it is still "
-                f"training (pid {os.getpid()}): its first save writes the weights"), r.output + r.stderr
+                f"training (pid {os.getpid()}): its first save writes the weights"
+            ), r.output + r.stderr
     r = runner.invoke(app, ["sample", "--checkpoint", str(run), "--labels", "red cube"])  # killed, never saved
-    assert r.exit_code == 2 and flat(r.stderr) == (f"error: {run} has no weights yet (training started at "
-                                                   f"{started}, no state saved); continue it with `iclevr train "
-                                                   f"--resume {run}`")
+    assert r.exit_code == 2 and flat(r.stderr) == (
+        f"error: {run} has no weights yet (training started at "
+        f"{started}, no state saved); continue it with `iclevr train "
+        f"--resume {run}`"
+    )
     r = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path), "--labels", "red cube"])  # no run at all
     assert r.exit_code == 2 and "is not a run folder with weights" in r.stderr
 
@@ -342,8 +417,9 @@ def test_readers_report_a_run_without_weights_in_one_line(course_kit, tmp_path):
 def test_a_run_killed_before_its_first_save_restarts_cleanly(course_kit, tmp_path):
     run, log = tmp_path / "run", tmp_path / "train.log"
     cfg = cli_config(tmp_path)
-    proc = launch(["train", "--config", str(cfg), "--data-dir", str(course_kit), "--out", str(run),
-                   "--max-steps", "100000"], log)
+    proc = launch(
+        ["train", "--config", str(cfg), "--data-dir", str(course_kit), "--out", str(run), "--max-steps", "100000"], log
+    )
     try:
         wait_for("step 2 epoch", proc, log)
     finally:
@@ -356,8 +432,10 @@ def test_a_run_killed_before_its_first_save_restarts_cleanly(course_kit, tmp_pat
     r = runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "4"])
     assert r.exit_code == 0, r.output + r.stderr
     assert f"no training state in {run}/state" in flat(r.output) and "done: max_steps=4 reached at step 4" in flat(
-        r.output)
+        r.output
+    )
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
-    r = runner.invoke(app, ["sample", "--checkpoint", str(run), "--labels", "red cube", "--out",
-                            str(tmp_path / "grid.png")])
+    r = runner.invoke(
+        app, ["sample", "--checkpoint", str(run), "--labels", "red cube", "--out", str(tmp_path / "grid.png")]
+    )
     assert r.exit_code == 0 and (tmp_path / "grid.png").is_file(), r.output + r.stderr

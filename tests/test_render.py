@@ -77,6 +77,7 @@ def test_shadow_darkens_the_floor_away_from_the_light():
 def test_metal_has_a_highlight_rubber_does_not():
     rubber = render([SceneObject("sphere", "blue", "rubber", "large")], (W, H))
     metal = render([SceneObject("sphere", "blue", "metal", "large")], (W, H))
+
     def whitest(img):  # the brightest pixel in its darkest channel: a white highlight scores high
         return int(img.min(axis=-1).max())
 
@@ -84,15 +85,20 @@ def test_metal_has_a_highlight_rubber_does_not():
 
 
 def test_sizes_and_shapes_differ_in_silhouette():
-    areas = {(shape, size): visibility([SceneObject(shape, "red", "rubber", size)])[1][0]
-             for shape in L.SHAPES for size in ("large", "small")}
+    areas = {
+        (shape, size): visibility([SceneObject(shape, "red", "rubber", size)])[1][0]
+        for shape in L.SHAPES
+        for size in ("large", "small")
+    }
     for shape in L.SHAPES:
         assert areas[(shape, "large")] > 1.6 * areas[(shape, "small")]
 
 
 def test_320x240_and_64x64_show_the_same_scene():
-    objects = [SceneObject("cube", "green", "metal", "large", 1.0, 0.0, 0.4),
-               SceneObject("sphere", "purple", "rubber", "small", -1.2, 1.0)]
+    objects = [
+        SceneObject("cube", "green", "metal", "large", 1.0, 0.0, 0.4),
+        SceneObject("sphere", "purple", "rubber", "small", -1.2, 1.0),
+    ]
     big = render(objects, (320, 240))
     assert big.shape == (240, 320, 3) and big.dtype == np.uint8
     from PIL import Image

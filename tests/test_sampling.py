@@ -9,30 +9,42 @@ from torch import nn
 from iclevr.errors import UserError
 from iclevr.generate import read_label_file, with_weights_defaults
 from iclevr.images import save_grid, save_images, to_output_size
-from iclevr.sampling import (SAMPLERS, check_sampler, guided_output, image_seeds, predict_x0, resolve_steps, sample,
-                             sample_batches)
+from iclevr.sampling import (
+    SAMPLERS,
+    check_sampler,
+    guided_output,
+    image_seeds,
+    predict_x0,
+    resolve_steps,
+    sample,
+    sample_batches,
+)
 from iclevr.seeding import mix_seed
 from iclevr.settings import SamplerSettings, ScheduleSettings
 
 SCHEDULE = ScheduleSettings()
 
 
-TOKENS = {"condition": "tokens", "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-          "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
+TOKENS = {
+    "condition": "tokens",
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+}
 
 
 @pytest.fixture(scope="module", params=["pooled", "tokens"])
 def model(request):
     """A 16x16 model of each conditioning design (docs/conditioning.md)."""
+    from conftest import TINY_MODEL
+
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings
-    from conftest import TINY_MODEL
 
     torch.manual_seed(0)
     m = build_model(ModelSettings(**{**TINY_MODEL, **(TOKENS if request.param == "tokens" else {})})).eval()
     with torch.no_grad():  # make the condition matter, so cond and null predictions differ clearly
         m.label_embed.weight.mul_(20)
-        for p in (m.tokens.parameters() if request.param == "tokens" else ()):
+        for p in m.tokens.parameters() if request.param == "tokens" else ():
             p.mul_(3)
     return m
 
@@ -78,8 +90,7 @@ def test_image_does_not_depend_on_batch_size(model, name):
     one = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=1))
     four = sample(model, y, schedule=SCHEDULE, sampler=settings(name, steps=4, batch_size=4))
     # image 2 alone (with its own seed) is image 2 of the batch
-    alone = sample(model, y[2:3], schedule=SCHEDULE, sampler=settings(name, steps=4),
-                   seeds=image_seeds(0, 4)[2:3])
+    alone = sample(model, y[2:3], schedule=SCHEDULE, sampler=settings(name, steps=4), seeds=image_seeds(0, 4)[2:3])
     _same_image(model, one, four)
     _same_image(model, alone[0], four[2])
 
@@ -126,8 +137,9 @@ def test_guidance_zero_is_the_unconditional_prediction_alone(model):
         assert torch.equal(got, eps_u)
     assert counting.batches == [2]  # one pass of B, no conditional half
     drawn = sample(model, y, schedule=SCHEDULE, sampler=settings("ddim", steps=3, guidance_scale=0.0))
-    other = sample(model, conditions(2)[[1, 0]], schedule=SCHEDULE, sampler=settings("ddim", steps=3,
-                                                                                    guidance_scale=0.0))
+    other = sample(
+        model, conditions(2)[[1, 0]], schedule=SCHEDULE, sampler=settings("ddim", steps=3, guidance_scale=0.0)
+    )
     assert torch.equal(drawn, other)  # the labels do not matter at all without guidance
 
 
@@ -155,8 +167,9 @@ def test_sample_batches_draws_one_chunk_at_a_time(model):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_sampler_runs_and_calls_back_each_step(model, name):
     seen = []
-    x0 = sample(model, conditions(2), schedule=SCHEDULE, sampler=settings(name, steps=4),
-                callback=lambda d: seen.append(d))
+    x0 = sample(
+        model, conditions(2), schedule=SCHEDULE, sampler=settings(name, steps=4), callback=lambda d: seen.append(d)
+    )
     assert x0.shape == (2, 3, 16, 16) and torch.isfinite(x0).all()
     assert [d["i"] for d in seen] == [0, 1, 2, 3]
     assert seen[0]["t"] == SCHEDULE.num_train_timesteps - 1  # starts from pure noise
@@ -172,8 +185,12 @@ def test_stateful_schedulers_give_the_same_result_for_every_chunk(model):
 
 
 def test_v_prediction_schedule_runs(model):
-    x0 = sample(model, conditions(1), schedule=ScheduleSettings(name="cosine", prediction_type="v_prediction"),
-                sampler=settings("dpmpp", steps=3))
+    x0 = sample(
+        model,
+        conditions(1),
+        schedule=ScheduleSettings(name="cosine", prediction_type="v_prediction"),
+        sampler=settings("dpmpp", steps=3),
+    )
     assert torch.isfinite(x0).all()
 
 
@@ -190,10 +207,16 @@ def test_predict_x0_inverts_the_forward_process(prediction_type):
 def test_clip_x0_bounds_the_raw_predicted_x0_at_every_step(model, name):
     """The x0 the loop predicts (before anything clamps it) stays in [-1, 1] with clip_x0, and leaves it without:
     at t = 999 of the cosine schedule a random network implies an x0 in the tens of thousands."""
+
     def first_steps(clip: bool) -> list[float]:
         seen = []
-        sample(model, conditions(2), schedule=SCHEDULE, sampler=settings(name, steps=4, clip_x0=clip),
-               callback=lambda d: seen.append(float(d["x0_pred"].abs().max())))
+        sample(
+            model,
+            conditions(2),
+            schedule=SCHEDULE,
+            sampler=settings(name, steps=4, clip_x0=clip),
+            callback=lambda d: seen.append(float(d["x0_pred"].abs().max())),
+        )
         return seen
 
     clipped, raw = first_steps(True), first_steps(False)
@@ -250,9 +273,13 @@ def test_read_label_file(tmp_path):
     f = tmp_path / "c.json"
     f.write_text('[["Red Sphere", "cyan cube"], ["gray cylinder"]]')
     assert read_label_file(f) == [["red sphere", "cyan cube"], ["gray cylinder"]]
-    for text, msg in [('{"a": 1}', "list of conditions"), ('[["red sphere", 3]]', "must be a string"),
-                      ('[["pink cube"]]', "condition 0: unknown label"), ("[[", "not valid JSON"),
-                      ('[["red cube", "red cube"]]', "duplicate")]:
+    for text, msg in [
+        ('{"a": 1}', "list of conditions"),
+        ('[["red sphere", 3]]', "must be a string"),
+        ('[["pink cube"]]', "condition 0: unknown label"),
+        ("[[", "not valid JSON"),
+        ('[["red cube", "red cube"]]', "duplicate"),
+    ]:
         f.write_text(text)
         with pytest.raises(UserError, match=msg):
             read_label_file(f)
@@ -278,9 +305,9 @@ class _NearOracle(torch.nn.Module):
 def test_x0_clipping_keeps_solvers_stable_on_cosine_schedule(name):
     """At t=999 of squaredcos_cap_v2 alpha_bar ~ 2e-9: an eps error of 0.02 means an x0 error of ~400 unless
     the predicted x0 is clipped; with clipping every sampler lands near the true image."""
+    from iclevr.sampling import sample
     from iclevr.schedules import alpha_bar
     from iclevr.settings import SamplerSettings, ScheduleSettings
-    from iclevr.sampling import sample
 
     schedule = ScheduleSettings()
     model = _NearOracle(alpha_bar(schedule.name, schedule.num_train_timesteps))
@@ -300,7 +327,9 @@ def test_clip_output_clamps_implied_x0_and_keeps_in_range_outputs(prediction_typ
     raw_x0 = predict_x0(x_t, out, ab, prediction_type)
     assert raw_x0.abs().max() > (100 if prediction_type == "epsilon" else 1.5)  # some x0 out of range
     clipped = clip_output(x_t, out, ab, prediction_type)
-    assert torch.allclose(predict_x0(x_t, clipped, ab, prediction_type), raw_x0.clamp(-1, 1), atol=1e-2)  # fp32 at alpha_bar ~ 1e-9
+    assert torch.allclose(
+        predict_x0(x_t, clipped, ab, prediction_type), raw_x0.clamp(-1, 1), atol=1e-2
+    )  # fp32 at alpha_bar ~ 1e-9
     ab = torch.tensor(0.9)
     x0 = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1
     eps = torch.randn(4, 3, 8, 8, generator=gen)
@@ -326,9 +355,10 @@ class _Recorder(nn.Module):
 @pytest.fixture(scope="module", params=["pooled", "tokens"])
 def self_cond_model(request):
     """A 16x16 self-conditioned model whose x0 input channels clearly change its output."""
+    from conftest import TINY_MODEL
+
     from iclevr.model import build_model
     from iclevr.settings import ModelSettings
-    from conftest import TINY_MODEL
 
     torch.manual_seed(0)
     extra = TOKENS if request.param == "tokens" else {}
@@ -339,8 +369,7 @@ def self_cond_model(request):
     return m
 
 
-@pytest.mark.parametrize("name, scale, clip", [("ddpm", 2.0, True), ("dpmpp-sde", 1.0, True),
-                                               ("ddim", 2.0, False)])
+@pytest.mark.parametrize("name, scale, clip", [("ddpm", 2.0, True), ("dpmpp-sde", 1.0, True), ("ddim", 2.0, False)])
 def test_self_conditioning_feeds_back_the_previous_guided_x0(self_cond_model, name, scale, clip):
     from iclevr.schedules import make_scheduler
 
@@ -362,8 +391,12 @@ def test_self_conditioning_feeds_back_the_previous_guided_x0(self_cond_model, na
     if clip:
         assert max(c["x0_self"].abs().max() for c in rec.calls) <= 1.0
     # the fed-back estimate changes the image (against a loop that always passed zeros)
-    zeros = sample(_Recorder(self_cond_model, blind=True), y, schedule=SCHEDULE,
-                   sampler=settings(name, steps=4, guidance_scale=scale, clip_x0=clip))
+    zeros = sample(
+        _Recorder(self_cond_model, blind=True),
+        y,
+        schedule=SCHEDULE,
+        sampler=settings(name, steps=4, guidance_scale=scale, clip_x0=clip),
+    )
     assert (zeros - x0).abs().mean() > 1e-2
 
 
@@ -375,7 +408,6 @@ def test_self_conditioned_sampling_is_per_image_and_traces(self_cond_model):
     three = sample(self_cond_model, y, schedule=SCHEDULE, sampler=settings("dpmpp-sde", steps=4, batch_size=3))
     tol = 1e-4 if self_cond_model.cfg.condition == "pooled" else 5e-3
     torch.testing.assert_close(one, three, atol=tol, rtol=0)  # each image feeds back its own estimate
-    trace = record_trace(self_cond_model, y[:1], schedule=SCHEDULE, sampler=settings("dpmpp-sde", steps=4),
-                         frames=3)
+    trace = record_trace(self_cond_model, y[:1], schedule=SCHEDULE, sampler=settings("dpmpp-sde", steps=4), frames=3)
     assert trace.states == [0, 2, 4] and trace.x_t.shape == (3, 3, 16, 16)
     assert torch.equal(trace.final, one[:1])

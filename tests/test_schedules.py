@@ -26,8 +26,7 @@ def test_builtin_schedules_equal_diffusers_betas(name):
 
     theirs = DDPMScheduler(num_train_timesteps=T, beta_schedule=name).betas  # float32
     assert torch.allclose(S.betas(name, T).float(), theirs, rtol=1e-5, atol=1e-8)
-    ours = S.make_scheduler(type("Sched", (), {"name": name, "num_train_timesteps": T,
-                                               "prediction_type": "epsilon"})())
+    ours = S.make_scheduler(type("Sched", (), {"name": name, "num_train_timesteps": T, "prediction_type": "epsilon"})())
     assert torch.equal(ours.alphas_cumprod, DDPMScheduler(num_train_timesteps=T, beta_schedule=name).alphas_cumprod)
 
 
@@ -35,6 +34,7 @@ def test_squaredcos_cap_v2_is_nichol_dhariwal():
     import math
 
     ab = S.alpha_bar("squaredcos_cap_v2", T)
+
     def f(t):
         return math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
 

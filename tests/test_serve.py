@@ -33,9 +33,13 @@ def weights(tmp_path, tiny_model_cfg):
     from iclevr.weights import save_weights
 
     torch.manual_seed(0)
-    return save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
-                        schedule_cfg=ScheduleSettings(),
-                        sampler_cfg=SamplerSettings(sampler="ddim", steps=4, guidance_scale=2.0))
+    return save_weights(
+        build_model(tiny_model_cfg),
+        tmp_path / "w.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=4, guidance_scale=2.0),
+    )
 
 
 @pytest.fixture
@@ -69,26 +73,30 @@ class Collect:
 
 # ---- requests -------------------------------------------------------------------------------------
 
+
 def test_a_good_request_is_canonicalised_and_takes_the_model_defaults():
     r = parse_request(json.dumps({"objects": [" Red  Sphere", "cyan cube"], "seed": 7}), DEFAULTS)
     assert r.objects == ["red sphere", "cyan cube"] and r.seed == 7 and r.steps == 4 and r.guidance_scale == 2.0
     assert parse_request('{"objects": ["red sphere"], "steps": "", "num": null}', DEFAULTS).num == 1
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"objects": ["red sphere", "cyan cube", "gray cube", "blue cube"]}, f"at most {MAX_OBJECTS} objects"),
-    ({"objects": []}, "pick at least one object"),
-    ({"objects": ["red spere"]}, 'did you mean "red sphere"'),
-    ({"objects": ["red sphere", "Red Sphere"]}, 'duplicate label "red sphere"'),
-    ({"objects": ["red sphere"], "steps": 0}, "steps: input should be greater than or equal to 1"),
-    ({"objects": ["red sphere"], "num": 9}, "number of images: input should be less than or equal to 8"),
-    ({"objects": ["red sphere"], "seed": -1}, "seed: input should be greater than or equal to 0"),
-    ({"objects": ["red sphere"], "guidance_scale": "lots"}, "guidance: input should be a valid number"),
-    ({"objects": ["red sphere"], "sampler": "ddpm"}, "sampler: unknown field"),
-    ("not json", "not valid JSON"),
-    ([1, 2], "must be a JSON object"),
-    ({"objects": ["red sphere"] * 2000}, "request too large"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"objects": ["red sphere", "cyan cube", "gray cube", "blue cube"]}, f"at most {MAX_OBJECTS} objects"),
+        ({"objects": []}, "pick at least one object"),
+        ({"objects": ["red spere"]}, 'did you mean "red sphere"'),
+        ({"objects": ["red sphere", "Red Sphere"]}, 'duplicate label "red sphere"'),
+        ({"objects": ["red sphere"], "steps": 0}, "steps: input should be greater than or equal to 1"),
+        ({"objects": ["red sphere"], "num": 9}, "number of images: input should be less than or equal to 8"),
+        ({"objects": ["red sphere"], "seed": -1}, "seed: input should be greater than or equal to 0"),
+        ({"objects": ["red sphere"], "guidance_scale": "lots"}, "guidance: input should be a valid number"),
+        ({"objects": ["red sphere"], "sampler": "ddpm"}, "sampler: unknown field"),
+        ("not json", "not valid JSON"),
+        ([1, 2], "must be a JSON object"),
+        ({"objects": ["red sphere"] * 2000}, "request too large"),
+    ],
+)
 def test_bad_requests_get_one_readable_line(body, message):
     text = body if isinstance(body, str) else json.dumps(body)
     with pytest.raises(UserError) as e:
@@ -106,6 +114,7 @@ def test_steps_beyond_the_models_timesteps_are_refused(engine):
 
 # ---- the engine -----------------------------------------------------------------------------------
 
+
 def test_a_generation_streams_every_step_and_returns_images_gifs_and_verdicts(engine):
     from iclevr.evaluation.annotate import hits_from
     from iclevr.images import to_output_size, to_uint8
@@ -122,8 +131,16 @@ def test_a_generation_streams_every_step_and_returns_images_gifs_and_verdicts(en
     assert done["model"].startswith("model: --checkpoint") and done["per_image"] <= done["seconds"]
     # the images are what the one sampling loop draws for the same seeds
     sampler = engine.sampler.model_copy(update={"seed": 5, "steps": 4})
-    expected = to_uint8(to_output_size(sample(engine.model, encode(["red sphere", "cyan cube"])[None].repeat(3, 1),
-                                              schedule=engine.info.schedule, sampler=sampler)))  # (3, 3, 64, 64)
+    expected = to_uint8(
+        to_output_size(
+            sample(
+                engine.model,
+                encode(["red sphere", "cyan cube"])[None].repeat(3, 1),
+                schedule=engine.info.schedule,
+                sampler=sampler,
+            )
+        )
+    )  # (3, 3, 64, 64)
     for k, image in enumerate(done["images"]):
         png = torch.from_numpy(np.array(decode(image["png"]).convert("RGB"))).permute(2, 0, 1)  # (3, 64, 64)
         assert torch.equal(png, expected[k])
@@ -132,8 +149,12 @@ def test_a_generation_streams_every_step_and_returns_images_gifs_and_verdicts(en
         found = [v["found"] for v in image["verdicts"]]
         assert [v["label"] for v in image["verdicts"]] == ["red sphere", "cyan cube"]
         assert image["hits"] == sum(found) and image["k"] == 2
-        assert hits_from(["red sphere", "cyan cube"], [v["label"] for v in image["verdicts"] if v["found"]]
-                         + image["wrong"])[0] == found
+        assert (
+            hits_from(
+                ["red sphere", "cyan cube"], [v["label"] for v in image["verdicts"] if v["found"]] + image["wrong"]
+            )[0]
+            == found
+        )
 
 
 def test_without_an_evaluator_the_images_come_without_verdicts(weights, one_thread):
@@ -161,6 +182,7 @@ def test_a_cancelled_job_stops_at_its_next_step(engine):
 
 
 # ---- the queue ------------------------------------------------------------------------------------
+
 
 def blocking_runner(started: list, release: threading.Event):
     """A runner that waits for `release` (checking the cancel flag like the sampling callback does)."""
@@ -236,6 +258,7 @@ def test_closing_the_queue_cancels_waiting_and_running_jobs():
 
 # ---- the app on a real socket ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def server(engine):
     """The app served by uvicorn in a thread on a free port: yields (base url, queue, finished events)."""
@@ -294,12 +317,15 @@ def test_generate_streams_frames_then_the_images(server):
     assert types[-1] == "done" and len(events[-1]["images"]) == 2
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"objects": ["red sphere", "cyan cube", "gray cube", "blue cube"]}, 400, "at most 3 objects"),
-    ({"objects": ["purple sphre"]}, 400, 'did you mean "purple sphere"'),
-    ({"objects": ["red sphere"], "steps": 5000}, 400, "steps: input should be less than or equal to 200"),
-    (b"{", 400, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"objects": ["red sphere", "cyan cube", "gray cube", "blue cube"]}, 400, "at most 3 objects"),
+        ({"objects": ["purple sphre"]}, 400, 'did you mean "purple sphere"'),
+        ({"objects": ["red sphere"], "steps": 5000}, 400, "steps: input should be less than or equal to 200"),
+        (b"{", 400, "not valid JSON"),
+    ],
+)
 def test_bad_requests_are_answered_with_a_message_and_nothing_is_queued(server, body, status, message):
     url, jobs, finished = server
     got, events = post(url, body)
@@ -312,8 +338,11 @@ def test_a_browser_that_disconnects_frees_the_worker(server):
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"objects": ["red sphere"], "steps": 200, "num": 8}).encode()
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        s.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         seen = b""
         while b'"type": "frame"' not in seen:  # the generation is running
             chunk = s.recv(65536)
@@ -325,6 +354,7 @@ def test_a_browser_that_disconnects_frees_the_worker(server):
 
 
 # ---- the command ----------------------------------------------------------------------------------
+
 
 def run_cli(*args):
     from iclevr.cli.app import app

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,10 @@ import torch
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason="needs Chromium and its driver "
-                       "(apt-get install chromium chromium-driver)"),
+    pytest.mark.skipif(
+        CHROMIUM is None or DRIVER is None,
+        reason="needs Chromium and its driver (apt-get install chromium chromium-driver)",
+    ),
     pytest.mark.slow,
 ]
 
@@ -34,8 +35,13 @@ def weights(tmp_path, tiny_model_cfg):
     from iclevr.weights import save_weights
 
     torch.manual_seed(0)
-    return save_weights(build_model(tiny_model_cfg), tmp_path / "w.safetensors", model_cfg=tiny_model_cfg,
-                        schedule_cfg=ScheduleSettings(), sampler_cfg=SamplerSettings(sampler="ddim", steps=6))
+    return save_weights(
+        build_model(tiny_model_cfg),
+        tmp_path / "w.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=6),
+    )
 
 
 class Served:
@@ -43,8 +49,13 @@ class Served:
 
     def __init__(self, *args: str):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}  # PYTHONPATH is inherited
-        self.proc = subprocess.Popen([sys.executable, "-m", "iclevr", "serve", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iclevr", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         self.lines: list[str] = []
         self.url: str | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -78,8 +89,7 @@ def chromium():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 

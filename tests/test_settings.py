@@ -8,8 +8,17 @@ from iclevr.errors import UserError
 from iclevr.settings import UNSET, TrainSettings, deep_merge, read_config, resolve, unflatten, write_settings
 
 # The settings model of every command; the discovery below must find at least these.
-COMMAND_MODELS = {"TrainSettings", "SampleSettings", "TraceSettings", "EvalSettings", "EvaluatorTrainSettings",
-                  "CompareSettings", "DemoSettings", "ExportSettings", "SynthSettings"}
+COMMAND_MODELS = {
+    "TrainSettings",
+    "SampleSettings",
+    "TraceSettings",
+    "EvalSettings",
+    "EvaluatorTrainSettings",
+    "CompareSettings",
+    "DemoSettings",
+    "ExportSettings",
+    "SynthSettings",
+}
 SECTIONS = {"DataSettings", "ModelSettings", "ScheduleSettings", "SamplerSettings", "TrainLoopSettings"}
 
 
@@ -19,7 +28,7 @@ def test_precedence(tmp_path):
     tiny = resolve(TrainSettings, preset="tiny")
     assert tiny.preset == "tiny" and tiny.model.sample_size == 32 and tiny.train.lr == 2e-3
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[train]\nlr = 0.005\nbatch_size = 8\n')
+    cfg.write_text("[train]\nlr = 0.005\nbatch_size = 8\n")
     from_file = resolve(TrainSettings, preset="tiny", config=cfg)
     assert from_file.train.lr == 0.005 and from_file.train.batch_size == 8 and from_file.model.sample_size == 32
     flags = resolve(TrainSettings, preset="tiny", config=cfg, overrides={"train.lr": 0.1, "train.seed": UNSET})
@@ -35,8 +44,9 @@ def test_none_is_a_value_and_unset_is_not_given(tmp_path):
     cfg.write_text(json.dumps({"train": {"max_minutes": None, "grad_clip": None}}))  # JSON null
     from_file = resolve(TrainSettings, preset="tiny", config=cfg)
     assert from_file.train.max_minutes is None and from_file.train.grad_clip is None
-    assert resolve(TrainSettings, preset="tiny", config=cfg,
-                   overrides={"train.max_minutes": 5.0}).train.max_minutes == 5.0  # flags still win
+    assert (
+        resolve(TrainSettings, preset="tiny", config=cfg, overrides={"train.max_minutes": 5.0}).train.max_minutes == 5.0
+    )  # flags still win
 
 
 def test_json_config_and_preset_from_file(tmp_path):
@@ -87,8 +97,13 @@ def settings_models() -> dict[str, type]:
             continue
         module = importlib.import_module(info.name)
         for obj in vars(module).values():
-            if (inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
-                    and obj is not Section and (issubclass(obj, Section) or obj.__name__.endswith("Settings"))):
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, BaseModel)
+                and obj.__module__ == module.__name__
+                and obj is not Section
+                and (issubclass(obj, Section) or obj.__name__.endswith("Settings"))
+            ):
                 found[obj.__name__] = obj
     return found
 

@@ -23,6 +23,8 @@ def test_all_damaged_states_are_an_error_and_no_state_is_none(tmp_path):
     save_state(tmp_path / "state", {"step": 2}, keep=2)
     for p in list_states(tmp_path / "state"):
         p.write_bytes(b"")
-    with pytest.warns(UserWarning, match="trying an older state"), \
-            pytest.raises(UserError, match=r"none of its 2 training states can be read \(newest step-00000002.pt\)"):
+    with (
+        pytest.warns(UserWarning, match="trying an older state"),
+        pytest.raises(UserError, match=r"none of its 2 training states can be read \(newest step-00000002.pt\)"),
+    ):
         load_latest(tmp_path / "state")

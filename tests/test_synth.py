@@ -25,8 +25,11 @@ SMALL = dict(scenes=6, max_objects=3, size=(64, 48), seed=5)
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -126,22 +129,44 @@ def test_mini_kit_is_rendered_once_under_iclevr_home(monkeypatch):
 def test_cli_synth_preview_and_check(tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli-kit"
-    r = runner.invoke(app, ["data", "synth", "--out", str(out), "--scenes", "4", "--size", "64x48",
-                            "--seed", "2", "--workers", "1", "--preview", str(tmp_path / "sheet.png")])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--scenes",
+            "4",
+            "--size",
+            "64x48",
+            "--seed",
+            "2",
+            "--workers",
+            "1",
+            "--preview",
+            str(tmp_path / "sheet.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 12 images (64x48)" in r.output and (tmp_path / "sheet.png").is_file()
     assert len(json.loads((out / "train.json").read_text())) == 12
     r = runner.invoke(app, ["data", "check", "--data-dir", str(out)])
     assert r.exit_code == 0 and "ok:" in r.output
-    r = runner.invoke(app, ["data", "preview", "--data-dir", str(out), "--out", str(tmp_path / "full.png"),
-                            "--n", "6", "--size", "full"])
+    r = runner.invoke(
+        app,
+        ["data", "preview", "--data-dir", str(out), "--out", str(tmp_path / "full.png"), "--n", "6", "--size", "full"],
+    )
     assert r.exit_code == 0 and "6 images" in r.output
     from PIL import Image
 
     with Image.open(tmp_path / "full.png") as sheet:
         assert sheet.width >= 6 * 64
-    for bad, why in ((["--size", "100x30"], "not 4:3"), (["--max-objects", "0"], "max[-_]objects"),
-                     (["--scenes", "3"], "other settings")):  # the folder holds the 4-scene kit
+    for bad, why in (
+        (["--size", "100x30"], "not 4:3"),
+        (["--max-objects", "0"], "max[-_]objects"),
+        (["--scenes", "3"], "other settings"),
+    ):  # the folder holds the 4-scene kit
         r = runner.invoke(app, ["data", "synth", "--out", str(out), *bad])
         assert r.exit_code == 2 and re.search(why, r.output), r.output
     r = runner.invoke(app, ["data", "preview", "--data-dir", str(out), "--size", "32"])
@@ -161,15 +186,17 @@ def test_default_kit_is_announced_and_used_when_no_data_dir(monkeypatch):
     text.truncate(0)
     assert K.resolve_data_dir(None, Console(file=text)) == path and text.getvalue() == ""  # reused silently
     # the lists eval scores against, produced without rendering, are the ones the rendered kit holds
-    assert load_conditions(None, L.ALL_SPLITS) == {s: json.loads((path / f"{s}.json").read_text())
-                                                   for s in L.ALL_SPLITS}
+    assert load_conditions(None, L.ALL_SPLITS) == {
+        s: json.loads((path / f"{s}.json").read_text()) for s in L.ALL_SPLITS
+    }
     assert load_conditions(None, L.ALL_SPLITS) == load_conditions(path, L.ALL_SPLITS)
 
 
 def test_cli_synth_three_scenes_into_a_fresh_folder(tmp_path):
     out = tmp_path / "three"
-    r = CliRunner().invoke(app, ["data", "synth", "--out", str(out), "--scenes", "3", "--size", "64x48",
-                                 "--workers", "1"])
+    r = CliRunner().invoke(
+        app, ["data", "synth", "--out", str(out), "--scenes", "3", "--size", "64x48", "--workers", "1"]
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 9 images (64x48)" in r.output and Y.is_complete(out)
     train = json.loads((out / "train.json").read_text())
@@ -186,8 +213,9 @@ DEFAULT_LISTS_SHA256 = {"test": "5a64d18fc91b", "new_test": "9c1501905090"}
 
 def test_default_kit_conditions_need_no_rendering():
     lists = load_conditions(None)
-    assert {s: hashlib.sha256(json.dumps(c).encode()).hexdigest()[:12] for s, c in lists.items()} == \
-        DEFAULT_LISTS_SHA256
+    assert {
+        s: hashlib.sha256(json.dumps(c).encode()).hexdigest()[:12] for s, c in lists.items()
+    } == DEFAULT_LISTS_SHA256
     assert not (Path(os.environ["ICLEVR_HOME"]) / "kits").exists()  # nothing rendered, nothing written
     assert load_conditions(None, ("new_test",)) == {"new_test": lists["new_test"]}
     with pytest.raises(UserError, match='unknown split "train"'):

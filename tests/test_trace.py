@@ -58,8 +58,9 @@ def test_figure_and_gif_sizes(model, tmp_path):
     from iclevr.trace import CAPTION_H
 
     y = encode("red sphere")[None]
-    trace = record_trace(model, y, schedule=SCHEDULE, sampler=SamplerSettings(sampler="ddim", steps=10),
-                         frames=8, gif=True)
+    trace = record_trace(
+        model, y, schedule=SCHEDULE, sampler=SamplerSettings(sampler="ddim", steps=10), frames=8, gif=True
+    )
     one_row = trace_figure(trace)
     two_rows = trace_figure(trace, x0_row=True)
     assert one_row.size == (8 * 66 + 2, 66 + 2 + CAPTION_H)  # 64x64 frames, 2 px gutters, caption strip
@@ -78,13 +79,26 @@ def test_trace_of_a_tokens_model_from_saved_weights(tmp_path):
     from iclevr.settings import ModelSettings
     from iclevr.weights import load_weights, save_weights
 
-    cfg = ModelSettings(**{**TINY_MODEL, "condition": "tokens", "down_block_types": ["DownBlock2D",
-                           "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]})
+    cfg = ModelSettings(
+        **{
+            **TINY_MODEL,
+            "condition": "tokens",
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        }
+    )
     torch.manual_seed(0)
-    weights = save_weights(build_model(cfg), tmp_path / "w.safetensors", model_cfg=cfg, schedule_cfg=SCHEDULE,
-                           sampler_cfg=SamplerSettings(sampler="ddim", steps=10))
-    r = CliRunner().invoke(app, ["denoise-trace", "--checkpoint", str(weights), "--frames", "8", "--gif",
-                                 "--out", str(tmp_path / "trace.png")])
+    weights = save_weights(
+        build_model(cfg),
+        tmp_path / "w.safetensors",
+        model_cfg=cfg,
+        schedule_cfg=SCHEDULE,
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=10),
+    )
+    r = CliRunner().invoke(
+        app,
+        ["denoise-trace", "--checkpoint", str(weights), "--frames", "8", "--gif", "--out", str(tmp_path / "trace.png")],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "trace.png").is_file() and (tmp_path / "trace.gif").is_file()
     model, info = load_weights(weights)

@@ -27,11 +27,27 @@ def settings_for(course_kit: Path, out: Path, model: dict | None = None, **train
     the run's 2 DDIM steps."""
     from iclevr.settings import TrainSettings, resolve
 
-    loop = {"batch_size": 4, "lr": 2e-3, "lr_schedule": "constant", "log_every": 1, "checkpoint_every": 1,
-            "optimizer": "adamw", "device": "cpu", "sample_grids": "run", **train}
-    return resolve(TrainSettings, overrides={"model": {**TINY_MODEL, **(model or {})},
-                                             "data.data_dir": str(course_kit), "out": str(out), "train": loop,
-                                             "sampler": {"sampler": "ddim", "steps": 2, "batch_size": 32}})
+    loop = {
+        "batch_size": 4,
+        "lr": 2e-3,
+        "lr_schedule": "constant",
+        "log_every": 1,
+        "checkpoint_every": 1,
+        "optimizer": "adamw",
+        "device": "cpu",
+        "sample_grids": "run",
+        **train,
+    }
+    return resolve(
+        TrainSettings,
+        overrides={
+            "model": {**TINY_MODEL, **(model or {})},
+            "data.data_dir": str(course_kit),
+            "out": str(out),
+            "train": loop,
+            "sampler": {"sampler": "ddim", "steps": 2, "batch_size": 32},
+        },
+    )
 
 
 def fixed_batch_loss(model, settings, course_kit) -> float:
@@ -45,16 +61,24 @@ def fixed_batch_loss(model, settings, course_kit) -> float:
     s.train.p_uncond = 0.0
     alpha_bar = make_scheduler(s.schedule).alphas_cumprod.float()
     with torch.no_grad():
-        return sum(diffusion_loss(model, to_model_range(images), labels, alpha_bar, s,
-                                  torch.Generator().manual_seed(k)).item() for k in range(8)) / 8
+        return (
+            sum(
+                diffusion_loss(
+                    model, to_model_range(images), labels, alpha_bar, s, torch.Generator().manual_seed(k)
+                ).item()
+                for k in range(8)
+            )
+            / 8
+        )
 
 
 def test_loss_falls_on_a_fixed_batch(course_kit, tmp_path):
     from iclevr.model import build_model
     from iclevr.training.loop import train
 
-    settings = settings_for(course_kit, tmp_path / "run", max_steps=20, batch_size=12, p_uncond=0.0,
-                            log_every=10, checkpoint_every=0)
+    settings = settings_for(
+        course_kit, tmp_path / "run", max_steps=20, batch_size=12, p_uncond=0.0, log_every=10, checkpoint_every=0
+    )
     torch.manual_seed(settings.train.seed)
     before = fixed_batch_loss(build_model(settings.model), settings, course_kit)  # the run's initial weights
     run = train(settings)
@@ -68,8 +92,11 @@ def test_loss_falls_on_a_fixed_batch(course_kit, tmp_path):
 
 
 def _weights(run: Path) -> dict:
-    return {f"{name}/{k}": v for name in ("model", "ema")
-            for k, v in load_file(str(run / "weights" / f"{name}.safetensors")).items()}
+    return {
+        f"{name}/{k}": v
+        for name in ("model", "ema")
+        for k, v in load_file(str(run / "weights" / f"{name}.safetensors")).items()
+    }
 
 
 def test_resume_is_bit_identical(course_kit, tmp_path):
@@ -121,8 +148,11 @@ def test_resume_survives_a_torn_metrics_line_and_cleans_stale_temp_files(course_
     train(settings_for(course_kit, run, max_steps=3))
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "loss": 0.1')  # a write cut short (power loss), no newline
-    stale = [run / "weights" / ".ema.safetensors.dead.tmp", run / "weights" / ".model.safetensors.dead.tmp",
-             run / ".progress.json.dead.tmp"]
+    stale = [
+        run / "weights" / ".ema.safetensors.dead.tmp",
+        run / "weights" / ".model.safetensors.dead.tmp",
+        run / ".progress.json.dead.tmp",
+    ]
     for path in stale:
         path.write_bytes(b"half")
     train(settings_for(course_kit, run, max_steps=5), resume=True)
@@ -141,8 +171,7 @@ def test_existing_run_is_protected(course_kit, tmp_path):
         train(settings)
     with pytest.raises(UserError, match="conflict"):
         train(settings, resume=True, overwrite=True)
-    train(settings.model_copy(update={"train": settings.train.model_copy(update={"max_steps": 3})}),
-          overwrite=True)
+    train(settings.model_copy(update={"train": settings.train.model_copy(update={"max_steps": 3})}), overwrite=True)
     assert [p.name for p in sorted((tmp_path / "run" / "state").iterdir())] == ["step-00000003.pt"]
 
 
@@ -150,8 +179,7 @@ def test_state_rotation_and_time_budget(course_kit, tmp_path):
     from iclevr.training.loop import train
     from iclevr.training.state import list_states, load_latest
 
-    run = train(settings_for(course_kit, tmp_path / "run", max_minutes=0.02, keep_states=2,
-                             checkpoint_every_steps=1))
+    run = train(settings_for(course_kit, tmp_path / "run", max_minutes=0.02, keep_states=2, checkpoint_every_steps=1))
     progress = json.loads((run / "progress.json").read_text())
     assert progress["finished"] and "time budget" in progress["stop_reason"]
     states = list_states(run / "state")
@@ -194,8 +222,9 @@ def test_ctrl_c_saves_a_resumable_state(course_kit, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(T, "diffusion_loss", interrupting)
-    settings = settings_for(course_kit, tmp_path / "run", max_steps=6, checkpoint_every=0, lr_schedule="cosine",
-                            warmup_steps=2)
+    settings = settings_for(
+        course_kit, tmp_path / "run", max_steps=6, checkpoint_every=0, lr_schedule="cosine", warmup_steps=2
+    )
     with pytest.raises(TrainingInterrupted, match=f"iclevr train --resume {tmp_path / 'run'}"):
         T.train(settings)
     assert (tmp_path / "run" / "state" / "step-00000003.pt").is_file()
@@ -222,8 +251,11 @@ def test_second_ctrl_c_stops_mid_step_and_resumes_from_the_last_state(course_kit
 
     monkeypatch.setattr(T, "diffusion_loss", interrupting)
     settings = settings_for(course_kit, tmp_path / "run", max_steps=6, checkpoint_every=0, checkpoint_every_steps=2)
-    with pytest.raises(TrainingInterrupted, match=r"during step 4; continue from the last saved state "
-                                                  r"\(step-00000002.pt\) with `iclevr train --resume"):
+    with pytest.raises(
+        TrainingInterrupted,
+        match=r"during step 4; continue from the last saved state "
+        r"\(step-00000002.pt\) with `iclevr train --resume",
+    ):
         T.train(settings)
     assert [p.name for p in (tmp_path / "run" / "state").iterdir()] == ["step-00000002.pt"]  # nothing half-saved
     monkeypatch.setattr(T, "diffusion_loss", real)
@@ -335,8 +367,11 @@ def test_sigkill_at_random_moments_then_resume(course_kit, tmp_path):
         debris = set(state_dir.glob(".step-*.tmp"))
         pause = 0.3 if moment == "state-write" else 0.02  # seconds inside each state write
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-u", "-c", TRAIN_SCRIPT, str(config),
-                                     "resume" if k else "new", str(pause)], stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-u", "-c", TRAIN_SCRIPT, str(config), "resume" if k else "new", str(pause)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             if moment == "state-write":  # a new temporary state file: the write is under way
                 _wait_until(lambda old=debris: set(state_dir.glob(".step-*.tmp")) - old, proc, log)
@@ -392,8 +427,9 @@ def test_budget_and_batch_checked_up_front(course_kit, tmp_path):
     with pytest.raises(UserError, match="exceeds the 12 training images"):
         train(settings)
     with pytest.raises(UserError, match="no training budget"):
-        make_plan(settings_for(course_kit, tmp_path, batch_size=4).train.model_copy(update={"max_minutes": None}),
-                  12, 1)
+        make_plan(
+            settings_for(course_kit, tmp_path, batch_size=4).train.model_copy(update={"max_minutes": None}), 12, 1
+        )
 
 
 def test_lr_at_warmup_cosine_and_constant():
@@ -402,8 +438,7 @@ def test_lr_at_warmup_cosine_and_constant():
     cos = [lr_at(k / 100, warmup=1.0, schedule="cosine") for k in range(101)]
     assert cos[0] == 1.0 and cos[50] == pytest.approx(0.5) and cos[100] == 0.0
     # (1 + cos(pi p)) / 2 written out: a line (0.75 at 0.25) or a smoothstep (0.84375) is off by far more
-    assert [cos[10], cos[25], cos[75], cos[90]] == pytest.approx([0.9755283, 0.8535534, 0.1464466, 0.0244717],
-                                                                 abs=1e-7)
+    assert [cos[10], cos[25], cos[75], cos[90]] == pytest.approx([0.9755283, 0.8535534, 0.1464466, 0.0244717], abs=1e-7)
     assert all(a > b for a, b in zip(cos, cos[1:]))
     assert lr_at(1.5, warmup=1.0, schedule="cosine") == 0.0 and lr_at(-1, warmup=1.0, schedule="cosine") == 1.0
     assert {lr_at(k / 10, warmup=1.0, schedule="constant") for k in range(11)} == {1.0}
@@ -471,19 +506,53 @@ DURATIONS = [0.5, 4.0, 1.0, 0.5, 9.0, 2.0]  # seconds per step of the fake clock
 
 def test_time_budget_lr_through_the_loop_follows_elapsed_time(course_kit, tmp_path, monkeypatch):
     from iclevr.training.loop import train
+
     clock = FakeClock(DURATIONS)
     timed_loss(monkeypatch, clock)
-    run = train(settings_for(course_kit, tmp_path / "run", max_minutes=1.0, lr_schedule="cosine", warmup_steps=3,
-                             checkpoint_every=0, sample_grids="off"), clock=clock)
+    run = train(
+        settings_for(
+            course_kit,
+            tmp_path / "run",
+            max_minutes=1.0,
+            lr_schedule="cosine",
+            warmup_steps=3,
+            checkpoint_every=0,
+            sample_grids="off",
+        ),
+        clock=clock,
+    )
     lrs = [json.loads(r)["lr"] for r in (run / "metrics.jsonl").read_text().splitlines()]
     starts = [sum(DURATIONS[k % 6] for k in range(step)) for step in range(len(lrs))]  # elapsed at each step
     assert starts[-1] < 60 <= starts[-1] + DURATIONS[(len(lrs) - 1) % 6]  # stopped when the minute ran out
     # 2e-3 x min(1, (k+1)/3) x (1 + cos(pi t/60)) / 2 at each step's elapsed t, written out
-    assert lrs == pytest.approx([6.666667e-4, 1.3331049e-3, 1.9723699e-3, 1.9588197e-3, 1.9510565e-3,
-                                 1.7071068e-3, 1.6293204e-3, 1.6087614e-3, 1.4305111e-3, 1.3826834e-3,
-                                 1.3583679e-3, 8.954715e-4, 7.920883e-4, 7.665546e-4, 5.694889e-4, 5.228412e-4,
-                                 5e-4, 1.613294e-4, 1.089935e-4, 9.74147e-5, 2.76301e-5, 1.67451e-5, 1.23117e-5],
-                                rel=1e-5)
+    assert lrs == pytest.approx(
+        [
+            6.666667e-4,
+            1.3331049e-3,
+            1.9723699e-3,
+            1.9588197e-3,
+            1.9510565e-3,
+            1.7071068e-3,
+            1.6293204e-3,
+            1.6087614e-3,
+            1.4305111e-3,
+            1.3826834e-3,
+            1.3583679e-3,
+            8.954715e-4,
+            7.920883e-4,
+            7.665546e-4,
+            5.694889e-4,
+            5.228412e-4,
+            5e-4,
+            1.613294e-4,
+            1.089935e-4,
+            9.74147e-5,
+            2.76301e-5,
+            1.67451e-5,
+            1.23117e-5,
+        ],
+        rel=1e-5,
+    )
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05 * 2e-3
     progress = json.loads((run / "progress.json").read_text())
     assert progress["finished"] and progress["wall_s"] >= 60
@@ -500,8 +569,9 @@ def test_time_budget_resume_continues_the_same_lr_path(course_kit, tmp_path, mon
         train(settings_for(course_kit, tmp_path / "b", **common), clock=clock)
     assert json.loads((tmp_path / "b" / "progress.json").read_text())["step"] == 7
     resumed = train(settings_for(course_kit, tmp_path / "b", **common), resume=True, clock=clock)
-    lrs = [[json.loads(r)["lr"] for r in (run / "metrics.jsonl").read_text().splitlines()]
-           for run in (straight, resumed)]
+    lrs = [
+        [json.loads(r)["lr"] for r in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, resumed)
+    ]
     assert len(lrs[0]) > 7 and lrs[1] == pytest.approx(lrs[0], rel=1e-9)
 
 
@@ -565,8 +635,9 @@ def test_sample_grids_use_the_fast_default_sampler(course_kit, tmp_path, monkeyp
 
     seed = resolve(TrainSettings, preset="seed")
     assert (seed.sampler.sampler, seed.sampler.steps) == ("ddpm", 1000)  # the reference sampler, kept
-    assert grid_sampler(seed) == seed.sampler.model_copy(update={"sampler": SamplerSettings().sampler,
-                                                                 "steps": SamplerSettings().steps})
+    assert grid_sampler(seed) == seed.sampler.model_copy(
+        update={"sampler": SamplerSettings().sampler, "steps": SamplerSettings().steps}
+    )
     used = []
 
     def fake_sample(model, y, *, sampler, **kwargs):  # record the sampler; blank images

@@ -114,8 +114,20 @@ def test_eval_split_val_images_on_a_course_kit(course_kit, tmp_path):
     val = load_conditions(course_kit, (L.VAL_SPLIT,))[L.VAL_SPLIT]
     predicted = _painted(tmp_path / "flat", val)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", "--images", str(tmp_path / "flat"), "--split", "val",
-                                 "--data-dir", str(course_kit), "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--images",
+            str(tmp_path / "flat"),
+            "--split",
+            "val",
+            "--data-dir",
+            str(course_kit),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "has no val.json; scoring the derived list" in " ".join(result.output.split())
     report = json.loads((out / "report.json").read_text())
@@ -132,8 +144,24 @@ def test_eval_split_val_samples_the_embedded_kits_list(tiny_run, tmp_path):  # n
     order = [c[0] for c in val[:3]]
     evaluator = fixed_ranking(tmp_path / "fixed.pth", order)
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["eval", "--split", "val", "--evaluator", str(evaluator), "--seeds", "0",
-                                 "--steps", "2", "--out", str(out), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--split",
+            "val",
+            "--evaluator",
+            str(evaluator),
+            "--seeds",
+            "0",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "derived" not in result.output
     report = json.loads((out / "report.json").read_text())

@@ -32,18 +32,29 @@ def main(kit: str, out: str) -> None:
         return loss * float("nan") if rank == 1 and calls["n"] == 4 else loss
 
     T.diffusion_loss = poisoned
-    loop = {"batch_size": 2, "lr": 1e-3, "max_steps": 8, "log_every": 100, "checkpoint_every": 0,
-            "checkpoint_every_steps": 2, "device": "cpu", "sample_grids": "off"}
-    settings = resolve(TrainSettings, overrides={"model": TINY_MODEL, "data.data_dir": kit,
-                                                 "out": str(Path(out) / "run"), "train": loop})
+    loop = {
+        "batch_size": 2,
+        "lr": 1e-3,
+        "max_steps": 8,
+        "log_every": 100,
+        "checkpoint_every": 0,
+        "checkpoint_every_steps": 2,
+        "device": "cpu",
+        "sample_grids": "off",
+    }
+    settings = resolve(
+        TrainSettings,
+        overrides={"model": TINY_MODEL, "data.data_dir": kit, "out": str(Path(out) / "run"), "train": loop},
+    )
     try:
         T.train(settings)
         report["train"] = "finished"
     except Exception as e:  # noqa: BLE001 - the message is what the test reads
         report["train"] = f"{type(e).__name__}: {e}"
     Path(out, f"rank-{rank}.json").write_text(json.dumps(report))  # before the collectives below, in case
-    stand_in = SimpleNamespace(num_processes=2, device=torch.device("meta"),
-                               reduce=lambda t, op: (torch.distributed.all_reduce(t), t)[1])
+    stand_in = SimpleNamespace(
+        num_processes=2, device=torch.device("meta"), reduce=lambda t, op: (torch.distributed.all_reduce(t), t)[1]
+    )
     try:
         report["agree"] = list(T.agree(stand_in, 10.0 + rank, rank == 1))
     except Exception as e:  # noqa: BLE001

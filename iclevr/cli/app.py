@@ -47,8 +47,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of unexpected errors."),
 ) -> None:
     """Class-conditional diffusion for i-CLEVR: data, train, sample, denoise-trace, eval, compare-schedules, serve."""

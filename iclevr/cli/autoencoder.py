@@ -7,8 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import ConfigOpt, DataDirOpt, DeviceOpt, PrintConfigOpt, SeedOpt
-from iclevr.cli.common import command, console, optional_float, optional_int, print_settings, typed_overrides
+from iclevr.cli.common import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    PrintConfigOpt,
+    SeedOpt,
+    command,
+    console,
+    optional_float,
+    optional_int,
+    print_settings,
+    typed_overrides,
+)
 
 Opt = typer.Option
 autoencoder_app = typer.Typer(help="The latent design's autoencoder (AutoencoderKL, f = 4).", no_args_is_help=True)
@@ -45,10 +56,21 @@ def autoencoder_train_cmd(
         config = resume / "settings.json"
     if resume is not None and out is not None and resume != out:
         raise UserError(f"--resume {resume} and --out {out} name different run folders; give one of them")
-    overrides = typed_overrides(ctx, {
-        "data_dir": "data.data_dir", "out": "out", "resume": "out", "max_steps": "max_steps",
-        "max_minutes": "max_minutes", "batch_size": "batch_size", "lr": "lr", "heldout": "heldout",
-        "seed": "seed", "device": "device"})
+    overrides = typed_overrides(
+        ctx,
+        {
+            "data_dir": "data.data_dir",
+            "out": "out",
+            "resume": "out",
+            "max_steps": "max_steps",
+            "max_minutes": "max_minutes",
+            "batch_size": "batch_size",
+            "lr": "lr",
+            "heldout": "heldout",
+            "seed": "seed",
+            "device": "device",
+        },
+    )
     settings = resolve(AutoencoderTrainSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

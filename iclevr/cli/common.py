@@ -51,9 +51,11 @@ def command(fn: Callable) -> Callable:
 
             if (line := explain_os_error(e)) is not None:  # a full disk or a permission outside fileio's writers
                 raise fail(_escape(line), 2) from None
-            raise fail(f"unexpected {type(e).__name__}: {_escape(str(e)).splitlines()[0] if str(e) else ''} "
-                       "(this is a bug or an unusual environment; re-run with --debug for the traceback)",
-                       1) from None
+            raise fail(
+                f"unexpected {type(e).__name__}: {_escape(str(e)).splitlines()[0] if str(e) else ''} "
+                "(this is a bug or an unusual environment; re-run with --debug for the traceback)",
+                1,
+            ) from None
 
     return wrapper
 
@@ -81,8 +83,7 @@ def _escape(text: str) -> str:
 TYPED_SOURCES = ("COMMANDLINE", "ENVIRONMENT")
 
 
-def typed_overrides(ctx: typer.Context, mapping: dict[str, str | tuple[str, Callable[[Any], Any]]]
-                    ) -> dict[str, Any]:
+def typed_overrides(ctx: typer.Context, mapping: dict[str, str | tuple[str, Callable[[Any], Any]]]) -> dict[str, Any]:
     """Settings overrides {dotted key: value} from only the options the user typed (never a flag's default).
 
     `mapping` maps an option's parameter name to its dotted settings key, or to (key, convert) when the typed
@@ -136,22 +137,42 @@ def optional_float(*names: str, help: str) -> Any:
     return typer.Option(*names, parser=float_or_none, metavar="<float|none>", help=help)
 
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="JSON or TOML settings file "
-                                                   "(defaults < preset < config < the flags you type).")]
-PrintConfigOpt = Annotated[bool, typer.Option("--print-config", "--dry-run",
-                                              help="Print the resolved settings and exit.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Course data folder; "
-                                                    "default: the embedded rendered kit.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Settings preset: seed, small, small-tokens, "
-                                                  "tiny, tiny-tokens, tiny-latent or tiny-patch.")]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="JSON or TOML settings file (defaults < preset < config < the flags you type)."),
+]
+PrintConfigOpt = Annotated[
+    bool, typer.Option("--print-config", "--dry-run", help="Print the resolved settings and exit.")
+]
+DataDirOpt = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Course data folder; default: the embedded rendered kit.")
+]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--preset", help="Settings preset: seed, small, small-tokens, tiny, tiny-tokens, tiny-latent or tiny-patch."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="Run folder (its EMA weights) or "
-                                                       ".safetensors file; default: the newest finished run under "
-                                                       "checkpoints/, else the packaged pretrained model.")]
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--checkpoint",
+        help="Run folder (its EMA weights) or "
+        ".safetensors file; default: the newest finished run under "
+        "checkpoints/, else the packaged pretrained model.",
+    ),
+]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="ddpm, ddim, dpmpp, dpmpp-sde or unipc.")]
-StepsOpt = Annotated[Optional[int], optional_int("--steps", help="Sampling steps (default: the sampler's; none = "
-                                                  "the sampler's default even where the weights store others).")]
+StepsOpt = Annotated[
+    Optional[int],
+    optional_int(
+        "--steps",
+        help="Sampling steps (default: the sampler's; none = "
+        "the sampler's default even where the weights store others).",
+    ),
+]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale.")]
 
 

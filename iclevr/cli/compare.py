@@ -40,8 +40,9 @@ def compare_schedules(
     steps: StepsOpt = None,
     guidance_scale: GuidanceOpt = None,
     train_config: Annotated[Optional[Path], typer.Option(help="Training settings file for every run.")] = None,
-    plot_only: Annotated[bool, typer.Option("--plot-only/--no-plot-only", help="Only the schedules figure and "
-                                            "table.")] = False,
+    plot_only: Annotated[
+        bool, typer.Option("--plot-only/--no-plot-only", help="Only the schedules figure and table.")
+    ] = False,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
@@ -50,13 +51,25 @@ def compare_schedules(
     from iclevr.studies.compare import CompareSettings, check_names, run_study
     from iclevr.studies.compare_report import print_report
 
-    overrides = typed_overrides(ctx, {
-        "schedules": ("schedules", check_names), "preset": "preset", "epochs": "epochs", "max_steps": "max_steps",
-        "seeds": ("seeds", lambda text: parse_int_list(text, "--seeds")),
-        "eval_seeds": ("eval_seeds", lambda text: parse_int_list(text, "--eval-seeds")),
-        "data_dir": "data.data_dir", "evaluator": "evaluator", "out": "out", "sampler": "sampler.sampler",
-        "steps": "sampler.steps", "guidance_scale": "sampler.guidance_scale", "train_config": "train_config",
-        "plot_only": "plot_only"})
+    overrides = typed_overrides(
+        ctx,
+        {
+            "schedules": ("schedules", check_names),
+            "preset": "preset",
+            "epochs": "epochs",
+            "max_steps": "max_steps",
+            "seeds": ("seeds", lambda text: parse_int_list(text, "--seeds")),
+            "eval_seeds": ("eval_seeds", lambda text: parse_int_list(text, "--eval-seeds")),
+            "data_dir": "data.data_dir",
+            "evaluator": "evaluator",
+            "out": "out",
+            "sampler": "sampler.sampler",
+            "steps": "sampler.steps",
+            "guidance_scale": "sampler.guidance_scale",
+            "train_config": "train_config",
+            "plot_only": "plot_only",
+        },
+    )
     settings = resolve(CompareSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

@@ -27,8 +27,9 @@ data_app = typer.Typer(help="Check, render and preview course-layout data.", no_
 @command
 def check(
     data_dir: DataDirOpt = None,
-    images_dir: Annotated[Optional[Path], typer.Option("--images-dir", help="Training PNG folder "
-                                                       "(default <data-dir>/iclevr).")] = None,
+    images_dir: Annotated[
+        Optional[Path], typer.Option("--images-dir", help="Training PNG folder (default <data-dir>/iclevr).")
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Only open image headers instead of decoding.")] = False,
 ) -> None:
     """Validate a course data folder and summarise it; exit code 2 if it is unusable."""
@@ -50,17 +51,24 @@ def check(
 @command
 def synth(
     ctx: typer.Context,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: the embedded default "
-                                                "kit under $ICLEVR_HOME/kits).")] = None,
-    scenes: Annotated[Optional[int], typer.Option("--scenes", help="Scenes; each gives max-objects images "
-                                                  "(default: the embedded kit's count).")] = None,
-    max_objects: Annotated[Optional[int], typer.Option("--max-objects", help="Objects in a finished scene "
-                                                       "(default 3).")] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="Frame WIDTHxHEIGHT, 4:3 (default 128x96; "
-                                                "course: 320x240).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Output folder (default: the embedded default kit under $ICLEVR_HOME/kits)."),
+    ] = None,
+    scenes: Annotated[
+        Optional[int],
+        typer.Option("--scenes", help="Scenes; each gives max-objects images (default: the embedded kit's count)."),
+    ] = None,
+    max_objects: Annotated[
+        Optional[int], typer.Option("--max-objects", help="Objects in a finished scene (default 3).")
+    ] = None,
+    size: Annotated[
+        Optional[str], typer.Option("--size", help="Frame WIDTHxHEIGHT, 4:3 (default 128x96; course: 320x240).")
+    ] = None,
     seed: SeedOpt = None,
-    workers: Annotated[Optional[int], optional_int("--workers", help="Processes (default and none: all "
-                                                   "cores).")] = None,
+    workers: Annotated[
+        Optional[int], optional_int("--workers", help="Processes (default and none: all cores).")
+    ] = None,
     preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG.")] = None,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
@@ -81,8 +89,10 @@ def synth(
     with _bar("rendering") as update:
         folder = run_synth(settings, progress=update)
     images = settings.scenes * settings.max_objects
-    console.print(f"wrote {images:,} images ({settings.size[0]}x{settings.size[1]}) and the JSON files to "
-                  f"{folder} in {time.perf_counter() - start:.1f} s")
+    console.print(
+        f"wrote {images:,} images ({settings.size[0]}x{settings.size[1]}) and the JSON files to "
+        f"{folder} in {time.perf_counter() - start:.1f} s"
+    )
     if preview is not None:
         console.print(f"contact sheet: {contact_sheet(folder, preview)}")
 

@@ -13,8 +13,9 @@ from iclevr.cli.common import ConfigOpt, DataDirOpt, PrintConfigOpt, command, co
 @command
 def demo(
     ctx: typer.Context,
-    minutes: Annotated[Optional[float], typer.Option(help="Training budget of the small CPU model (the CPU preset), "
-                                                     "in minutes.")] = None,
+    minutes: Annotated[
+        Optional[float], typer.Option(help="Training budget of the small CPU model (the CPU preset), in minutes.")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Demo folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
     data_dir: DataDirOpt = None,
@@ -25,8 +26,7 @@ def demo(
     from iclevr.settings import resolve
     from iclevr.studies.demo import DemoSettings, print_summary, run_demo
 
-    overrides = typed_overrides(ctx, {"minutes": "minutes", "out": "out", "device": "device",
-                                      "data_dir": "data_dir"})
+    overrides = typed_overrides(ctx, {"minutes": "minutes", "out": "out", "device": "device", "data_dir": "data_dir"})
     settings = resolve(DemoSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

@@ -34,8 +34,11 @@ def _cell(text: str) -> str:
 
 def _param_row(p) -> str:
     """One table row: the option's names (or the argument's metavar), its help and its default."""
-    names = ", ".join(f"`{o}`" for o in (p.opts + p.secondary_opts)) if p.param_type_name == "option" \
+    names = (
+        ", ".join(f"`{o}`" for o in (p.opts + p.secondary_opts))
+        if p.param_type_name == "option"
         else f"`{p.human_readable_name}`"
+    )
     default = p.default if not callable(p.default) else None
     shown = "" if default in (None, False, ()) or getattr(p, "is_flag", False) else f" (default: `{default}`)"
     return f"| {names} | {_cell(getattr(p, 'help', None) or '')}{shown} |"
@@ -61,10 +64,15 @@ def generate() -> str:
     from iclevr.cli.app import app
 
     root = typer.main.get_command(app)
-    sections = [_section(path, cmd) for path, cmd in _walk(root, ["iclevr"])
-                if path == ["iclevr"] or not hasattr(cmd, "commands")]
-    head = ("# Command reference\n\nGenerated from the CLI by `" + REGENERATE + "`; do not edit it by hand "
-            "(`tests/test_reference.py` fails when it is stale). `iclevr COMMAND --help` prints the same.\n")
+    sections = [
+        _section(path, cmd)
+        for path, cmd in _walk(root, ["iclevr"])
+        if path == ["iclevr"] or not hasattr(cmd, "commands")
+    ]
+    head = (
+        "# Command reference\n\nGenerated from the CLI by `" + REGENERATE + "`; do not edit it by hand "
+        "(`tests/test_reference.py` fails when it is stale). `iclevr COMMAND --help` prints the same.\n"
+    )
     return head + "\n" + "\n".join(sections).rstrip() + "\n"
 
 

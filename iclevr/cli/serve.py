@@ -7,19 +7,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from iclevr.cli.common import CheckpointOpt, ConfigOpt, DeviceOpt, PrintConfigOpt
-from iclevr.cli.common import command, console, print_settings, typed_overrides
+from iclevr.cli.common import (
+    CheckpointOpt,
+    ConfigOpt,
+    DeviceOpt,
+    PrintConfigOpt,
+    command,
+    console,
+    print_settings,
+    typed_overrides,
+)
 
 
 @command
 def serve_cmd(
     ctx: typer.Context,
     checkpoint: CheckpointOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; another than 127.0.0.1 makes the page "
-                                      "reachable from the network.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Address to bind; another than 127.0.0.1 makes the page reachable from the network."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port).")] = 7860,
-    evaluator: Annotated[Optional[Path], typer.Option("--evaluator", help="Evaluator for the found/missed "
-                                                      "verdicts; default: the project's own.")] = None,
+    evaluator: Annotated[
+        Optional[Path],
+        typer.Option("--evaluator", help="Evaluator for the found/missed verdicts; default: the project's own."),
+    ] = None,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
@@ -28,8 +42,9 @@ def serve_cmd(
     from iclevr.serve.app import ServeSettings, serve
     from iclevr.settings import resolve
 
-    overrides = typed_overrides(ctx, {"checkpoint": "checkpoint", "host": "host", "port": "port",
-                                      "evaluator": "evaluator", "device": "device"})
+    overrides = typed_overrides(
+        ctx, {"checkpoint": "checkpoint", "host": "host", "port": "port", "evaluator": "evaluator", "device": "device"}
+    )
     settings = resolve(ServeSettings, config=config, overrides=overrides)
     if print_config:
         return print_settings(settings)

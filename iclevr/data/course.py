@@ -63,8 +63,9 @@ def safe_image_name(name: str, where: str) -> str:
     """Refuse image names that could escape the images folder ('../x.png', '/etc/x', 'a/b.png')."""
     p = PurePosixPath(name)
     if not name or p.is_absolute() or ".." in p.parts or "\\" in name or len(p.parts) != 1:
-        raise UserError(f'{where}: image name "{name}" is not a plain file name; refusing to read outside '
-                        "the images folder")
+        raise UserError(
+            f'{where}: image name "{name}" is not a plain file name; refusing to read outside the images folder'
+        )
     return name
 
 
@@ -73,7 +74,7 @@ def load_split(data_dir: Path, split: str) -> list[list[str]]:
     path = Path(data_dir) / f"{split}.json"
     raw = _validated(_SPLIT_SCHEMA, read_json(path, f"{split}.json"), path, "a list of lists of label names")
     if not raw:  # nothing to draw or score (the course's lists hold 32 conditions each)
-        raise UserError(f"{path} lists no conditions; it needs at least one, e.g. [[\"red sphere\"]]")
+        raise UserError(f'{path} lists no conditions; it needs at least one, e.g. [["red sphere"]]')
     return [_check_condition(c, f"{path.name} condition {i}") for i, c in enumerate(raw)]
 
 
@@ -87,9 +88,11 @@ def load_val(data_dir: Path, reported: dict[str, list[list[str]]]) -> list[list[
     seen = {frozenset(c): s for s in SPLITS for c in reported[s]}
     for i, c in enumerate(val):
         if frozenset(c) in seen:
-            raise UserError(f"{Path(data_dir) / 'val.json'} condition {i} {c} is also in {seen[frozenset(c)]}.json: "
-                            "val must share no condition with the reported lists (delete val.json to use a "
-                            "derived one that does not)")
+            raise UserError(
+                f"{Path(data_dir) / 'val.json'} condition {i} {c} is also in {seen[frozenset(c)]}.json: "
+                "val must share no condition with the reported lists (delete val.json to use a "
+                "derived one that does not)"
+            )
     return val
 
 
@@ -99,28 +102,34 @@ def derived_val_note(data_dir: Path | None) -> str | None:
         return None  # the embedded kit's val is its val.json, computed from its plan
     from iclevr.data.plan import VAL_SIZE
 
-    return (f"val: {data_dir} has no val.json; scoring the derived list ({VAL_SIZE} conditions of 1-3 objects, "
-            "fixed seed, none equal to a test or new_test condition; docs/course-kit.md)")
+    return (
+        f"val: {data_dir} has no val.json; scoring the derived list ({VAL_SIZE} conditions of 1-3 objects, "
+        "fixed seed, none equal to a test or new_test condition; docs/course-kit.md)"
+    )
 
 
 def load_kit(data_dir: Path, images_dir: Path | None = None, splits: bool = True) -> CourseKit:
     """Read and validate a course data folder (JSON files and labels; images are checked separately)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data folder not found: {data_dir} (point --data-dir at the course kit, or leave it "
-                        "out to use the embedded rendered kit)")
+        raise UserError(
+            f"data folder not found: {data_dir} (point --data-dir at the course kit, or leave it "
+            "out to use the embedded rendered kit)"
+        )
     objects_path = data_dir / "objects.json"
     if objects_path.exists():
         L.check_objects_mapping(read_json(objects_path, "objects.json"))
     train_path = data_dir / "train.json"
-    raw = _validated(_TRAIN_SCHEMA, read_json(train_path, "train.json"), train_path,
-                     "an object mapping image file name -> list of label names")
+    raw = _validated(
+        _TRAIN_SCHEMA,
+        read_json(train_path, "train.json"),
+        train_path,
+        "an object mapping image file name -> list of label names",
+    )
     if not raw:
         raise UserError(f"{train_path} lists no images")
-    train = {safe_image_name(n, "train.json"): _check_condition(c, f"train.json entry {n}")
-             for n, c in raw.items()}
-    kit = CourseKit(data_dir=data_dir, images_dir=Path(images_dir) if images_dir else data_dir / "iclevr",
-                    train=train)
+    train = {safe_image_name(n, "train.json"): _check_condition(c, f"train.json entry {n}") for n, c in raw.items()}
+    kit = CourseKit(data_dir=data_dir, images_dir=Path(images_dir) if images_dir else data_dir / "iclevr", train=train)
     if splits:
         kit.splits = {s: load_split(data_dir, s) for s in SPLITS}
         if (data_dir / "val.json").is_file():  # checked here too, so `data check` catches a bad one
@@ -177,8 +186,9 @@ def _raise_image_problems(kit: CourseKit, missing: list[str], corrupt: list[str]
     if corrupt:
         parts.append(f"{len(corrupt)} corrupt (e.g. {', '.join(corrupt[:3])})")
     if parts:
-        raise UserError(f"images in {kit.images_dir} named by train.json: {'; '.join(parts)}; "
-                        "run `iclevr data check` for details")
+        raise UserError(
+            f"images in {kit.images_dir} named by train.json: {'; '.join(parts)}; run `iclevr data check` for details"
+        )
 
 
 def cache_key(kit: CourseKit, resolution: int) -> str:
@@ -286,8 +296,10 @@ def load_conditions(data_dir: Path | None, splits=SPLITS) -> dict[str, list[list
         return {s: lists[s] for s in splits}
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data folder not found: {data_dir} (point --data-dir at the course kit, or leave it "
-                        "out to use the embedded rendered kit)")
+        raise UserError(
+            f"data folder not found: {data_dir} (point --data-dir at the course kit, or leave it "
+            "out to use the embedded rendered kit)"
+        )
     if (data_dir / "objects.json").is_file():
         L.check_objects_mapping(read_json(data_dir / "objects.json", "objects.json"))
     lists = {s: load_split(data_dir, s) for s in SPLITS if s in splits or VAL_SPLIT in splits}

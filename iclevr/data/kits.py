@@ -24,8 +24,10 @@ def ensure_kit(name: str, spec: dict, console=None, workers: int | None = None) 
     w, h = spec["size"]
     if console is None:
         return write_kit(out, workers=workers, **spec)
-    console.print(f"[bold]No --data-dir given:[/] rendering the embedded kit '{name}' ({images:,} images, "
-                  f"{w}x{h}) into {out} (once; set ICLEVR_HOME to move it; an interrupted render resumes)")
+    console.print(
+        f"[bold]No --data-dir given:[/] rendering the embedded kit '{name}' ({images:,} images, "
+        f"{w}x{h}) into {out} (once; set ICLEVR_HOME to move it; an interrupted render resumes)"
+    )
     with progress_bar(console) as bar:
         task = bar.add_task("rendering", total=images)
         write_kit(out, workers=workers, progress=lambda n, total: bar.update(task, completed=n), **spec)

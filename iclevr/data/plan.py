@@ -38,8 +38,9 @@ def label_plan(scenes: int, max_objects: int, seed: int) -> list[list[str]]:
     if max_objects > L.NUM_CLASSES:
         raise UserError(f"--max-objects {max_objects} is more than the {L.NUM_CLASSES} distinct classes")
     rng = np.random.default_rng([seed, _PLAN_SALT])
-    plan = np.stack([rng.permutation(np.resize(rng.permutation(L.NUM_CLASSES), scenes))
-                     for _ in range(max_objects)], axis=1)  # (S, K)
+    plan = np.stack(
+        [rng.permutation(np.resize(rng.permutation(L.NUM_CLASSES), scenes)) for _ in range(max_objects)], axis=1
+    )  # (S, K)
     for k in range(1, max_objects):
         for i in range(scenes):
             while plan[i, k] in plan[i, :k]:  # swap with another scene's k-th label; keeps the column balanced
@@ -49,8 +50,9 @@ def label_plan(scenes: int, max_objects: int, seed: int) -> list[list[str]]:
     return [[L.LABELS[c] for c in row] for row in plan]
 
 
-def split_conditions(plan: list[list[str]], sizes: dict[int, int], seed: int, salt: int,
-                     from_train: bool) -> list[list[str]]:
+def split_conditions(
+    plan: list[list[str]], sizes: dict[int, int], seed: int, salt: int, from_train: bool
+) -> list[list[str]]:
     """Conditions for test.json / new_test.json: training prefixes (`from_train`) or fresh combinations."""
     rng = np.random.default_rng([seed, salt])
     out: list[list[str]] = []
@@ -73,18 +75,22 @@ def val_conditions(avoid: list[list[str]]) -> list[list[str]]:
         combos = list(combinations(L.LABELS, k))  # vocabulary order; at most 2,024 of them
         # one fixed order per size, walked past the avoided ones: a change in `avoid` moves few picks
         free = [list(combos[i]) for i in rng.permutation(len(combos)) if frozenset(combos[i]) not in taken]
-        out += free[:count + short]
+        out += free[: count + short]
         short = max(0, count + short - len(free))
     if short:
-        raise UserError(f"cannot draw {VAL_SIZE} val conditions of 1-3 objects that avoid the "
-                        f"{len(taken)} test and new_test conditions")
+        raise UserError(
+            f"cannot draw {VAL_SIZE} val conditions of 1-3 objects that avoid the "
+            f"{len(taken)} test and new_test conditions"
+        )
     return out
 
 
 def plan_conditions(plan: list[list[str]], seed: int) -> dict[str, list[list[str]]]:
     """The lists of a kit with this label plan: test seen in training, new_test fresh, val avoiding both."""
-    lists = {"test": split_conditions(plan, TEST_SIZES, seed, _TEST_SALT, True),
-             "new_test": split_conditions(plan, NEW_TEST_SIZES, seed, _NEW_TEST_SALT, False)}
+    lists = {
+        "test": split_conditions(plan, TEST_SIZES, seed, _TEST_SALT, True),
+        "new_test": split_conditions(plan, NEW_TEST_SIZES, seed, _NEW_TEST_SALT, False),
+    }
     return {**lists, L.VAL_SPLIT: val_conditions(lists["test"] + lists["new_test"])}
 
 

@@ -20,8 +20,11 @@ def pick_images(train: dict[str, list[str]], n: int) -> list[str]:
         buckets.setdefault(len(train[name]), []).append(name)
     groups = [buckets[k] for k in sorted(buckets)]
     quota = [n // len(groups) + (g < n % len(groups)) for g in range(len(groups))]
-    picked = {g: [names[int((i + g / len(groups)) * len(names) / q)] for i in range(min(q, len(names)))]
-              for g, (names, q) in enumerate(zip(groups, quota)) if q}
+    picked = {
+        g: [names[int((i + g / len(groups)) * len(names) / q)] for i in range(min(q, len(names)))]
+        for g, (names, q) in enumerate(zip(groups, quota))
+        if q
+    }
     out = [picked[g][i] for i in range(max(quota)) for g in picked if i < len(picked[g])]
     return out[:n]
 

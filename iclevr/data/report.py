@@ -9,8 +9,9 @@ from rich.table import Table
 from iclevr.data.course import CourseKit
 
 
-def print_check_report(console, kit: CourseKit, summary: dict, missing: list[str], corrupt: list[str],
-                       course_evaluator: Path | None = None) -> bool:
+def print_check_report(
+    console, kit: CourseKit, summary: dict, missing: list[str], corrupt: list[str], course_evaluator: Path | None = None
+) -> bool:
     """Print the summary tables and problems (`course_evaluator`: the kit's own evaluator file, which
     `iclevr eval --data-dir` would use, or None); return True when the folder is usable."""
     console.print(f"[bold]data folder[/] {kit.data_dir}  [dim](images: {kit.images_dir})[/]")
@@ -36,10 +37,14 @@ def print_check_report(console, kit: CourseKit, summary: dict, missing: list[str
     for split, s in summary["splits"].items():
         console.print(f"{split}.json: {s['conditions']} conditions, {s['objects']} objects")
     if summary["extra_pngs"]:
-        console.print(f"[dim]{summary['extra_pngs']} PNGs in the images folder are not named in train.json "
-                      "(ignored)[/]")
-    console.print(f"evaluator: {course_evaluator}" if course_evaluator else
-                  "evaluator: no checkpoint.pth (the project evaluator is used)")
+        console.print(
+            f"[dim]{summary['extra_pngs']} PNGs in the images folder are not named in train.json (ignored)[/]"
+        )
+    console.print(
+        f"evaluator: {course_evaluator}"
+        if course_evaluator
+        else "evaluator: no checkpoint.pth (the project evaluator is used)"
+    )
     problems = []
     if missing:
         problems.append(f"{len(missing)} images missing (first: {', '.join(missing[:5])})")

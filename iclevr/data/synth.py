@@ -46,8 +46,9 @@ class SynthSettings(Section):
     """Settings of `iclevr data synth`."""
 
     out: Path | None = Field(None, description="Output folder; empty = the embedded default kit in $ICLEVR_HOME.")
-    scenes: int = Field(DEFAULT_SCENES, ge=1, le=1_000_000,
-                        description="Scenes to render (images = scenes * max_objects).")
+    scenes: int = Field(
+        DEFAULT_SCENES, ge=1, le=1_000_000, description="Scenes to render (images = scenes * max_objects)."
+    )
     max_objects: int = Field(3, ge=1, le=10, description="Objects per finished scene (_0 ... _{K-1}).")
     size: tuple[int, int] = Field((128, 96), description="Frame width and height (4:3; 320x240 is the course's).")
     seed: int = Field(0, ge=0, description="Seed of the label plan and of every scene (scene i uses (seed, i)).")
@@ -69,8 +70,9 @@ def synth(settings: SynthSettings, progress: Callable[[int, int], None] | None =
     try:
         return write_kit(out, s.scenes, s.max_objects, s.size, s.seed, s.workers, progress)
     except WriteError as e:  # a full disk or a permission: every finished PNG is kept and counts on resume
-        raise WriteError(f"{e}; the images already written are kept: once fixed, run the same command again "
-                         "to finish the kit") from None
+        raise WriteError(
+            f"{e}; the images already written are kept: once fixed, run the same command again to finish the kit"
+        ) from None
 
 
 def image_name(scene: int, k: int) -> str:
@@ -78,8 +80,9 @@ def image_name(scene: int, k: int) -> str:
     return f"CLEVR_train_{scene:06d}_{k}.png"
 
 
-def render_scene(images_dir: str, scene: int, labels: list[str], seed: int, size: tuple[int, int],
-                 supersample: int = SUPERSAMPLE) -> int:
+def render_scene(
+    images_dir: str, scene: int, labels: list[str], seed: int, size: tuple[int, int], supersample: int = SUPERSAMPLE
+) -> int:
     """Place and render one scene's prefixes; write the missing PNGs atomically; return how many were written."""
     from PIL import Image
 
@@ -119,8 +122,14 @@ def _render_chunk(job: tuple) -> int:
 
 
 def _manifest(scenes: int, max_objects: int, size: tuple[int, int], seed: int) -> dict:
-    return {"version": KIT_VERSION, "scenes": scenes, "max_objects": max_objects, "size": list(size),
-            "seed": seed, "supersample": SUPERSAMPLE}
+    return {
+        "version": KIT_VERSION,
+        "scenes": scenes,
+        "max_objects": max_objects,
+        "size": list(size),
+        "seed": seed,
+        "supersample": SUPERSAMPLE,
+    }
 
 
 def is_complete(out: Path) -> bool:
@@ -138,17 +147,24 @@ def _claim(out: Path, manifest: dict) -> None:
             old = None
         if old != manifest:
             was = ", ".join(f"{k}={v}" for k, v in (old or {}).items() if k != "version") or "unreadable"
-            raise UserError(f"{out} holds a kit rendered with other settings ({was}); choose another --out "
-                            "or delete that folder")
+            raise UserError(
+                f"{out} holds a kit rendered with other settings ({was}); choose another --out or delete that folder"
+            )
         return
     if (out / "train.json").exists() or (out / "iclevr").exists():
         raise UserError(f"{out} already holds course data that this tool did not render; choose another --out")
     atomic_write_text(path, json.dumps(manifest, indent=1))
 
 
-def write_kit(out: Path, scenes: int = DEFAULT_SCENES, max_objects: int = 3, size: tuple[int, int] = (128, 96),
-              seed: int = 0, workers: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> Path:
+def write_kit(
+    out: Path,
+    scenes: int = DEFAULT_SCENES,
+    max_objects: int = 3,
+    size: tuple[int, int] = (128, 96),
+    seed: int = 0,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Render a course-layout kit into `out` (resumable, byte-identical for any worker count); returns `out`."""
     if scenes < 1 or max_objects < 1:
         raise UserError("--scenes and --max-objects must be at least 1")
@@ -163,12 +179,11 @@ def write_kit(out: Path, scenes: int = DEFAULT_SCENES, max_objects: int = 3, siz
     plan = label_plan(scenes, max_objects, seed)
     total = scenes * max_objects
     have = {p.name for p in images_dir.glob("CLEVR_train_*.png")}
-    todo = [(i, plan[i]) for i in range(scenes)
-            if any(image_name(i, k) not in have for k in range(max_objects))]
+    todo = [(i, plan[i]) for i in range(scenes) if any(image_name(i, k) not in have for k in range(max_objects))]
     done = total - sum(max_objects for _ in todo)
     if progress:
         progress(done, total)
-    jobs = [(str(images_dir), seed, tuple(size), SUPERSAMPLE, todo[c:c + CHUNK]) for c in range(0, len(todo), CHUNK)]
+    jobs = [(str(images_dir), seed, tuple(size), SUPERSAMPLE, todo[c : c + CHUNK]) for c in range(0, len(todo), CHUNK)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     if workers == 1:
         results = map(_render_chunk, jobs)
@@ -221,8 +236,10 @@ def default_out(scenes: int, max_objects: int, size: tuple[int, int], seed: int)
     """Where `data synth` writes without --out: the embedded default kit, if the settings are its own."""
     default = (DEFAULT_KIT["scenes"], DEFAULT_KIT["max_objects"], tuple(DEFAULT_KIT["size"]), DEFAULT_KIT["seed"])
     if (scenes, max_objects, tuple(size), seed) != default:
-        raise UserError("give --out DIR for a kit with non-default settings (without --out, `data synth` "
-                        "renders the embedded default kit)")
+        raise UserError(
+            "give --out DIR for a kit with non-default settings (without --out, `data synth` "
+            "renders the embedded default kit)"
+        )
     return embedded_kit_dir(DEFAULT_KIT_NAME)
 
 

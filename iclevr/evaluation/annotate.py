@@ -72,8 +72,9 @@ def _name(item: str | int, label_names: Sequence[str]) -> str:
     return L.normalise(item)
 
 
-def hits_from(requested: Sequence[str | int], predicted: Sequence[str | int], *,
-              label_names: Sequence[str] = L.LABELS) -> tuple[list[bool], list[str]]:
+def hits_from(
+    requested: Sequence[str | int], predicted: Sequence[str | int], *, label_names: Sequence[str] = L.LABELS
+) -> tuple[list[bool], list[str]]:
     """Found flag per requested object and the predicted objects that were not requested; sum(flags) = hits."""
     req = [_name(r, label_names) for r in requested]
     pred = [_name(p, label_names) for p in predicted]
@@ -111,16 +112,18 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
 
 def _legend(draw, font, x: int, y: int, line: int) -> None:
     """The colour key above the grid."""
-    for colour, text in ((FOUND, "found by the evaluator"), (MISSED, "requested, missed"),
-                         (WRONG, "+ predicted, not requested")):
+    for colour, text in (
+        (FOUND, "found by the evaluator"),
+        (MISSED, "requested, missed"),
+        (WRONG, "+ predicted, not requested"),
+    ):
         draw.rectangle((x, y + line // 4, x + line // 2, y + line // 4 + line // 2), fill=colour)
         x += line // 2 + 4
         draw.text((x, y), text, fill=INK, font=font)
         x += int(draw.textlength(text, font=font)) + 3 * line // 2
 
 
-def _caption(draw, font, box, index: int, found: list[bool], req: list[str], wrong: list[str],
-             line: int) -> list[Mark]:
+def _caption(draw, font, box, index: int, found: list[bool], req: list[str], wrong: list[str], line: int) -> list[Mark]:
     """Write one image's verdict under it: '#i  hits/k', then a marked line per object; returns the marks."""
     x0, y, x1, _ = box
     side = max(6, line // 2)
@@ -137,22 +140,30 @@ def _caption(draw, font, box, index: int, found: list[bool], req: list[str], wro
         draw.rectangle(mark, fill=colour)
         text = ("+ " if kind == "wrong" else "") + label
         tx = x0 + side + 4
-        draw.text((tx, y), _fit(draw, text, font, x1 - tx), fill=FOUND_TEXT if kind == "found" else colour,
-                  font=font)
+        draw.text((tx, y), _fit(draw, text, font, x1 - tx), fill=FOUND_TEXT if kind == "found" else colour, font=font)
         marks.append(Mark(mark, colour, label, kind, index))
     return marks
 
 
-def annotated_grid(images_u8, requested: Sequence[Sequence[str | int]], predicted: Sequence[Sequence[str | int]],
-                   *, label_names: Sequence[str] = L.LABELS, columns: int = 8, cell: int = 128,
-                   title: str | None = None) -> AnnotatedGrid:
+def annotated_grid(
+    images_u8,
+    requested: Sequence[Sequence[str | int]],
+    predicted: Sequence[Sequence[str | int]],
+    *,
+    label_names: Sequence[str] = L.LABELS,
+    columns: int = 8,
+    cell: int = 128,
+    title: str | None = None,
+) -> AnnotatedGrid:
     """Draw each image (upscaled to `cell` px) with its requested objects marked found/missed and the wrong
     predictions named; `predicted` holds each image's top-k classes as scored by the evaluator."""
     arr = _as_hwc(images_u8)  # (N, H, W, 3)
     n = len(arr)
     if n == 0 or len(requested) != n or len(predicted) != n:
-        raise ValueError(f"need one condition and one prediction list per image: {n} images, "
-                         f"{len(requested)} conditions, {len(predicted)} predictions")
+        raise ValueError(
+            f"need one condition and one prediction list per image: {n} images, "
+            f"{len(requested)} conditions, {len(predicted)} predictions"
+        )
     if columns < 1 or cell < 16:
         raise ValueError(f"columns must be >= 1 and cell >= 16 px, got {columns} and {cell}")
     verdicts = [hits_from(r, p, label_names=label_names) for r, p in zip(requested, predicted)]

@@ -92,7 +92,7 @@ class Evaluator:
         out = []
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                out.append(self.net(x[i:i + batch_size].to(self.device, torch.float32)).float().cpu())
+                out.append(self.net(x[i : i + batch_size].to(self.device, torch.float32)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, NUM_CLASSES)
 
 
@@ -103,7 +103,7 @@ def check_state_dict(state, path: Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: the evaluator weights must be a dict of tensors (a resnet18 state_dict)")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     expected = build_evaluator().state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -113,12 +113,15 @@ def check_state_dict(state, path: Path) -> dict:
             parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise UserError(f"{path} is not a resnet18 evaluator with fc = Linear(512, 24) + Sigmoid: keys "
-                        f"{'; '.join(parts)}")
+        raise UserError(
+            f"{path} is not a resnet18 evaluator with fc = Linear(512, 24) + Sigmoid: keys {'; '.join(parts)}"
+        )
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise UserError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} "
-                            "(the evaluator has 24 output classes)")
+            raise UserError(
+                f"{path}: tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} "
+                "(the evaluator has 24 output classes)"
+            )
     return state
 
 
@@ -140,13 +143,18 @@ def load_course(path: Path, device="cpu") -> Evaluator:
     except pickle.UnpicklingError as e:
         detail = _unpickler_detail(str(e))
         if "global" in detail.lower() or "class" in detail.lower():
-            raise UserError(f"{path} holds Python objects other than tensors (unpickling it could run code), so "
-                            f"it was refused without loading it; expected the course checkpoint.pth "
-                            f"({detail})") from None
+            raise UserError(
+                f"{path} holds Python objects other than tensors (unpickling it could run code), so "
+                f"it was refused without loading it; expected the course checkpoint.pth "
+                f"({detail})"
+            ) from None
         raise UserError(f"{path} is not a readable torch checkpoint ({detail})") from None
     except Exception as e:  # noqa: BLE001 - RuntimeError, EOFError, KeyError (junk bytes read as a pickle), ...
-        detail = str(e).split(". ")[0][:160] if isinstance(e, (RuntimeError, OSError, ValueError)) and str(e) \
+        detail = (
+            str(e).split(". ")[0][:160]
+            if isinstance(e, (RuntimeError, OSError, ValueError)) and str(e)
             else type(e).__name__
+        )
         raise UserError(f"{path} is not a readable torch checkpoint (truncated or another format: {detail})") from None
     if isinstance(obj, dict) and "model" in obj:
         state = obj["model"]
@@ -154,8 +162,10 @@ def load_course(path: Path, device="cpu") -> Evaluator:
         state = obj  # a bare state_dict: same weights, no wrapper
     else:
         keys = ", ".join(list(obj)[:5]) if isinstance(obj, dict) else type(obj).__name__
-        raise UserError(f'{path} is not a course evaluator checkpoint: expected a dict with key "model" holding '
-                        f"the resnet18 state_dict, found {keys or 'an empty dict'}")
+        raise UserError(
+            f'{path} is not a course evaluator checkpoint: expected a dict with key "model" holding '
+            f"the resnet18 state_dict, found {keys or 'an empty dict'}"
+        )
     return Evaluator(_to_net(check_state_dict(state, path), device), path, "course")
 
 
@@ -194,8 +204,10 @@ def load_own(path: Path, device="cpu") -> Evaluator:
     except Exception:  # noqa: BLE001 - safetensors raises several types for foreign or truncated files
         raise UserError(f"{path} is not a readable safetensors file (truncated or another format)") from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not an iclevr evaluator (its metadata format is "
-                        f"{meta.get('format', 'missing')!r}); train one with `iclevr evaluator train`")
+        raise UserError(
+            f"{path} is not an iclevr evaluator (its metadata format is "
+            f"{meta.get('format', 'missing')!r}); train one with `iclevr evaluator train`"
+        )
     try:
         info = json.loads(meta.get("info", "{}"))
     except json.JSONDecodeError:

@@ -54,13 +54,22 @@ class TextureFeatures(nn.Module):
 def check_count(n: int, what: str, subset_size: int = SUBSET_SIZE) -> None:
     """One clear error when a set is too small for KID's subsets."""
     if n < subset_size:
-        raise UserError(f"KID needs at least {subset_size} images per set; {what} has {n} (score more "
-                        "sampling seeds with --seeds, or lower --kid-subset-size)")
+        raise UserError(
+            f"KID needs at least {subset_size} images per set; {what} has {n} (score more "
+            "sampling seeds with --seeds, or lower --kid-subset-size)"
+        )
 
 
 @torch.no_grad()
-def kid_fd(net: nn.Module, generated: torch.Tensor, reference: torch.Tensor, *, subset_size: int = SUBSET_SIZE,
-           subsets: int = SUBSETS, seed: int = 0) -> dict:
+def kid_fd(
+    net: nn.Module,
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    subset_size: int = SUBSET_SIZE,
+    subsets: int = SUBSETS,
+    seed: int = 0,
+) -> dict:
     """KID (mean, std over subsets) and FD between images (N, 3, 64, 64) and (M, 3, 64, 64), both in [-1, 1]."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
@@ -78,15 +87,22 @@ def kid_fd(net: nn.Module, generated: torch.Tensor, reference: torch.Tensor, *, 
             metric.to(device)
             for real, x in ((True, reference), (False, generated)):
                 for i in range(0, len(x), 256):
-                    metric.update(((x[i:i + 256].to(device).float() + 1) / 2).clamp(0, 1), real=real)
+                    metric.update(((x[i : i + 256].to(device).float() + 1) / 2).clamp(0, 1), real=real)
         mean, std = kid.compute()
-        return {"kid": float(mean), "kid_std": float(std), "fd": float(fd.compute()),
-                "n_generated": len(generated), "n_reference": len(reference), "subset_size": subset_size,
-                "subsets": subsets}
+        return {
+            "kid": float(mean),
+            "kid_std": float(std),
+            "fd": float(fd.compute()),
+            "n_generated": len(generated),
+            "n_reference": len(reference),
+            "subset_size": subset_size,
+            "subsets": subsets,
+        }
 
 
-def render_reference(conditions: list[list[str]], seed: int, per_condition: int = PER_CONDITION,
-                     size: tuple[int, int] = (128, 96)) -> torch.Tensor:
+def render_reference(
+    conditions: list[list[str]], seed: int, per_condition: int = PER_CONDITION, size: tuple[int, int] = (128, 96)
+) -> torch.Tensor:
     """Render each condition `per_condition` times in the embedded world, squashed to 64x64 like the course
     loader: uint8 (len(conditions) * per_condition, 3, 64, 64); render (i, r) is seeded from (seed, i, r)."""
     import numpy as np
@@ -118,8 +134,11 @@ def reference_sets(conditions: list[list[str]], data_dir, n: int) -> tuple[torch
     n = min(n, len(images) // 2)
     check_count(n, f"each of the two sets of training images of {data_dir}")
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(5))
-    return (images[perm[:n]], images[perm[n:2 * n]],
-            "course kit training images (random, not the same conditions: the kit has no renders of them)")
+    return (
+        images[perm[:n]],
+        images[perm[n : 2 * n]],
+        "course kit training images (random, not the same conditions: the kit has no renders of them)",
+    )
 
 
 def _cached_render(conditions: list[list[str]], seed: int) -> torch.Tensor:
@@ -149,8 +168,9 @@ def _cached_render(conditions: list[list[str]], seed: int) -> torch.Tensor:
     return images
 
 
-def split_fidelity(net: nn.Module, generated: torch.Tensor, conditions: list[list[str]], data_dir,
-                   subset_size: int = SUBSET_SIZE) -> dict:
+def split_fidelity(
+    net: nn.Module, generated: torch.Tensor, conditions: list[list[str]], data_dir, subset_size: int = SUBSET_SIZE
+) -> dict:
     """A split's fidelity: KID/FD of the generated images (all seeds pooled) against reference set A, and the
     floor (set B against A); images in [-1, 1] or uint8."""
     from iclevr.data.course import to_model_range
@@ -158,5 +178,9 @@ def split_fidelity(net: nn.Module, generated: torch.Tensor, conditions: list[lis
     ref_a, ref_b, what = reference_sets(conditions, data_dir, len(generated))
     a, b = to_model_range(ref_a), to_model_range(ref_b)
     gen = to_model_range(generated) if generated.dtype == torch.uint8 else generated
-    return {"generated": kid_fd(net, gen, a, subset_size=subset_size),
-            "floor": kid_fd(net, b, a, subset_size=subset_size), "reference": what, "features": FEATURES}
+    return {
+        "generated": kid_fd(net, gen, a, subset_size=subset_size),
+        "floor": kid_fd(net, b, a, subset_size=subset_size),
+        "reference": what,
+        "features": FEATURES,
+    }

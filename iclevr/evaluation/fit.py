@@ -35,27 +35,49 @@ HELDOUT_SEED = 10**5  # held-out sets use pool seeds from here on (chunk seeds >
 class EvaluatorTrainSettings(Section):
     """Settings of `iclevr evaluator train` (and of the first-use training of the default evaluator)."""
 
-    out: Path | None = Field(None, description="Output .safetensors file; empty = the cached default "
-                             "$ICLEVR_HOME/evaluator/own-v1.safetensors.")
-    data_dir: Path | None = Field(None, description="Train on the images of this course-layout folder instead "
-                                  "of freshly rendered scenes (5% of its scenes are held out).")
-    pool: int = Field(16000, gt=0, le=10**6, description="Rendered training scenes kept in memory (~9 KB each "
-                      "at 64x48).")
-    small_render_fraction: float = Field(0.35, ge=0, le=1, description="Fraction of the pool rendered at half "
-                                         "the render size and upsampled back (scenes drawn small, as a 32x32 "
-                                         "generator's are).")
-    init: Path | None = Field(None, description="Start from this own evaluator (.safetensors) instead of random "
-                              "weights, i.e. fine-tune it.")
+    out: Path | None = Field(
+        None,
+        description="Output .safetensors file; empty = the cached default $ICLEVR_HOME/evaluator/own-v1.safetensors.",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="Train on the images of this course-layout folder instead "
+        "of freshly rendered scenes (5% of its scenes are held out).",
+    )
+    pool: int = Field(
+        16000, gt=0, le=10**6, description="Rendered training scenes kept in memory (~9 KB each at 64x48)."
+    )
+    small_render_fraction: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Fraction of the pool rendered at half "
+        "the render size and upsampled back (scenes drawn small, as a 32x32 "
+        "generator's are).",
+    )
+    init: Path | None = Field(
+        None, description="Start from this own evaluator (.safetensors) instead of random weights, i.e. fine-tune it."
+    )
     min_objects: int = Field(1, ge=1, le=10, description="Fewest objects per training scene.")
     max_objects: int = Field(5, ge=1, le=10, description="Most objects per training scene.")
     render_size: tuple[int, int] = Field((64, 48), description="Training render size (W, H), 4:3.")
     heldout: int = Field(1000, ge=0, description="Fresh held-out scenes per held-out set (0 = skip).")
-    low_res_fraction: float = Field(0.5, ge=0, le=1, description="Fraction of each batch squashed to 32x32 and "
-                                    "upsampled to 64x64 (like the course evaluator's training images).")
-    minutes: float | None = Field(10.0, gt=0, description="Wall-clock training budget in minutes (after "
-                                  "rendering); the LR schedule follows the elapsed fraction.")
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; the run stops at whichever of "
-                                  "steps and minutes comes first.")
+    low_res_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Fraction of each batch squashed to 32x32 and "
+        "upsampled to 64x64 (like the course evaluator's training images).",
+    )
+    minutes: float | None = Field(
+        10.0,
+        gt=0,
+        description="Wall-clock training budget in minutes (after "
+        "rendering); the LR schedule follows the elapsed fraction.",
+    )
+    max_steps: int | None = Field(
+        None, gt=0, description="Optimizer steps; the run stops at whichever of steps and minutes comes first."
+    )
     batch_size: int = Field(128, gt=0, description="Images per optimizer step.")
     lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
@@ -81,23 +103,34 @@ def _render_chunk(job: tuple):
     return render_examples(n, seed, lo, hi, size=size)
 
 
-def render_pool(n: int, seed: int, min_objects: int, max_objects: int, size: tuple[int, int],
-                workers: int = 1, progress=None, chunk_offset: int = 0):
+def render_pool(
+    n: int,
+    seed: int,
+    min_objects: int,
+    max_objects: int,
+    size: tuple[int, int],
+    workers: int = 1,
+    progress=None,
+    chunk_offset: int = 0,
+):
     """Render n scenes in chunks (in `workers` processes): (uint8 (n, 3, H, W), multi-hot (n, 24))."""
     import numpy as np
     import torch
 
     from iclevr import labels as L
 
-    jobs = [(min(CHUNK, n - i), seed * 10**4 + chunk_offset + i // CHUNK, min_objects, max_objects, tuple(size))
-            for i in range(0, n, CHUNK)]
+    jobs = [
+        (min(CHUNK, n - i), seed * 10**4 + chunk_offset + i // CHUNK, min_objects, max_objects, tuple(size))
+        for i in range(0, n, CHUNK)
+    ]
     frames, names = [], []
     if workers <= 1 or len(jobs) == 1:
         results = map(_render_chunk, jobs)
         pool = None
     else:
-        pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context(
-            "fork" if os.name == "posix" else "spawn"))
+        pool = ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=get_context("fork" if os.name == "posix" else "spawn")
+        )
         results = pool.map(_render_chunk, jobs)
     try:
         for images, labels in results:
@@ -123,13 +156,28 @@ def training_pool(settings: EvaluatorTrainSettings, progress=None):
     w, h = settings.render_size
     parts = []
     if n_full:
-        parts.append(render_pool(n_full, settings.seed, settings.min_objects, settings.max_objects, (w, h),
-                                 settings.workers, progress=progress))
+        parts.append(
+            render_pool(
+                n_full,
+                settings.seed,
+                settings.min_objects,
+                settings.max_objects,
+                (w, h),
+                settings.workers,
+                progress=progress,
+            )
+        )
     if n_small:
-        small, y = render_pool(n_small, settings.seed, settings.min_objects, settings.max_objects,
-                               (max(1, w // 2), max(1, h // 2)), settings.workers, chunk_offset=SMALL_CHUNKS,
-                               progress=None if progress is None else lambda k, total: progress(n_full + k,
-                                                                                                settings.pool))
+        small, y = render_pool(
+            n_small,
+            settings.seed,
+            settings.min_objects,
+            settings.max_objects,
+            (max(1, w // 2), max(1, h // 2)),
+            settings.workers,
+            chunk_offset=SMALL_CHUNKS,
+            progress=None if progress is None else lambda k, total: progress(n_full + k, settings.pool),
+        )
         up = F.interpolate(small.float(), size=(h, w), mode="bilinear", align_corners=False)
         parts.append((up.round().clamp(0, 255).to(torch.uint8), y))  # (n_small, 3, H, W)
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -212,10 +260,13 @@ def kit_data(settings: EvaluatorTrainSettings):
     keep = len(frames) - n_hold
     hold = {}
     if n_hold:
-        hold = {"held-out kit images -> 64x64": (preprocess(frames[keep:], torch.zeros(n_hold, dtype=bool)),
-                                                 y[keep:]),
-                "held-out kit images -> 32x32 -> 64x64": (preprocess(frames[keep:], torch.ones(n_hold, dtype=bool)),
-                                                          y[keep:])}
+        hold = {
+            "held-out kit images -> 64x64": (preprocess(frames[keep:], torch.zeros(n_hold, dtype=bool)), y[keep:]),
+            "held-out kit images -> 32x32 -> 64x64": (
+                preprocess(frames[keep:], torch.ones(n_hold, dtype=bool)),
+                y[keep:],
+            ),
+        }
     return frames[:keep], y[:keep], hold
 
 
@@ -247,7 +298,7 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
             group["lr"] = lr
         if pos + b > n:
             perm, pos = torch.randperm(n, generator=gen), 0
-        idx, pos = perm[pos:pos + b], pos + b
+        idx, pos = perm[pos : pos + b], pos + b
         low = torch.rand(b, generator=gen) < settings.low_res_fraction
         x = augment(preprocess(frames[idx], low), gen).to(device, memory_format=torch.channels_last)
         loss = F.binary_cross_entropy_with_logits(forward_logits(net, x), y[idx].to(device))
@@ -261,8 +312,12 @@ def fit(settings: EvaluatorTrainSettings, frames, y, device, progress=None) -> t
                 raise UserError(f"evaluator training diverged (loss {last_loss} at step {step}); lower --lr")
             if progress is not None:
                 progress(frac, step, last_loss)
-    return net.eval(), {"steps": step, "images_seen": step * b, "train_s": round(time.time() - t0, 1),
-                        "final_loss": round(last_loss, 5)}
+    return net.eval(), {
+        "steps": step,
+        "images_seen": step * b,
+        "train_s": round(time.time() - t0, 1),
+        "final_loss": round(last_loss, 5),
+    }
 
 
 def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Path, dict]:
@@ -280,8 +335,12 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
     torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
     t0 = time.time()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
     with progress_bar(console, enabled=console is not None, columns=columns) as bar:
         if settings.data_dir is not None:
             frames, y, hold = kit_data(settings)
@@ -294,25 +353,51 @@ def train_evaluator(settings: EvaluatorTrainSettings, console=None) -> tuple[Pat
             source = "rendered"
         render_s = time.time() - t0
         task = bar.add_task("training", total=1.0)
-        net, stats = fit(settings, frames, y, device, progress=lambda frac, step, loss: bar.update(
-            task, completed=frac, description=f"training: step {step}, loss {loss:.4f}"))
+        net, stats = fit(
+            settings,
+            frames,
+            y,
+            device,
+            progress=lambda frac, step, loss: bar.update(
+                task, completed=frac, description=f"training: step {step}, loss {loss:.4f}"
+            ),
+        )
         bar.update(task, completed=1.0)
     heldout = score_sets(net, hold)
-    info = {"heldout": heldout, "heldout_scenes": settings.heldout, "metric": "course top-k micro accuracy",
-            "train": {"source": source, "pool": len(frames), "objects": [settings.min_objects, settings.max_objects],
-                      "render_size": list(settings.render_size), "low_res_fraction": settings.low_res_fraction,
-                      "small_render_fraction": settings.small_render_fraction,
-                      "init": str(settings.init) if settings.init else None,
-                      "batch_size": settings.batch_size, "lr": settings.lr, "seed": settings.seed,
-                      "threads": settings.threads, "device": str(device), "prepare_s": round(render_s, 1),
-                      **stats},
-            "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info = {
+        "heldout": heldout,
+        "heldout_scenes": settings.heldout,
+        "metric": "course top-k micro accuracy",
+        "train": {
+            "source": source,
+            "pool": len(frames),
+            "objects": [settings.min_objects, settings.max_objects],
+            "render_size": list(settings.render_size),
+            "low_res_fraction": settings.low_res_fraction,
+            "small_render_fraction": settings.small_render_fraction,
+            "init": str(settings.init) if settings.init else None,
+            "batch_size": settings.batch_size,
+            "lr": settings.lr,
+            "seed": settings.seed,
+            "threads": settings.threads,
+            "device": str(device),
+            "prepare_s": round(render_s, 1),
+            **stats,
+        },
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     save_own(net, out, info)
     return out, info
 
 
-def load_evaluator(path: Path | None = None, data_dir: Path | None = None, device="cpu", console=None,
-                   own: EvaluatorTrainSettings | None = None):
+def load_evaluator(
+    path: Path | None = None,
+    data_dir: Path | None = None,
+    device="cpu",
+    console=None,
+    own: EvaluatorTrainSettings | None = None,
+):
     """The evaluator choose_evaluator_file names, loaded; the own one trained first when there is none yet."""
     from iclevr.evaluation.evaluator import (
         choose_evaluator_file,
@@ -334,8 +419,10 @@ def load_evaluator(path: Path | None = None, data_dir: Path | None = None, devic
     if chosen is None:
         return _train_on_first_use(device, console, own)
     if console is not None and chosen == packaged_evaluator_path():
-        console.print(f"[dim]evaluator: the project's packaged own evaluator ({chosen.name}); "
-                      "`iclevr evaluator train` makes a new one[/]")
+        console.print(
+            f"[dim]evaluator: the project's packaged own evaluator ({chosen.name}); "
+            "`iclevr evaluator train` makes a new one[/]"
+        )
     return load_file(chosen, device)
 
 
@@ -347,8 +434,10 @@ def _train_on_first_use(device, console, settings: EvaluatorTrainSettings | None
     settings = (settings or EvaluatorTrainSettings()).model_copy(update={"out": path, "data_dir": None})
     if console is not None:
         budget = f"{settings.minutes:g} minutes" if settings.minutes else f"{settings.max_steps} steps"
-        console.print(f"[bold]No course evaluator (checkpoint.pth) found:[/] training the project's own "
-                      f"evaluator once on {settings.pool:,} rendered scenes (about {budget} plus rendering), "
-                      f"cached at {path}")
+        console.print(
+            f"[bold]No course evaluator (checkpoint.pth) found:[/] training the project's own "
+            f"evaluator once on {settings.pool:,} rendered scenes (about {budget} plus rendering), "
+            f"cached at {path}"
+        )
     train_evaluator(settings, console)
     return load_own(path, device)

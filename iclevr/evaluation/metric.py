@@ -23,6 +23,7 @@ KINDS = ("binding", "colour", "shape", "other")
 
 # ---- the metric ------------------------------------------------------------------------------------
 
+
 def topk_predictions(scores, y) -> list[list[int]]:
     """For each image the indices of its k highest scores, k = number of requested objects (ties: lower index)."""
     import torch
@@ -52,6 +53,7 @@ def accuracy(scores, y) -> tuple[int, int]:
 
 # ---- error analysis --------------------------------------------------------------------------------
 
+
 def _parts(name: str) -> tuple[str, str]:
     """'red sphere' -> ('red', 'sphere')."""
     colour, shape = name.split()
@@ -72,15 +74,16 @@ def full_swaps(requested: Sequence[str], predicted: Sequence[str]) -> int:
     pred = set(predicted)
     count = 0
     for i, a in enumerate(requested):
-        for b in requested[i + 1:]:
+        for b in requested[i + 1 :]:
             (ca, sa), (cb, sb) = _parts(a), _parts(b)
             if ca != cb and sa != sb and f"{ca} {sb}" in pred and f"{cb} {sa}" in pred:
                 count += 1
     return count
 
 
-def analyse(requested: Sequence[Sequence[str | int]], predicted: Sequence[Sequence[str | int]],
-            vocabulary: Sequence[str]) -> dict:
+def analyse(
+    requested: Sequence[Sequence[str | int]], predicted: Sequence[Sequence[str | int]], vocabulary: Sequence[str]
+) -> dict:
     """Per-class recall, the five objects most often missed, and the kinds of wrong predictions (KINDS)."""
     # objects are label names, or indices into `vocabulary` (the class names in the evaluator's output order)
     requested = [[o if isinstance(o, str) else vocabulary[o] for o in req] for req in requested]
@@ -96,15 +99,21 @@ def analyse(requested: Sequence[Sequence[str | int]], predicted: Sequence[Sequen
         swaps += full_swaps(req, pred)
     recall = {name: round(found[name] / asked[name], 4) if asked[name] else None for name in vocabulary}
     order = {name: i for i, name in enumerate(vocabulary)}
-    missed = sorted((name for name in asked if asked[name] > found[name]),
-                    key=lambda name: (found[name] - asked[name], order[name]))
+    missed = sorted(
+        (name for name in asked if asked[name] > found[name]), key=lambda name: (found[name] - asked[name], order[name])
+    )
     n_wrong = sum(kinds.values())
     return {
         "per_class_recall": recall,
-        "most_missed": [{"label": name, "missed": asked[name] - found[name], "requested": asked[name]}
-                        for name in missed[:5]],
+        "most_missed": [
+            {"label": name, "missed": asked[name] - found[name], "requested": asked[name]} for name in missed[:5]
+        ],
         "wrong_predictions": {"total": n_wrong, **{k: kinds.get(k, 0) for k in KINDS}},
-        "binding": {"wrong_predictions": kinds.get("binding", 0),
-                    "share_of_wrong": round(kinds.get("binding", 0) / n_wrong, 4) if n_wrong else 0.0,
-                    "images": binding_images, "images_total": len(requested), "full_swaps": swaps},
+        "binding": {
+            "wrong_predictions": kinds.get("binding", 0),
+            "share_of_wrong": round(kinds.get("binding", 0) / n_wrong, 4) if n_wrong else 0.0,
+            "images": binding_images,
+            "images_total": len(requested),
+            "full_swaps": swaps,
+        },
     }

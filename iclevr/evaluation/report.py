@@ -23,36 +23,49 @@ def print_report(console, report: dict) -> None:
         table.add_column("hits / total", justify="right")
         for run in r["runs"]:
             table.add_row(str(run["seed"]), f"{run['accuracy']:.4f}", f"{run['hits']} / {run['total']}")
-        table.add_row("[bold]mean ± std[/]", f"[bold]{r['mean']:.4f} ± {r['std']:.4f}[/]",
-                      f"{r['hits']} / {r['total']}", end_section=True)
+        table.add_row(
+            "[bold]mean ± std[/]",
+            f"[bold]{r['mean']:.4f} ± {r['std']:.4f}[/]",
+            f"{r['hits']} / {r['total']}",
+            end_section=True,
+        )
         console.print(table)
         missed = ", ".join(f"{m['label']} ({m['missed']}/{m['requested']})" for m in r["most_missed"]) or "none"
         console.print(f"  most often missed: {missed}")
         b, w = r["binding"], r["wrong_predictions"]
-        console.print(f"  wrong predictions: {w['total']} — binding (a requested colour on another requested "
-                      f"object's shape) {w['binding']}, right colour {w['colour']}, right shape {w['shape']}, "
-                      f"other {w['other']}; images with a binding error: {b['images']}/{b['images_total']}, "
-                      f"full colour/shape swaps: {b['full_swaps']}")
+        console.print(
+            f"  wrong predictions: {w['total']} — binding (a requested colour on another requested "
+            f"object's shape) {w['binding']}, right colour {w['colour']}, right shape {w['shape']}, "
+            f"other {w['other']}; images with a binding error: {b['images']}/{b['images_total']}, "
+            f"full colour/shape swaps: {b['full_swaps']}"
+        )
         if (f := r.get("fidelity")) is not None:
             console.print("  " + fidelity_line(f))
     console.print(_evaluator_line(report["evaluator"]))
     held = report["evaluator"].get("heldout") or {}
     if held and min(held.values()) < 0.95:
-        console.print(f"[yellow]warning: this evaluator finds only {min(held.values()):.0%} of the objects in fresh "
-                      "renders, so these accuracies are unreliable; retrain it longer (`iclevr evaluator train "
-                      "--minutes 60` replaces the cached one; a GPU is much faster)[/]")
+        console.print(
+            f"[yellow]warning: this evaluator finds only {min(held.values()):.0%} of the objects in fresh "
+            "renders, so these accuracies are unreliable; retrain it longer (`iclevr evaluator train "
+            "--minutes 60` replaces the cached one; a GPU is much faster)[/]"
+        )
     out = Path(report["out"])
-    console.print(f"report: {out / 'report.html'} (and report.json)  grids: "
-                  + ", ".join(str(out / f"{s}_grid.png") for s in report["splits"]) + "  annotated: "
-                  + ", ".join(str(out / f"{s}_annotated.png") for s in report["splits"]))
+    console.print(
+        f"report: {out / 'report.html'} (and report.json)  grids: "
+        + ", ".join(str(out / f"{s}_grid.png") for s in report["splits"])
+        + "  annotated: "
+        + ", ".join(str(out / f"{s}_annotated.png") for s in report["splits"])
+    )
 
 
 def fidelity_line(f: dict) -> str:
     """One line of a split's fidelity: KID x 10^3 (mean ± std over subsets) and FD, with the real-vs-real floor."""
     g, fl = f["generated"], f["floor"]
-    return (f"fidelity: KID x10^3 {1e3 * g['kid']:.1f} ± {1e3 * g['kid_std']:.1f} (real vs real "
-            f"{1e3 * fl['kid']:.1f} ± {1e3 * fl['kid_std']:.1f}), FD {g['fd']:.2f} (floor {fl['fd']:.2f}); "
-            f"{g['n_generated']} images vs {f['reference']}; features: {f['features']}")
+    return (
+        f"fidelity: KID x10^3 {1e3 * g['kid']:.1f} ± {1e3 * g['kid_std']:.1f} (real vs real "
+        f"{1e3 * fl['kid']:.1f} ± {1e3 * fl['kid_std']:.1f}), FD {g['fd']:.2f} (floor {fl['fd']:.2f}); "
+        f"{g['n_generated']} images vs {f['reference']}; features: {f['features']}"
+    )
 
 
 def print_trained(console, path: Path, info: dict) -> None:
@@ -66,7 +79,9 @@ def print_trained(console, path: Path, info: dict) -> None:
         table.add_row(name, f"{acc:.4f}")
     console.print(table)
     t = info["train"]
-    console.print(f"trained {t['steps']} steps ({t['images_seen']:,} images, pool {t['pool']:,}) in "
-                  f"{t['train_s'] / 60:.1f} min on {t['device']} ({t['threads']} threads); data preparation "
-                  f"{t['prepare_s'] / 60:.1f} min; final loss {t['final_loss']:.4f}")
+    console.print(
+        f"trained {t['steps']} steps ({t['images_seen']:,} images, pool {t['pool']:,}) in "
+        f"{t['train_s'] / 60:.1f} min on {t['device']} ({t['threads']} threads); data preparation "
+        f"{t['prepare_s'] / 60:.1f} min; final loss {t['final_loss']:.4f}"
+    )
     console.print(f"saved: {path}")

@@ -34,29 +34,52 @@ from iclevr.settings import SamplerSettings, Section
 class EvalSettings(Section):
     """Settings of `iclevr eval`."""
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest "
-                                    "run under checkpoints/, else the packaged pretrained model.")
-    split: Literal["test", "new_test", "val", "all"] = Field("all", description="Which conditions to generate "
-                                                             "and score: test, new_test, val (the list to tune "
-                                                             "on) or all (test and new_test).")
-    data_dir: Path | None = Field(None, description="Course data folder (test.json, new_test.json, maybe "
-                                  "checkpoint.pth); empty = the embedded rendered kit.")
-    evaluator: Path | None = Field(None, description="Evaluator file (course checkpoint.pth or our .safetensors); "
-                                   "empty = checkpoint.pth in the data folder, else the project's own.")
+    checkpoint: Path | None = Field(
+        None,
+        description="Run folder or .safetensors weights; empty = the newest "
+        "run under checkpoints/, else the packaged pretrained model.",
+    )
+    split: Literal["test", "new_test", "val", "all"] = Field(
+        "all",
+        description="Which conditions to generate "
+        "and score: test, new_test, val (the list to tune "
+        "on) or all (test and new_test).",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="Course data folder (test.json, new_test.json, maybe "
+        "checkpoint.pth); empty = the embedded rendered kit.",
+    )
+    evaluator: Path | None = Field(
+        None,
+        description="Evaluator file (course checkpoint.pth or our .safetensors); "
+        "empty = checkpoint.pth in the data folder, else the project's own.",
+    )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Sampling seeds; accuracy is mean ± std over them.")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler; unset fields come "
-                                     "from the weights' metadata.")
+    sampler: SamplerSettings = Field(
+        default_factory=SamplerSettings, description="Sampler; unset fields come from the weights' metadata."
+    )
     out: Path | None = Field(None, description="Output folder; empty = <run folder>/eval (or ./eval).")
-    images: Path | None = Field(None, description="Score already generated images (<dir>/<split>/0.png.. or a "
-                                "flat <dir>/0.png.. for one split) instead of sampling.")
-    fidelity: bool | None = Field(None, description="KID and FD against real images of the same conditions "
-                                  "(iclevr.evaluation.fidelity): true = required (an error when a split has "
-                                  "fewer images than --kid-subset-size), false = off, empty = when enough.")
+    images: Path | None = Field(
+        None,
+        description="Score already generated images (<dir>/<split>/0.png.. or a "
+        "flat <dir>/0.png.. for one split) instead of sampling.",
+    )
+    fidelity: bool | None = Field(
+        None,
+        description="KID and FD against real images of the same conditions "
+        "(iclevr.evaluation.fidelity): true = required (an error when a split has "
+        "fewer images than --kid-subset-size), false = off, empty = when enough.",
+    )
     kid_subset_size: int = Field(50, ge=2, description="Images per KID subset; each set needs at least this many.")
-    annotate_all_seeds: bool = Field(False, description="Write an annotated grid for every sampling seed "
-                                     "(<split>_annotated_s<seed>.png), not only the first seed's.")
-    own_evaluator: EvaluatorTrainSettings = Field(default_factory=EvaluatorTrainSettings, description="How the "
-                                                  "project's own evaluator is trained on first use.")
+    annotate_all_seeds: bool = Field(
+        False,
+        description="Write an annotated grid for every sampling seed "
+        "(<split>_annotated_s<seed>.png), not only the first seed's.",
+    )
+    own_evaluator: EvaluatorTrainSettings = Field(
+        default_factory=EvaluatorTrainSettings, description="How the project's own evaluator is trained on first use."
+    )
 
 
 def score_split(evaluator, runs: dict, conditions: list[list[str]]) -> dict:
@@ -68,17 +91,33 @@ def score_split(evaluator, runs: dict, conditions: list[list[str]]) -> dict:
         scores = evaluator.scores(x)  # (N, 24)
         predicted = [[L.LABELS[c] for c in p] for p in topk_predictions(scores, y)]
         hits = image_hits(scores, y)
-        per_run.append({"seed": label, "hits": sum(hits), "total": int(y.sum()),
-                        "accuracy": sum(hits) / int(y.sum()), "per_condition": hits, "predicted": predicted})
+        per_run.append(
+            {
+                "seed": label,
+                "hits": sum(hits),
+                "total": int(y.sum()),
+                "accuracy": sum(hits) / int(y.sum()),
+                "per_condition": hits,
+                "predicted": predicted,
+            }
+        )
         all_pred += predicted
     accs = [r["accuracy"] for r in per_run]
-    return {"conditions": conditions, "objects": int(y.sum()), "runs": per_run, "accuracy": accs,
-            "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
-            "hits": sum(r["hits"] for r in per_run), "total": sum(r["total"] for r in per_run),
-            **analyse(requested * len(per_run), all_pred, L.LABELS)}
+    return {
+        "conditions": conditions,
+        "objects": int(y.sum()),
+        "runs": per_run,
+        "accuracy": accs,
+        "mean": statistics.fmean(accs),
+        "std": statistics.pstdev(accs),
+        "hits": sum(r["hits"] for r in per_run),
+        "total": sum(r["total"] for r in per_run),
+        **analyse(requested * len(per_run), all_pred, L.LABELS),
+    }
 
 
 # ---- images ---------------------------------------------------------------------------------------
+
 
 def load_image_folder(folder: Path, n: int):
     """Read folder/0.png .. (n-1).png, squashed to 64x64 like the course loader: (n, 3, 64, 64) in [-1, 1]."""
@@ -88,8 +127,10 @@ def load_image_folder(folder: Path, n: int):
 
     missing = [f"{i}.png" for i in range(n) if not (folder / f"{i}.png").is_file()]
     if missing:
-        raise UserError(f"{folder} lacks {len(missing)} of the {n} images 0.png..{n - 1}.png "
-                        f"(e.g. {', '.join(missing[:3])}); name them in JSON order")
+        raise UserError(
+            f"{folder} lacks {len(missing)} of the {n} images 0.png..{n - 1}.png "
+            f"(e.g. {', '.join(missing[:3])}); name them in JSON order"
+        )
     images = []
     for i in range(n):
         try:
@@ -121,8 +162,10 @@ def default_out(weights: Path | None) -> Path:
 
 # ---- `iclevr eval` ---------------------------------------------------------------------------------
 
-def generate(model, info, sampler: SamplerSettings, conditions: list[list[str]], seeds: list[int],
-             on_step=None) -> dict:
+
+def generate(
+    model, info, sampler: SamplerSettings, conditions: list[list[str]], seeds: list[int], on_step=None
+) -> dict:
     """Sample every condition once per seed, resized to 64x64 batch by batch: {seed: (N, 3, 64, 64) in [-1, 1]}."""
     import torch
 
@@ -133,9 +176,10 @@ def generate(model, info, sampler: SamplerSettings, conditions: list[list[str]],
     runs = {}
     for s in seeds:
         runs[s] = torch.empty((len(y), 3, OUTPUT_SIZE, OUTPUT_SIZE))  # filled batch by batch, no copies
-        for start, x in sample_batches(model, y, schedule=info.schedule,
-                                       sampler=sampler.model_copy(update={"seed": s}), callback=on_step):
-            runs[s][start:start + len(x)] = to_output_size(x)  # (b, 3, 64, 64)
+        for start, x in sample_batches(
+            model, y, schedule=info.schedule, sampler=sampler.model_copy(update={"seed": s}), callback=on_step
+        ):
+            runs[s][start : start + len(x)] = to_output_size(x)  # (b, 3, 64, 64)
     return runs
 
 
@@ -147,8 +191,9 @@ def _sampling_task(bar, sampler: SamplerSettings, info, conditions: dict, seeds:
 
     steps = resolve_steps(sampler, info.schedule)
     chunks = sum(math.ceil(len(c) / sampler.batch_size) for c in conditions.values())
-    return bar.add_task(f"sampling ({sampler.sampler}, {steps} steps, {len(seeds)} seed(s))",
-                        total=chunks * len(seeds) * steps)
+    return bar.add_task(
+        f"sampling ({sampler.sampler}, {steps} steps, {len(seeds)} seed(s))", total=chunks * len(seeds) * steps
+    )
 
 
 def _drawing_source(settings: EvalSettings, splits: tuple[str, ...], console=None) -> dict:
@@ -157,11 +202,21 @@ def _drawing_source(settings: EvalSettings, splits: tuple[str, ...], console=Non
     from iclevr.generate import load_model, with_weights_defaults
 
     if settings.images is not None:
-        return {"folders": image_folders(settings.images, splits), "model": None, "info": None, "sampler": None,
-                "device": pick_device(settings.sampler.device)}
+        return {
+            "folders": image_folders(settings.images, splits),
+            "model": None,
+            "info": None,
+            "sampler": None,
+            "device": pick_device(settings.sampler.device),
+        }
     model, info, device = load_model(settings.checkpoint, settings.sampler.device, console)
-    return {"folders": None, "model": model, "info": info, "device": device,
-            "sampler": with_weights_defaults(settings.sampler, info.sampler)}
+    return {
+        "folders": None,
+        "model": model,
+        "info": info,
+        "device": device,
+        "sampler": with_weights_defaults(settings.sampler, info.sampler),
+    }
 
 
 def _check_evaluator_file(settings: EvalSettings) -> None:
@@ -176,12 +231,16 @@ def _check_evaluator_file(settings: EvalSettings) -> None:
 def _report_head(settings: EvalSettings, src: dict, evaluator) -> dict:
     """report.json's fields besides the splits."""
     info, sampler = src["info"], src["sampler"]
-    return {"checkpoint": str(info.path) if info else None,
-            "images": str(settings.images) if src["folders"] else None,
-            "model": {"preset": info.preset, "step": info.step} if info else None,
-            "sampler": sampler.model_dump(mode="json") if sampler else None,
-            "data_dir": str(settings.data_dir) if settings.data_dir else None,
-            "evaluator": evaluator.describe(), "settings": settings.model_dump(mode="json"), "splits": {}}
+    return {
+        "checkpoint": str(info.path) if info else None,
+        "images": str(settings.images) if src["folders"] else None,
+        "model": {"preset": info.preset, "step": info.step} if info else None,
+        "sampler": sampler.model_dump(mode="json") if sampler else None,
+        "data_dir": str(settings.data_dir) if settings.data_dir else None,
+        "evaluator": evaluator.describe(),
+        "settings": settings.model_dump(mode="json"),
+        "splits": {},
+    }
 
 
 def evaluate(settings: EvalSettings, console=None) -> dict:
@@ -210,8 +269,14 @@ def evaluate(settings: EvalSettings, console=None) -> dict:
         task = _sampling_task(bar, src["sampler"], src["info"], conditions, settings.seeds) if sampling else None
         for split in splits:  # one split at a time: only its images are held, then scored and released
             if sampling:
-                runs = generate(src["model"], src["info"], src["sampler"], conditions[split], settings.seeds,
-                                on_step=lambda d: bar.advance(task))
+                runs = generate(
+                    src["model"],
+                    src["info"],
+                    src["sampler"],
+                    conditions[split],
+                    settings.seeds,
+                    on_step=lambda d: bar.advance(task),
+                )
                 save_images(next(iter(runs.values())), out / "images" / split)
             else:
                 runs = {"images": load_image_folder(src["folders"][split], len(conditions[split]))}
@@ -238,13 +303,16 @@ def _fidelity_wanted(settings: EvalSettings, conditions: dict, console) -> bool:
     if settings.fidelity is False:
         return False
     if settings.fidelity:
-        check_count(n, f"{smallest} ({len(conditions[smallest])} conditions x {per_seed} seed(s))",
-                    settings.kid_subset_size)
+        check_count(
+            n, f"{smallest} ({len(conditions[smallest])} conditions x {per_seed} seed(s))", settings.kid_subset_size
+        )
         return True
     if n < settings.kid_subset_size:
         if console is not None:
-            console.print(f"[dim]fidelity (KID) skipped: {smallest} gives {n} images, fewer than the subset size "
-                          f"{settings.kid_subset_size}; score more seeds to measure it[/]")
+            console.print(
+                f"[dim]fidelity (KID) skipped: {smallest} gives {n} images, fewer than the subset size "
+                f"{settings.kid_subset_size}; score more seeds to measure it[/]"
+            )
         return False
     return True
 
@@ -291,18 +359,29 @@ def _report_title(report: dict) -> str:
     return f"iclevr eval: {Path(str(what)).name or what}"
 
 
-def score_run(run_dir: Path, *, data, sampler: SamplerSettings, seeds: list[int], evaluator: Path | None = None,
-              grid_path: Path | None = None, console=None) -> dict:
+def score_run(
+    run_dir: Path,
+    *,
+    data,
+    sampler: SamplerSettings,
+    seeds: list[int],
+    evaluator: Path | None = None,
+    grid_path: Path | None = None,
+    console=None,
+) -> dict:
     """Evaluate a run folder on both splits (for compare-schedules): {"accuracy": {split: [per seed]}, ...}."""
     import shutil
 
-    settings = EvalSettings(checkpoint=run_dir, split="all", data_dir=data.data_dir, evaluator=evaluator,
-                            seeds=seeds, sampler=sampler)
+    settings = EvalSettings(
+        checkpoint=run_dir, split="all", data_dir=data.data_dir, evaluator=evaluator, seeds=seeds, sampler=sampler
+    )
     report = evaluate(settings, console)
     if grid_path is not None:
         Path(grid_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(report["out"]) / "new_test_grid.png", grid_path)
-    return {"accuracy": {s: r["accuracy"] for s, r in report["splits"].items()},
-            "mean": {s: r["mean"] for s, r in report["splits"].items()},
-            "hits": {s: [x["hits"] for x in r["runs"]] for s, r in report["splits"].items()},
-            "evaluator": report["evaluator"]}
+    return {
+        "accuracy": {s: r["accuracy"] for s, r in report["splits"].items()},
+        "mean": {s: r["mean"] for s, r in report["splits"].items()},
+        "hits": {s: [x["hits"] for x in r["runs"]] for s, r in report["splits"].items()},
+        "evaluator": report["evaluator"],
+    }

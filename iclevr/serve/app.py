@@ -38,12 +38,20 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path | None = Field(None, description="Run folder or .safetensors weights; empty = the newest "
-                                    "run under checkpoints/, else the packaged pretrained model.")
-    evaluator: Path | None = Field(None, description="Evaluator file for the verdicts; empty = the project's "
-                                   "own (cached, else packaged).")
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; anything but the local "
-                      "machine makes the page reachable from the network (said at start).")
+    checkpoint: Path | None = Field(
+        None,
+        description="Run folder or .safetensors weights; empty = the newest "
+        "run under checkpoints/, else the packaged pretrained model.",
+    )
+    evaluator: Path | None = Field(
+        None, description="Evaluator file for the verdicts; empty = the project's own (cached, else packaged)."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to bind; anything but the local "
+        "machine makes the page reachable from the network (said at start).",
+    )
     port: int = Field(7860, ge=0, le=65535, description="TCP port (0 = any free port).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     queue: int = Field(16, ge=1, le=1000, description="Generations that may wait behind the running one.")
@@ -119,11 +127,19 @@ def build_app(engine, jobs: JobQueue):
             finally:  # done, or the browser went away (starlette cancels this generator): free the worker
                 jobs.cancel(job)
 
-        return StreamingResponse(stream(), media_type="application/x-ndjson",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(),
+            media_type="application/x-ndjson",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
-    return Starlette(routes=[Route("/", page), Route("/api/options", get_options),
-                             Route("/api/generate", generate, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/api/options", get_options),
+            Route("/api/generate", generate, methods=["POST"]),
+        ]
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -155,8 +171,7 @@ def make_server(app, jobs: JobQueue):
             self.should_exit = True
             threading.Thread(target=jobs.close, kwargs={"timeout": None}, daemon=True).start()
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3,
-                            lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="off")
     return Server(config)
 
 
@@ -183,9 +198,12 @@ def serve(settings: ServeSettings, console=None, ready=None) -> dict:
         console.print(engine.model_line, markup=False, soft_wrap=True)
         console.print(engine.evaluator_line, markup=False, soft_wrap=True)
         if not is_local(settings.host):
-            console.print(f"note: listening on {settings.host}, so any machine that can reach this one can use "
-                          "the page (it has no login); the default --host 127.0.0.1 keeps it local",
-                          markup=False, soft_wrap=True)
+            console.print(
+                f"note: listening on {settings.host}, so any machine that can reach this one can use "
+                "the page (it has no login); the default --host 127.0.0.1 keeps it local",
+                markup=False,
+                soft_wrap=True,
+            )
         console.print(f"serving on {url} (Ctrl-C stops)", markup=False, soft_wrap=True)
     if ready is not None:
         ready(url)

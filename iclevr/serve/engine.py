@@ -72,8 +72,16 @@ class LiveTrace:
             self._keep(step["x_t"], step["x0_pred"])
         if i == self.steps - 1 and self.steps in self.keep:
             self._keep(step["x_prev"], step["x_prev"])  # the final image
-        self.job.emit({"type": "frame", "i": i + 1, "steps": self.steps, "t": step["t"],
-                       "x_t": png_url(step["x_t"]), "x0": png_url(step["x0_pred"])})
+        self.job.emit(
+            {
+                "type": "frame",
+                "i": i + 1,
+                "steps": self.steps,
+                "t": step["t"],
+                "x_t": png_url(step["x_t"]),
+                "x0": png_url(step["x0_pred"]),
+            }
+        )
 
     def gif(self, k: int) -> bytes:
         """Image k's animation: x_t beside the predicted x0, from noise to the final image."""
@@ -109,8 +117,10 @@ class Engine:
 
         chosen = choose_evaluator_file(path, None)
         if chosen is None:
-            return None, ("no evaluator found, so no verdicts: `iclevr evaluator train` makes one "
-                          "(or pass --evaluator checkpoint.pth)")
+            return None, (
+                "no evaluator found, so no verdicts: `iclevr evaluator train` makes one "
+                "(or pass --evaluator checkpoint.pth)"
+            )
         if not chosen.is_file():
             raise UserError(f"evaluator file not found: {chosen}")
         evaluator = load_file(chosen, self.device)
@@ -118,10 +128,19 @@ class Engine:
 
     def options(self) -> dict:
         """What the page needs to draw its form: the objects, limits, defaults, model and evaluator lines."""
-        return {"shapes": list(L.SHAPES), "colours": list(L.COLOURS), "max_objects": MAX_OBJECTS,
-                "max_images": MAX_IMAGES, "max_steps": min(MAX_STEPS, self.info.schedule.num_train_timesteps),
-                "max_seed": MAX_SEED, "defaults": self.defaults(), "sampler": self.sampler.sampler,
-                "model": self.model_line, "evaluator": self.evaluator_line, "labels": list(L.TRACE_LABELS)}
+        return {
+            "shapes": list(L.SHAPES),
+            "colours": list(L.COLOURS),
+            "max_objects": MAX_OBJECTS,
+            "max_images": MAX_IMAGES,
+            "max_steps": min(MAX_STEPS, self.info.schedule.num_train_timesteps),
+            "max_seed": MAX_SEED,
+            "defaults": self.defaults(),
+            "sampler": self.sampler.sampler,
+            "model": self.model_line,
+            "evaluator": self.evaluator_line,
+            "labels": list(L.TRACE_LABELS),
+        }
 
     def defaults(self) -> dict:
         """The page's starting values: the weights' stored guidance and steps."""
@@ -140,23 +159,41 @@ class Engine:
         from iclevr.sampling import sample
 
         r: GenerateRequest = job.request
-        sampler = self.sampler.model_copy(update={"guidance_scale": r.guidance_scale, "steps": r.steps,
-                                                  "seed": r.seed, "batch_size": r.num})  # one batch
+        sampler = self.sampler.model_copy(
+            update={"guidance_scale": r.guidance_scale, "steps": r.steps, "seed": r.seed, "batch_size": r.num}
+        )  # one batch
         y = L.encode(r.objects)[None].repeat(r.num, 1)  # (n, 24)
         job.emit({"type": "started", "steps": r.steps, "images": r.num})
         began = time.perf_counter()
         trace = LiveTrace(job, r.steps)
-        x0 = sample(self.model, y, schedule=self.info.schedule, sampler=sampler, callback=trace,
-                    device=self.device)  # (n, 3, S, S)
+        x0 = sample(
+            self.model, y, schedule=self.info.schedule, sampler=sampler, callback=trace, device=self.device
+        )  # (n, 3, S, S)
         x64 = to_output_size(x0)  # (n, 3, 64, 64): what the evaluator judges and the page shows
         verdicts = self.verdicts(x64, r.objects)
         seconds = time.perf_counter() - began
-        images = [{"png": png_url(x64[k:k + 1]), "gif": data_url(trace.gif(k), "image/gif"),
-                   "seed": r.seed, "index": k, **(verdicts[k] if verdicts else {})} for k in range(r.num)]
-        return {"type": "done", "images": images, "seconds": round(seconds, 2),
-                "per_image": round(seconds / r.num, 2), "model": self.model_line, "sampler": sampler.sampler,
-                "steps": r.steps, "guidance_scale": r.guidance_scale, "objects": r.objects,
-                "evaluator": self.evaluator_line}
+        images = [
+            {
+                "png": png_url(x64[k : k + 1]),
+                "gif": data_url(trace.gif(k), "image/gif"),
+                "seed": r.seed,
+                "index": k,
+                **(verdicts[k] if verdicts else {}),
+            }
+            for k in range(r.num)
+        ]
+        return {
+            "type": "done",
+            "images": images,
+            "seconds": round(seconds, 2),
+            "per_image": round(seconds / r.num, 2),
+            "model": self.model_line,
+            "sampler": sampler.sampler,
+            "steps": r.steps,
+            "guidance_scale": r.guidance_scale,
+            "objects": r.objects,
+            "evaluator": self.evaluator_line,
+        }
 
     def verdicts(self, x64: torch.Tensor, objects: list[str]) -> list[dict] | None:
         """Per image: each requested object found/missed and the wrong predictions, as the annotated grid
@@ -171,6 +208,12 @@ class Engine:
         out = []
         for pred in predicted:
             found, wrong = hits_from(objects, pred)
-            out.append({"verdicts": [{"label": o, "found": f} for o, f in zip(objects, found)], "wrong": wrong,
-                        "hits": sum(found), "k": len(objects)})
+            out.append(
+                {
+                    "verdicts": [{"label": o, "found": f} for o, f in zip(objects, found)],
+                    "wrong": wrong,
+                    "hits": sum(found),
+                    "k": len(objects),
+                }
+            )
         return out

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from iclevr.errors import UserError
 
@@ -136,8 +137,10 @@ class JobQueue:
                 event = {"type": "error", "message": str(e)}
             except Exception as e:  # noqa: BLE001 - the page gets one line, the server log the traceback
                 log.exception("generation failed")
-                event = {"type": "error", "message": f"generation failed ({type(e).__name__}: {e}); "
-                                                     "the server log has the details"}
+                event = {
+                    "type": "error",
+                    "message": f"generation failed ({type(e).__name__}: {e}); the server log has the details",
+                }
             with self._cond:
                 self.running = None
                 self.served += 1

@@ -18,8 +18,13 @@ MAX_IMAGES = 8  # images per request: one UNet batch on a CPU stays a few second
 MAX_STEPS = 200  # sampler steps a request may ask for
 MAX_SEED = 2**31 - 1
 MAX_BODY = 4096  # bytes of JSON a request may send
-FIELD_NAMES = {"objects": "objects", "guidance_scale": "guidance", "steps": "steps", "seed": "seed",
-               "num": "number of images"}
+FIELD_NAMES = {
+    "objects": "objects",
+    "guidance_scale": "guidance",
+    "steps": "steps",
+    "seed": "seed",
+    "num": "number of images",
+}
 
 
 class GenerateRequest(BaseModel):
@@ -27,8 +32,11 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    objects: list[str] = Field(min_length=1, max_length=MAX_OBJECTS, description="Label names, e.g. "
-                               '["red sphere", "cyan cube"] (1 to 3 distinct objects).')
+    objects: list[str] = Field(
+        min_length=1,
+        max_length=MAX_OBJECTS,
+        description='Label names, e.g. ["red sphere", "cyan cube"] (1 to 3 distinct objects).',
+    )
     guidance_scale: float = Field(ge=0.0, le=20.0, description="Classifier-free guidance scale.")
     steps: int = Field(ge=1, le=MAX_STEPS, description="Sampler steps.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Base seed; image i uses generator seed (seed, i).")
@@ -72,8 +80,10 @@ def parse_request(body: bytes | str, defaults: dict) -> GenerateRequest:
         raise UserError("the request is not valid JSON") from None
     if not isinstance(data, dict):
         raise UserError("the request must be a JSON object")
-    data = {**{k: v for k, v in defaults.items() if k in ("guidance_scale", "steps")},
-            **{k: v for k, v in data.items() if v is not None and v != ""}}
+    data = {
+        **{k: v for k, v in defaults.items() if k in ("guidance_scale", "steps")},
+        **{k: v for k, v in data.items() if v is not None and v != ""},
+    }
     try:
         return GenerateRequest.model_validate(data)
     except ValidationError as e:

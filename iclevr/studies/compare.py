@@ -30,8 +30,11 @@ STUDY_SPLITS = (VAL_SPLIT, *SPLITS)  # val chooses; test and new_test are report
 class CompareSettings(Section):
     """Settings of `iclevr compare-schedules`."""
 
-    schedules: list[str] = Field(["linear", "cosine", "squaredcos_cap_v2"], min_length=1,
-                                 description="Noise schedules to compare (see iclevr.schedules).")
+    schedules: list[str] = Field(
+        ["linear", "cosine", "squaredcos_cap_v2"],
+        min_length=1,
+        description="Noise schedules to compare (see iclevr.schedules).",
+    )
     preset: str = Field(CPU_PRESET, description="Training preset shared by every run (default: the CPU preset).")
     train_config: Path | None = Field(None, description="Extra training settings file applied to every run.")
     epochs: int | None = Field(None, gt=0, description="Training epochs per run.")
@@ -42,8 +45,9 @@ class CompareSettings(Section):
     sampler: SamplerSettings = Field(default_factory=SamplerSettings, description="Sampler of the evaluation.")
     evaluator: Path | None = Field(None, description="Evaluator file; default as in `iclevr eval`.")
     out: Path = Field(Path("compare-schedules"), description="Study folder (runs, figures, report).")
-    plot_only: bool = Field(False, description="Only draw the schedules figure and write their table "
-                            "(report.json); no training.")
+    plot_only: bool = Field(
+        False, description="Only draw the schedules figure and write their table (report.json); no training."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CompareSettings:
@@ -54,8 +58,10 @@ class CompareSettings(Section):
         if len(set(self.schedules)) != len(self.schedules):
             raise ValueError("each schedule may be named once")
         if not self.plot_only and self.epochs is None and self.max_steps is None:
-            raise ValueError("give a fixed budget with --epochs or --max-steps (a wall-time budget would give "
-                             "the schedules different step counts)")
+            raise ValueError(
+                "give a fixed budget with --epochs or --max-steps (a wall-time budget would give "
+                "the schedules different step counts)"
+            )
         return self
 
 
@@ -67,8 +73,14 @@ def schedule_table(names: list[str], T: int = PLOT_T) -> list[dict]:
     for name in names:
         ab = schedules.alpha_bar(name, T)
         snr = ab / (1 - ab)
-        rows.append({"name": name, "alpha_bar": {t: float(ab[t]) for t in TABLE_T if t < T},
-                     "log10_snr_min": float(snr.min().log10()), "log10_snr_max": float(snr.max().log10())})
+        rows.append(
+            {
+                "name": name,
+                "alpha_bar": {t: float(ab[t]) for t in TABLE_T if t < T},
+                "log10_snr_min": float(snr.min().log10()),
+                "log10_snr_max": float(snr.max().log10()),
+            }
+        )
     return rows
 
 
@@ -102,8 +114,10 @@ def check_no_study(out: Path) -> None:
 
     report = Path(out) / "report.json"
     if report.is_file() and "runs" in (read_json(report, "study report") or {}):
-        raise UserError(f"{out} holds a finished study (report.json with its runs); --plot-only would replace its "
-                        "report and figure: give --plot-only a new --out folder")
+        raise UserError(
+            f"{out} holds a finished study (report.json with its runs); --plot-only would replace its "
+            "report and figure: give --plot-only a new --out folder"
+        )
 
 
 def _write_page(settings: CompareSettings, out: Path, report: dict) -> Path:
@@ -111,19 +125,28 @@ def _write_page(settings: CompareSettings, out: Path, report: dict) -> Path:
     from iclevr.evaluation.html import write_comparison
 
     seed = settings.seeds[0]
-    grids = {r["name"]: (out / f"grid-{r['name']}-s{seed}.png").read_bytes() for r in report["runs"]
-             if (out / f"grid-{r['name']}-s{seed}.png").is_file()}
-    figures = {"noise schedules": (out / "schedules.png").read_bytes(),
-               "accuracy by schedule": (out / "accuracy.png").read_bytes()}
+    grids = {
+        r["name"]: (out / f"grid-{r['name']}-s{seed}.png").read_bytes()
+        for r in report["runs"]
+        if (out / f"grid-{r['name']}-s{seed}.png").is_file()
+    }
+    figures = {
+        "noise schedules": (out / "schedules.png").read_bytes(),
+        "accuracy by schedule": (out / "accuracy.png").read_bytes(),
+    }
     return write_comparison(out / "report.html", report, grids=grids, figures=figures)
 
 
 def _train_settings(settings: CompareSettings, name: str, seed: int):
     from iclevr.settings import TrainSettings, resolve
 
-    overrides = {"schedule.name": name, "train.seed": seed, "train.max_minutes": None,  # the same steps for all
-                 "out": str(settings.out / "runs" / f"{name}-s{seed}"),
-                 "data": json.loads(settings.data.model_dump_json())}
+    overrides = {
+        "schedule.name": name,
+        "train.seed": seed,
+        "train.max_minutes": None,  # the same steps for all
+        "out": str(settings.out / "runs" / f"{name}-s{seed}"),
+        "data": json.loads(settings.data.model_dump_json()),
+    }
     if settings.max_steps:
         overrides["train.max_steps"] = settings.max_steps
     else:
@@ -154,16 +177,25 @@ def _score(settings: CompareSettings, run_dir: Path, name: str, seed: int, conso
     from iclevr.evaluation.run import score_run
 
     cache = run_dir / "compare-eval.json"
-    key = {"splits": list(STUDY_SPLITS), "eval_seeds": settings.eval_seeds,
-           "sampler": json.loads(settings.sampler.model_dump_json()),
-           "evaluator": str(settings.evaluator) if settings.evaluator else None}
+    key = {
+        "splits": list(STUDY_SPLITS),
+        "eval_seeds": settings.eval_seeds,
+        "sampler": json.loads(settings.sampler.model_dump_json()),
+        "evaluator": str(settings.evaluator) if settings.evaluator else None,
+    }
     if cache.is_file():
         cached = json.loads(cache.read_text())  # a cache from before val was scored has another key
         if cached.get("key") == key and cached["scores"]["evaluator"].get("sha256") == _evaluator_sha(settings):
             return cached["scores"]
-    reported = score_run(run_dir, data=settings.data, sampler=settings.sampler, seeds=settings.eval_seeds,
-                         evaluator=settings.evaluator, grid_path=settings.out / f"grid-{name}-s{seed}.png",
-                         console=console)
+    reported = score_run(
+        run_dir,
+        data=settings.data,
+        sampler=settings.sampler,
+        seeds=settings.eval_seeds,
+        evaluator=settings.evaluator,
+        grid_path=settings.out / f"grid-{name}-s{seed}.png",
+        console=console,
+    )
     scores = _with_val(reported, _score_val(settings, run_dir, console))
     from iclevr.fileio import write_json
 
@@ -175,9 +207,18 @@ def _score_val(settings: CompareSettings, run_dir: Path, console) -> dict:
     """Score a run on val with the study's evaluation settings, as `iclevr eval --split val` into <run>/eval-val."""
     from iclevr.evaluation.run import EvalSettings, evaluate
 
-    report = evaluate(EvalSettings(checkpoint=run_dir, split=VAL_SPLIT, data_dir=settings.data.data_dir,
-                                   evaluator=settings.evaluator, seeds=settings.eval_seeds, sampler=settings.sampler,
-                                   out=run_dir / "eval-val"), console)
+    report = evaluate(
+        EvalSettings(
+            checkpoint=run_dir,
+            split=VAL_SPLIT,
+            data_dir=settings.data.data_dir,
+            evaluator=settings.evaluator,
+            seeds=settings.eval_seeds,
+            sampler=settings.sampler,
+            out=run_dir / "eval-val",
+        ),
+        console,
+    )
     return report["splits"][VAL_SPLIT]
 
 
@@ -208,10 +249,15 @@ def _summarise(name: str, runs: list[dict]) -> dict:
     for split in STUDY_SPLITS:
         accs = [a for r in runs for a in r["accuracy"][split]]
         splits[split] = {"mean": statistics.fmean(accs), "std": statistics.pstdev(accs), "values": accs}
-    return {"name": name, "splits": splits, "final_loss": statistics.fmean(r["final_loss"] for r in runs
-                                                                             if r["final_loss"] is not None)
-            if any(r["final_loss"] is not None for r in runs) else None,
-            "train_wall_s": sum(r["train_wall_s"] for r in runs), "runs": runs}
+    return {
+        "name": name,
+        "splits": splits,
+        "final_loss": statistics.fmean(r["final_loss"] for r in runs if r["final_loss"] is not None)
+        if any(r["final_loss"] is not None for r in runs)
+        else None,
+        "train_wall_s": sum(r["train_wall_s"] for r in runs),
+        "runs": runs,
+    }
 
 
 def _metrics(run_dir: Path) -> list[dict]:

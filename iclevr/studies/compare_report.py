@@ -23,14 +23,17 @@ def print_report(console, report: dict, out: Path) -> None:
         table.add_column(f"t={t}", justify="right")
     table.add_column("log10 SNR", justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(r["name"], *[f"{r['alpha_bar'][t]:.4g}" for t in ts],
-                      f"{r['log10_snr_min']:.1f}…{r['log10_snr_max']:.1f}")
+        table.add_row(
+            r["name"], *[f"{r['alpha_bar'][t]:.4g}" for t in ts], f"{r['log10_snr_min']:.1f}…{r['log10_snr_max']:.1f}"
+        )
     console.print(table)
     if "runs" in report:
         console.print(_accuracy_table(report))
         best = report.get("best")
-        console.print((f"best on {VAL_SPLIT}: [bold]{best}[/]" if best else f"{VAL_SPLIT} chooses")
-                      + f" ({' and '.join(SPLITS)} are reported, never tuned on)")
+        console.print(
+            (f"best on {VAL_SPLIT}: [bold]{best}[/]" if best else f"{VAL_SPLIT} chooses")
+            + f" ({' and '.join(SPLITS)} are reported, never tuned on)"
+        )
         console.print(f"report: {out / 'report.json'}  figures: {out / 'schedules.png'}, {out / 'accuracy.png'}")
     else:
         console.print(f"figure: {out / 'schedules.png'}")
@@ -49,6 +52,11 @@ def _accuracy_table(report: dict) -> Table:
     for r in runs:
         s = r["splits"]
         loss = f"{r['final_loss']:.4f}" if r.get("final_loss") is not None else "-"
-        acc.add_row(r["name"], *[f"{s[x]['mean']:.3f}±{s[x]['std']:.3f}" if x in s else "-" for x in splits],
-                    loss, f"{r['train_wall_s'] / 60:.1f}", style="bold" if r["name"] == report.get("best") else None)
+        acc.add_row(
+            r["name"],
+            *[f"{s[x]['mean']:.3f}±{s[x]['std']:.3f}" if x in s else "-" for x in splits],
+            loss,
+            f"{r['train_wall_s'] / 60:.1f}",
+            style="bold" if r["name"] == report.get("best") else None,
+        )
     return acc

@@ -66,8 +66,16 @@ def run_demo(settings: DemoSettings, console) -> dict:
         report = _evaluate(settings, data_dir, run_dir, evaluator, out / "eval", console)
     with _timed(stages, "trace"):
         trace = _trace(settings, run_dir, out / "trace.png")
-    result = {"data_dir": data_dir, "run_dir": run_dir, "eval": report, "trace": trace, "stages": stages,
-              "evaluator": evaluator, "train_reused": reused, "packaged": packaged_scores(console)}
+    result = {
+        "data_dir": data_dir,
+        "run_dir": run_dir,
+        "eval": report,
+        "trace": trace,
+        "stages": stages,
+        "evaluator": evaluator,
+        "train_reused": reused,
+        "packaged": packaged_scores(console),
+    }
     result["summary"] = out / SUMMARY_FILE
     write_result_json(result["summary"], build_summary(settings, result))
     return result
@@ -86,9 +94,16 @@ def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> tu
     from iclevr.training.loop import train
     from iclevr.training.run_folder import is_finished
 
-    ts = resolve(TrainSettings, preset=settings.preset,
-                 overrides={"data.data_dir": str(data_dir), "out": str(run_dir), "train.device": settings.device,
-                            "train.max_minutes": settings.minutes})
+    ts = resolve(
+        TrainSettings,
+        preset=settings.preset,
+        overrides={
+            "data.data_dir": str(data_dir),
+            "out": str(run_dir),
+            "train.device": settings.device,
+            "train.max_minutes": settings.minutes,
+        },
+    )
     if is_finished(run_dir, ts):  # finished within this request's minutes
         console.print(f"[dim]training: finished run found in {run_dir}, reused[/]")
         return run_dir, True
@@ -96,13 +111,21 @@ def _train(settings: DemoSettings, data_dir: Path, run_dir: Path, console) -> tu
     return train(ts, console=console, resume=(run_dir / "state").is_dir()), False
 
 
-def _evaluate(settings: DemoSettings, data_dir: Path, run_dir: Path, evaluator: Path | None, out: Path,
-              console) -> dict:
+def _evaluate(
+    settings: DemoSettings, data_dir: Path, run_dir: Path, evaluator: Path | None, out: Path, console
+) -> dict:
     from iclevr.evaluation.run import EvalSettings, evaluate
     from iclevr.settings import SamplerSettings
 
-    es = EvalSettings(checkpoint=run_dir, split="all", data_dir=data_dir, evaluator=evaluator,
-                      seeds=settings.eval_seeds, sampler=SamplerSettings(device=settings.device), out=out)
+    es = EvalSettings(
+        checkpoint=run_dir,
+        split="all",
+        data_dir=data_dir,
+        evaluator=evaluator,
+        seeds=settings.eval_seeds,
+        sampler=SamplerSettings(device=settings.device),
+        out=out,
+    )
     return evaluate(es, console)
 
 
@@ -111,8 +134,17 @@ def _trace(settings: DemoSettings, run_dir: Path, path: Path) -> dict:
     from iclevr.settings import SamplerSettings
     from iclevr.trace import TraceSettings, run_trace
 
-    return run_trace(TraceSettings(checkpoint=run_dir, labels=list(TRACE_LABELS), frames=10, x0_row=True,
-                                   gif=True, sampler=SamplerSettings(device=settings.device), out=path))
+    return run_trace(
+        TraceSettings(
+            checkpoint=run_dir,
+            labels=list(TRACE_LABELS),
+            frames=10,
+            x0_row=True,
+            gif=True,
+            sampler=SamplerSettings(device=settings.device),
+            out=path,
+        )
+    )
 
 
 def packaged_scores(console=None) -> dict | None:
@@ -131,13 +163,21 @@ def packaged_scores(console=None) -> dict | None:
             console.print(f"[yellow]packaged model unreadable, left out: {e}[/]")
         return None
     record = info.packaged or {}
-    return {"path": str(path), "steps": info.step, "condition": info.model.condition,
-            "wall_hours": record.get("wall_hours"), "images_seen": record.get("images_seen"),
-            "accuracy": record.get("accuracy", {}), "evaluator": record.get("evaluator"),
-            "sampler": record.get("sampler"), "note": "as measured when packaged (the demo does not re-score it)"}
+    return {
+        "path": str(path),
+        "steps": info.step,
+        "condition": info.model.condition,
+        "wall_hours": record.get("wall_hours"),
+        "images_seen": record.get("images_seen"),
+        "accuracy": record.get("accuracy", {}),
+        "evaluator": record.get("evaluator"),
+        "sampler": record.get("sampler"),
+        "note": "as measured when packaged (the demo does not re-score it)",
+    }
 
 
 # ---- summary.json ------------------------------------------------------------------------------------
+
 
 def machine_info(device: str) -> dict:
     """What the demo ran on: CPU model and cores, torch and its thread count, the GPU if one is visible."""
@@ -152,8 +192,15 @@ def machine_info(device: str) -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    info = {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -178,18 +225,29 @@ def build_summary(settings: DemoSettings, result: dict) -> dict:
     progress = _read_json_or_empty(run_dir / "progress.json")
     run_settings = _read_json_or_empty(run_dir / "settings.json")
     ev = result["eval"]
-    accuracy = {split: {"per_seed": {str(r["seed"]): r["accuracy"] for r in s["runs"]},
-                        "mean": s["mean"], "std": s["std"], "hits": s["hits"], "total": s["total"]}
-                for split, s in ev["splits"].items()}
+    accuracy = {
+        split: {
+            "per_seed": {str(r["seed"]): r["accuracy"] for r in s["runs"]},
+            "mean": s["mean"],
+            "std": s["std"],
+            "hits": s["hits"],
+            "total": s["total"],
+        }
+        for split, s in ev["splits"].items()
+    }
     stages = {k: round(v / 60, 3) for k, v in result["stages"].items()}
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": machine_info(settings.device),
         "demo_settings": settings.model_dump(mode="json"),
-        "train": {"preset": settings.preset, "minutes_budget": settings.minutes, "steps": progress.get("step"),
-                  "batch_size": run_settings.get("train", {}).get("batch_size"),
-                  "train_minutes": round(progress["wall_s"] / 60, 3) if "wall_s" in progress else None,
-                  "reused_finished_run": result.get("train_reused", False)},
+        "train": {
+            "preset": settings.preset,
+            "minutes_budget": settings.minutes,
+            "steps": progress.get("step"),
+            "batch_size": run_settings.get("train", {}).get("batch_size"),
+            "train_minutes": round(progress["wall_s"] / 60, 3) if "wall_s" in progress else None,
+            "reused_finished_run": result.get("train_reused", False),
+        },
         "stage_minutes": stages,
         "total_minutes": round(sum(stages.values()), 3),
         "sampler": ev.get("sampler"),
@@ -208,14 +266,21 @@ def print_summary(console, result: dict) -> None:
     from rich.table import Table
 
     ev, packaged = result["eval"], result.get("packaged")
-    acc = Table(title="accuracy (course metric, project evaluator)" if "own" in str(ev.get("evaluator"))
-                else "accuracy (course metric)")
+    acc = Table(
+        title="accuracy (course metric, project evaluator)"
+        if "own" in str(ev.get("evaluator"))
+        else "accuracy (course metric)"
+    )
     columns = ["split", "per seed", "mean ± std", "hits / total"] + (["packaged model*"] if packaged else [])
     for col in columns:
         acc.add_column(col, justify="left" if col == "split" else "right")
     for split, r in ev["splits"].items():
-        row = [split, " ".join(f"{a:.3f}" for a in r["accuracy"]), f"{r['mean']:.3f} ± {r['std']:.3f}",
-               f"{sum(x['hits'] for x in r['runs'])} / {sum(x['total'] for x in r['runs'])}"]
+        row = [
+            split,
+            " ".join(f"{a:.3f}" for a in r["accuracy"]),
+            f"{r['mean']:.3f} ± {r['std']:.3f}",
+            f"{sum(x['hits'] for x in r['runs'])} / {sum(x['total'] for x in r['runs'])}",
+        ]
         if packaged:
             score = packaged["accuracy"].get(split, {})
             row.append(f"{score['mean']:.3f} ± {score.get('std', 0):.3f}" if "mean" in score else "-")
@@ -223,28 +288,39 @@ def print_summary(console, result: dict) -> None:
     console.print(acc)
     if packaged:
         hours = f", {packaged['wall_hours']:g} h" if packaged.get("wall_hours") is not None else ""
-        console.print(f"* the packaged pretrained model ({packaged['condition']}, {packaged['steps']:,} steps{hours}), "
-                      "as measured when packaged, not re-scored here", soft_wrap=True)
+        console.print(
+            f"* the packaged pretrained model ({packaged['condition']}, {packaged['steps']:,} steps{hours}), "
+            "as measured when packaged, not re-scored here",
+            soft_wrap=True,
+        )
     else:
-        console.print("packaged pretrained model: none in this install, so there is no longer-trained score to "
-                      "compare with", soft_wrap=True)
+        console.print(
+            "packaged pretrained model: none in this install, so there is no longer-trained score to compare with",
+            soft_wrap=True,
+        )
     files = Table(title="where everything is", show_header=False)
     out = Path(ev["out"])
-    for what, path in [("training data", result["data_dir"]), ("model run", result["run_dir"]),
-                       ("weights (EMA)", Path(result["run_dir"]) / "weights" / "ema.safetensors"),
-                       ("test images", out / "images" / "test"), ("new_test images", out / "images" / "new_test"),
-                       ("grids", f"{out / 'test_grid.png'}, {out / 'new_test_grid.png'}"),
-                       ("evaluation report (open in a browser)", out / "report.html"),
-                       ("annotated grids", f"{out / 'test_annotated.png'}, {out / 'new_test_annotated.png'}"),
-                       ("report data", out / "report.json"),
-                       ("denoising trace", f"{result['trace']['png']} (+ .gif)"),
-                       ("demo summary (steps, minutes, accuracy, machine)", result["summary"])]:
+    for what, path in [
+        ("training data", result["data_dir"]),
+        ("model run", result["run_dir"]),
+        ("weights (EMA)", Path(result["run_dir"]) / "weights" / "ema.safetensors"),
+        ("test images", out / "images" / "test"),
+        ("new_test images", out / "images" / "new_test"),
+        ("grids", f"{out / 'test_grid.png'}, {out / 'new_test_grid.png'}"),
+        ("evaluation report (open in a browser)", out / "report.html"),
+        ("annotated grids", f"{out / 'test_annotated.png'}, {out / 'new_test_annotated.png'}"),
+        ("report data", out / "report.json"),
+        ("denoising trace", f"{result['trace']['png']} (+ .gif)"),
+        ("demo summary (steps, minutes, accuracy, machine)", result["summary"]),
+    ]:
         files.add_row(what, str(path))
     console.print(files)
     console.print("stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result["stages"].items()))
     run = result["run_dir"]
-    console.print("[bold]next:[/]\n"
-                  f"  iclevr sample --checkpoint {run} --labels \"red sphere,cyan cube\" --num 8 --out mine.png\n"
-                  f"  iclevr denoise-trace --checkpoint {run} --labels \"yellow cylinder,gray cube\" --gif\n"
-                  f"  iclevr train --resume {run} --max-minutes 30      (train longer)\n"
-                  "  iclevr compare-schedules --max-steps 2000          (the noise-schedule study)")
+    console.print(
+        "[bold]next:[/]\n"
+        f'  iclevr sample --checkpoint {run} --labels "red sphere,cyan cube" --num 8 --out mine.png\n'
+        f'  iclevr denoise-trace --checkpoint {run} --labels "yellow cylinder,gray cube" --gif\n'
+        f"  iclevr train --resume {run} --max-minutes 30      (train longer)\n"
+        "  iclevr compare-schedules --max-steps 2000          (the noise-schedule study)"
+    )

@@ -61,11 +61,22 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
         stds = [r["splits"].get(split, {}).get("std", 0.0) for r in rows]
         bars = ax.bar(x + (j - (len(splits) - 1) / 2) * width, means, width, yerr=stds, capsize=4, label=split)
         for b, m, sd in zip(bars, means, stds):  # the value above its error bar, not under the cap
-            ax.annotate(f"{m:.2f}", (b.get_x() + b.get_width() / 2, m + sd), ha="center", va="bottom",
-                        fontsize=8, xytext=(0, 3), textcoords="offset points")
+            ax.annotate(
+                f"{m:.2f}",
+                (b.get_x() + b.get_width() / 2, m + sd),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 3),
+                textcoords="offset points",
+            )
     ax.set_xticks(x, labels)
-    ax.set(title="Accuracy by noise schedule (course metric, mean ± std over sampling seeds)",
-           xlabel="noise schedule", ylabel="accuracy", ylim=(0, 1.05))
+    ax.set(
+        title="Accuracy by noise schedule (course metric, mean ± std over sampling seeds)",
+        xlabel="noise schedule",
+        ylabel="accuracy",
+        ylim=(0, 1.05),
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="split")
     return _save(fig, path)

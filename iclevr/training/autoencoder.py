@@ -78,7 +78,7 @@ def measure(vae, images_u8: torch.Tensor, batch: int = 64) -> dict:
 
     psnr, means = [], []
     for i in range(0, len(images_u8), batch):
-        x0 = to_model_range(images_u8[i:i + batch].to(next(vae.parameters()).device))
+        x0 = to_model_range(images_u8[i : i + batch].to(next(vae.parameters()).device))
         mu = vae.encode(x0).latent_dist.mean
         rec = vae.decode(mu).sample.clamp(-1, 1)
         mse = ((rec - x0) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)  # (b,) on the [0, 1] scale
@@ -87,8 +87,13 @@ def measure(vae, images_u8: torch.Tensor, batch: int = 64) -> dict:
     return {"psnr_db": float(torch.cat(psnr).mean()), "scale_factor": float(1.0 / torch.cat(means).std())}
 
 
-def train_autoencoder(settings: AutoencoderTrainSettings, console=None, resume: bool = False,
-                      overwrite: bool = False, clock=time.monotonic) -> Path:
+def train_autoencoder(
+    settings: AutoencoderTrainSettings,
+    console=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    clock=time.monotonic,
+) -> Path:
     """Train the autoencoder of `settings` into its run folder (module docstring) and return the folder."""
     from rich.console import Console
 
@@ -125,9 +130,11 @@ def train_autoencoder(settings: AutoencoderTrainSettings, console=None, resume: 
             console.print(f"resuming {run} from {found[1].name}")
         write_settings(settings, run)
         n_params = sum(p.numel() for p in vae.parameters())
-        console.print(f"autoencoder {tuple(cfg.block_out_channels)} f={cfg.factor} ({n_params / 1e6:.2f} M "
-                      f"parameters), {len(train_idx):,} training / {len(held)} held-out images from {data_dir}, "
-                      f"batch {settings.batch_size}, {_budget_text(settings)}, on {device}")
+        console.print(
+            f"autoencoder {tuple(cfg.block_out_channels)} f={cfg.factor} ({n_params / 1e6:.2f} M "
+            f"parameters), {len(train_idx):,} training / {len(held)} held-out images from {data_dir}, "
+            f"batch {settings.batch_size}, {_budget_text(settings)}, on {device}"
+        )
         metrics, t0 = MetricsLog(run, step), clock()
         steps_per_epoch = max(1, len(train_idx) // settings.batch_size)
         loss_sum, last = 0.0, None
@@ -135,17 +142,24 @@ def train_autoencoder(settings: AutoencoderTrainSettings, console=None, resume: 
         with interrupt_flag() as stop, _bar(console, settings.max_steps or total_s) as (bar, task):
             while True:
                 elapsed = wall0 + clock() - t0
-                if (settings.max_steps and step >= settings.max_steps) or (not settings.max_steps and total_s
-                                                                           and elapsed >= total_s) or stop["set"]:
+                if (
+                    (settings.max_steps and step >= settings.max_steps)
+                    or (not settings.max_steps and total_s and elapsed >= total_s)
+                    or stop["set"]
+                ):
                     break
                 progress = run_progress(step, elapsed, total_steps=settings.max_steps, budget_s=total_s)
                 for group in opt.param_groups:
-                    group["lr"] = settings.lr * lr_at(progress, warmup=warmup_ramp(step, settings.warmup_steps),
-                                                      schedule="cosine")
+                    group["lr"] = settings.lr * lr_at(
+                        progress, warmup=warmup_ramp(step, settings.warmup_steps), schedule="cosine"
+                    )
                 epoch, i = divmod(step, steps_per_epoch)
-                order = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(
-                    mix_seed(settings.seed, 12, epoch)))]
-                idx = order[i * settings.batch_size:(i + 1) * settings.batch_size]
+                order = train_idx[
+                    torch.randperm(
+                        len(train_idx), generator=torch.Generator().manual_seed(mix_seed(settings.seed, 12, epoch))
+                    )
+                ]
+                idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
                 x0 = to_model_range(images_u8[idx].to(device))  # (B, 3, R, R)
                 g = torch.Generator(device).manual_seed(mix_seed(settings.seed, 13, step))
                 loss, l1 = vae_loss(vae, x0, settings.kl_weight, g)
@@ -156,23 +170,36 @@ def train_autoencoder(settings: AutoencoderTrainSettings, console=None, resume: 
                 step += 1
                 loss_sum += l1.item()
                 if not math.isfinite(loss_sum):
-                    raise UserError(f"autoencoder loss became non-finite at step {step}; lower --lr "
-                                    f"(now {settings.lr:g}) and start over with --overwrite")
+                    raise UserError(
+                        f"autoencoder loss became non-finite at step {step}; lower --lr "
+                        f"(now {settings.lr:g}) and start over with --overwrite"
+                    )
                 if step % settings.log_every == 0:
                     last = loss_sum / settings.log_every
-                    metrics.log({"step": step, "l1": last, "lr": opt.param_groups[0]["lr"],
-                                 "wall_s": round(wall0 + clock() - t0, 2)})
+                    metrics.log(
+                        {
+                            "step": step,
+                            "l1": last,
+                            "lr": opt.param_groups[0]["lr"],
+                            "wall_s": round(wall0 + clock() - t0, 2),
+                        }
+                    )
                     loss_sum = 0.0
                 if step % settings.checkpoint_every_steps == 0:
                     _save_state(run, vae, opt, step, wall0 + clock() - t0)
-                bar.update(task, completed=step if settings.max_steps else min(elapsed, total_s),
-                           l1="-" if last is None else f"{last:.4f}")
+                bar.update(
+                    task,
+                    completed=step if settings.max_steps else min(elapsed, total_s),
+                    l1="-" if last is None else f"{last:.4f}",
+                )
         metrics.close()
         wall = wall0 + clock() - t0
         _save_state(run, vae, opt, step, wall)
         if stop["set"]:
-            raise TrainingStopped(f"{stop_cause(stop)} at step {step}; state saved in {run}/state; continue with "
-                                  f"`iclevr autoencoder train --resume {run}`")
+            raise TrainingStopped(
+                f"{stop_cause(stop)} at step {step}; state saved in {run}/state; continue with "
+                f"`iclevr autoencoder train --resume {run}`"
+            )
         return _finish(run, vae.eval(), settings, images_u8[held], step, wall, data_dir, console)
 
 
@@ -193,8 +220,10 @@ def _prepare(run: Path, resume: bool, overwrite: bool) -> None:
         for name in (FILE_NAME, "metrics.jsonl", "report.json"):
             (run / name).unlink(missing_ok=True)
     elif (states or (run / FILE_NAME).is_file()) and not resume:
-        raise UserError(f"{run} already holds an autoencoder run; pass --resume {run} to continue it, or "
-                        "--overwrite to start it over")
+        raise UserError(
+            f"{run} already holds an autoencoder run; pass --resume {run} to continue it, or "
+            "--overwrite to start it over"
+        )
     check_writable(run)
 
 
@@ -202,12 +231,16 @@ def _save_state(run: Path, vae, opt, step: int, wall_s: float) -> None:
     """One resumable state (atomic; the newest two kept)."""
     from iclevr.training.state import rng_states, save_state
 
-    save_state(run / "state", {"step": step, "wall_s": wall_s, "model": vae.state_dict(),
-                               "optimizer": opt.state_dict(), "rng": rng_states()}, keep=2)
+    save_state(
+        run / "state",
+        {"step": step, "wall_s": wall_s, "model": vae.state_dict(), "optimizer": opt.state_dict(), "rng": rng_states()},
+        keep=2,
+    )
 
 
-def _finish(run: Path, vae, settings: AutoencoderTrainSettings, held_u8, step: int, wall_s: float,
-            data_dir: Path, console) -> Path:
+def _finish(
+    run: Path, vae, settings: AutoencoderTrainSettings, held_u8, step: int, wall_s: float, data_dir: Path, console
+) -> Path:
     """Measure on the held-out images, write autoencoder.safetensors and report.json; return the run folder."""
     from iclevr.autoencoder import save_autoencoder
     from iclevr.data.synth import embedded_kit_dir
@@ -215,14 +248,22 @@ def _finish(run: Path, vae, settings: AutoencoderTrainSettings, held_u8, step: i
 
     m = measure(vae, held_u8)
     embedded = Path(data_dir).resolve().is_relative_to(embedded_kit_dir("").resolve())
-    info = {"data": f"embedded kit {Path(data_dir).name}" if embedded else "course kit",
-            "data_name": Path(data_dir).name, "embedded": embedded, "steps": step,
-            "minutes": round(wall_s / 60, 2), "heldout": settings.heldout, "psnr_db": round(m["psnr_db"], 3),
-            "seed": settings.seed}
+    info = {
+        "data": f"embedded kit {Path(data_dir).name}" if embedded else "course kit",
+        "data_name": Path(data_dir).name,
+        "embedded": embedded,
+        "steps": step,
+        "minutes": round(wall_s / 60, 2),
+        "heldout": settings.heldout,
+        "psnr_db": round(m["psnr_db"], 3),
+        "seed": settings.seed,
+    }
     save_autoencoder(vae, run / FILE_NAME, settings.model, m["scale_factor"], info)
     write_json(run / "report.json", {**info, "scale_factor": m["scale_factor"]})
-    console.print(f"[green]done[/]: {step:,} steps in {wall_s / 60:.1f} min; held-out PSNR {m['psnr_db']:.2f} dB, "
-                  f"scale factor {m['scale_factor']:.4f}; {run / FILE_NAME}")
+    console.print(
+        f"[green]done[/]: {step:,} steps in {wall_s / 60:.1f} min; held-out PSNR {m['psnr_db']:.2f} dB, "
+        f"scale factor {m['scale_factor']:.4f}; {run / FILE_NAME}"
+    )
     return run
 
 

@@ -27,37 +27,50 @@ def prepare_autoencoder(settings: TrainSettings, run: Path, console) -> TrainSet
 
     if settings.model.design != "latent":
         return settings
-    if settings.autoencoder in (None, "", "packaged") and (run / FILE_NAME).is_file() and \
-            settings.model.autoencoder_sha256 == file_sha256(run / FILE_NAME):
+    if (
+        settings.autoencoder in (None, "", "packaged")
+        and (run / FILE_NAME).is_file()
+        and settings.model.autoencoder_sha256 == file_sha256(run / FILE_NAME)
+    ):
         source = run / FILE_NAME  # a resumed run keeps its own copy
     else:
         source = resolve_autoencoder_file(settings.autoencoder)
     cfg, _, info = read_meta(source)
     if settings.data.data_dir is not None and info.get("embedded", False):
-        raise UserError(f"the autoencoder {source} was trained on the embedded kit, not on {settings.data.data_dir}; "
-                        f"train one on your kit with `iclevr autoencoder train --data-dir {settings.data.data_dir}` "
-                        "and pass it with --autoencoder RUN")
+        raise UserError(
+            f"the autoencoder {source} was trained on the embedded kit, not on {settings.data.data_dir}; "
+            f"train one on your kit with `iclevr autoencoder train --data-dir {settings.data.data_dir}` "
+            "and pass it with --autoencoder RUN"
+        )
     from iclevr.images import OUTPUT_SIZE
 
     if cfg.resolution != OUTPUT_SIZE:
-        raise UserError(f"the autoencoder {source} is for {cfg.resolution}x{cfg.resolution} images; the latent "
-                        f"design draws the course's {OUTPUT_SIZE}x{OUTPUT_SIZE} (train one with the default "
-                        "--resolution)")
+        raise UserError(
+            f"the autoencoder {source} is for {cfg.resolution}x{cfg.resolution} images; the latent "
+            f"design draws the course's {OUTPUT_SIZE}x{OUTPUT_SIZE} (train one with the default "
+            "--resolution)"
+        )
     if cfg.latent_size != settings.model.sample_size:
-        raise UserError(f"the autoencoder {source} makes {cfg.latent_size}x{cfg.latent_size} latents from "
-                        f"{cfg.resolution}x{cfg.resolution} images; set model.sample_size = {cfg.latent_size}")
+        raise UserError(
+            f"the autoencoder {source} makes {cfg.latent_size}x{cfg.latent_size} latents from "
+            f"{cfg.resolution}x{cfg.resolution} images; set model.sample_size = {cfg.latent_size}"
+        )
     sha = file_sha256(source)
     if settings.model.autoencoder_sha256 not in (None, sha):
-        raise UserError(f"this run was trained with another autoencoder (sha256 "
-                        f"{settings.model.autoencoder_sha256[:12]}) than {source} ({sha[:12]})")
+        raise UserError(
+            f"this run was trained with another autoencoder (sha256 "
+            f"{settings.model.autoencoder_sha256[:12]}) than {source} ({sha[:12]})"
+        )
     target = run / FILE_NAME
     if not target.is_file() or file_sha256(target) != sha:
         from iclevr.fileio import atomic_path
 
         with atomic_path(target, size=source.stat().st_size, what="autoencoder copy") as tmp:
             shutil.copyfile(source, tmp)
-    console.print(f"latent design: autoencoder {source} ({info.get('data', 'unknown data')}, "
-                  f"{info.get('steps', '?')} steps, held-out PSNR {info.get('psnr_db', '?')} dB) -> {target}")
+    console.print(
+        f"latent design: autoencoder {source} ({info.get('data', 'unknown data')}, "
+        f"{info.get('steps', '?')} steps, held-out PSNR {info.get('psnr_db', '?')} dB) -> {target}"
+    )
     model = settings.model.model_copy(update={"autoencoder_sha256": sha, "latent_channels": cfg.latent_channels})
     return settings.model_copy(update={"model": model})
 
@@ -94,9 +107,12 @@ def _latents(kit, settings: TrainSettings, run: Path, console) -> tuple[torch.Te
             path.unlink(missing_ok=True)
     images_u8, labels = load_train_tensors(kit, ae.cfg.resolution, settings.data.cache)
     if console is not None:
-        console.print(f"[dim]encoding {len(images_u8):,} training images into latents (once; cached in {path.parent})[/]")
-    latents = torch.cat([ae.encode(to_model_range(images_u8[i:i + 256])).to(torch.float16)
-                         for i in range(0, len(images_u8), 256)])  # (N, C, S, S)
+        console.print(
+            f"[dim]encoding {len(images_u8):,} training images into latents (once; cached in {path.parent})[/]"
+        )
+    latents = torch.cat(
+        [ae.encode(to_model_range(images_u8[i : i + 256])).to(torch.float16) for i in range(0, len(images_u8), 256)]
+    )  # (N, C, S, S)
     if settings.data.cache:
         with atomic_path(path) as tmp:
             save_file({"latents": latents.contiguous(), "labels": labels}, str(tmp))
@@ -124,8 +140,10 @@ def init_weights(model, settings: TrainSettings, console) -> None:
     mine, theirs = settings.model.model_dump(), info.model.model_dump()
     differ = [k for k in mine if mine[k] != theirs.get(k)]
     if differ:
-        raise UserError(f"--init-from {value}: {path} holds a model of another architecture (differs in "
-                        f"model.{', model.'.join(differ)}); use weights trained with the same model settings")
+        raise UserError(
+            f"--init-from {value}: {path} holds a model of another architecture (differs in "
+            f"model.{', model.'.join(differ)}); use weights trained with the same model settings"
+        )
     from safetensors.torch import load_file
 
     try:

@@ -37,8 +37,12 @@ def run_lock(run: Path, enabled: bool = True) -> Iterator[None]:
     fd = _open(Path(run))
     try:
         if _acquire(fd, Path(run)):
-            me = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+            me = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "command": " ".join(sys.argv),
+            }
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         yield
@@ -69,13 +73,18 @@ def _acquire(fd: int, run: Path) -> bool:
     except BlockingIOError:
         holder = read_holder(run, wait=True)
         stop = f"`kill {holder['pid']}` on {holder.get('host', '?')}" if holder and "pid" in holder else "kill it"
-        raise UserError(f"{run} is being trained by another process ({describe(holder)}); wait for it to finish, "
-                        f"stop it ({stop} saves its state), or train into another --out folder") from None
+        raise UserError(
+            f"{run} is being trained by another process ({describe(holder)}); wait for it to finish, "
+            f"stop it ({stop} saves its state), or train into another --out folder"
+        ) from None
     except OSError as e:
         if e.errno not in UNSUPPORTED:
             raise
-        warnings.warn(f"the file system of {run} does not support locks ({e.strerror}): nothing stops a second "
-                      "`iclevr train` from writing into this run folder at the same time", stacklevel=3)
+        warnings.warn(
+            f"the file system of {run} does not support locks ({e.strerror}): nothing stops a second "
+            "`iclevr train` from writing into this run folder at the same time",
+            stacklevel=3,
+        )
         return False
 
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,14 +33,22 @@ from iclevr.errors import EXIT_CTRL_C, EXIT_RESUMABLE, TrainingInterrupted, Trai
 from iclevr.sampling import clips_x0, predict_x0
 from iclevr.settings import TrainLoopSettings, TrainSettings
 from iclevr.training.noise import immiscible_permutation
-from iclevr.training.plan import (batch_indices, budget_reached, budget_s, describe, epoch_permutation, make_plan,
-                                  speed_notes)
+from iclevr.training.plan import (
+    batch_indices,
+    budget_reached,
+    budget_s,
+    describe,
+    epoch_permutation,
+    make_plan,
+    speed_notes,
+)
 
 MEASURE_STEPS = (1, 4)  # session steps between which the speed is measured (step 1 includes warm-up)
 
 
-def diffusion_loss(model, x0: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Tensor, settings: TrainSettings,
-                   g: torch.Generator) -> torch.Tensor:
+def diffusion_loss(
+    model, x0: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Tensor, settings: TrainSettings, g: torch.Generator
+) -> torch.Tensor:
     """The denoising loss of one batch (module docstring); every random draw comes from generator g."""
     cfg, B, dev = settings.train, x0.shape[0], x0.device
     t = torch.randint(0, alpha_bar.shape[0], (B,), generator=g, device=dev)  # (B,)
@@ -66,13 +74,21 @@ def diffusion_loss(model, x0: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Te
     if cfg.snr_gamma:
         snr = (ab / (1 - ab)).view(B)
         clipped = snr.clamp(max=cfg.snr_gamma)
-        per_sample = per_sample * (clipped / snr if settings.schedule.prediction_type == "epsilon"
-                                   else clipped / (snr + 1))
+        per_sample = per_sample * (
+            clipped / snr if settings.schedule.prediction_type == "epsilon" else clipped / (snr + 1)
+        )
     return per_sample.mean()
 
 
-def self_condition_input(model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, ab: torch.Tensor,
-                         prediction_type: str, g: torch.Generator) -> torch.Tensor:
+def self_condition_input(
+    model,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    ab: torch.Tensor,
+    prediction_type: str,
+    g: torch.Generator,
+) -> torch.Tensor:
     """x0_self for a self-conditioned training pass (Chen, Zhang & Hinton 2022, "Analog Bits", section 3).
 
     With probability 1/2 per optimizer step (self_condition_coin), the model's own x0 estimate from a first pass with
@@ -122,11 +138,14 @@ def make_accelerator(cfg: TrainLoopSettings):
     precision, notes = cfg.mixed_precision, []
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by `accelerate launch --mixed_precision`
     if launched and launched != precision:
-        notes.append(f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; train.mixed_precision "
-                     f"= {precision} (preset, config or --mixed-precision) is used")
+        notes.append(
+            f"[yellow]note:[/] accelerate launch asks for mixed precision {launched}; train.mixed_precision "
+            f"= {precision} (preset, config or --mixed-precision) is used"
+        )
     if precision != "no" and device.type != "cuda":
-        notes.append(f"[yellow]note:[/] mixed precision {precision} needs a CUDA GPU; training in fp32 on "
-                     f"{device.type}")
+        notes.append(
+            f"[yellow]note:[/] mixed precision {precision} needs a CUDA GPU; training in fp32 on {device.type}"
+        )
         precision = "no"
     if precision == "bf16" and not native_bf16(device):
         notes.append("[yellow]note:[/] this GPU has no native bf16 (compute capability < 8.0); training in fp16")
@@ -169,8 +188,14 @@ def agree(accelerator, elapsed_s: float, stop: bool, group=None) -> tuple[float,
     return elapsed_s, bool(stop)
 
 
-def train(settings: TrainSettings, console=None, resume: bool = False, overwrite: bool = False, *,
-          clock: Callable[[], float] = time.monotonic) -> Path:
+def train(
+    settings: TrainSettings,
+    console=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Path:
     """Train the conditional UNet of `settings` into its run folder and return it (module docstring).
 
     The main process holds the run folder's writer lock throughout (iclevr.training.lock), taken before
@@ -205,11 +230,19 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     from iclevr.schedules import make_scheduler
     from iclevr.seeding import mix_seed
     from iclevr.settings import write_settings
-    from iclevr.training.lr import lr_at, run_progress, warmup_ramp
-    from iclevr.training.run_folder import (MetricsLog, bar_position, check_same_run, default_run_dir,
-                                            prepare_run_dir, save_progress_grid, save_snapshot, train_bar)
-    from iclevr.training.signals import interrupt_flag, stop_cause
     from iclevr.training.design import init_weights, prepare_autoencoder, training_tensors, x0_batch
+    from iclevr.training.lr import lr_at, run_progress, warmup_ramp
+    from iclevr.training.run_folder import (
+        MetricsLog,
+        bar_position,
+        check_same_run,
+        default_run_dir,
+        prepare_run_dir,
+        save_progress_grid,
+        save_snapshot,
+        train_bar,
+    )
+    from iclevr.training.signals import interrupt_flag, stop_cause
     from iclevr.training.state import list_states, load_latest
 
     cfg = settings.train
@@ -273,9 +306,20 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     def snapshot(step: int, finished: bool = False, reason: str | None = None) -> None:
         if main:
             try:
-                save_snapshot(run, settings, model=model, ema=ema, optimizer=optimizer, scaler=accelerator.scaler,
-                              step=step, wall_s=elapsed(), steps_per_epoch=plan.steps_per_epoch,
-                              finished=finished, reason=reason, raw_weights=reason is not None)  # raw: at the end
+                save_snapshot(
+                    run,
+                    settings,
+                    model=model,
+                    ema=ema,
+                    optimizer=optimizer,
+                    scaler=accelerator.scaler,
+                    step=step,
+                    wall_s=elapsed(),
+                    steps_per_epoch=plan.steps_per_epoch,
+                    finished=finished,
+                    reason=reason,
+                    raw_weights=reason is not None,
+                )  # raw: at the end
             except WriteError as e:  # a full disk or a permission: the files already written stay as they were
                 raise WriteError(f"{e}; once fixed, continue with `iclevr train --resume {run}`") from None
 
@@ -285,8 +329,10 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
 
     t_session = clock()
     if reason := budget_reached(cfg, start, plan.steps_per_epoch, wall0):
-        console.print(f"nothing to train in {run}: {reason} at step {start}; raise --max-steps, --epochs or "
-                      "--max-minutes to train further")
+        console.print(
+            f"nothing to train in {run}: {reason} at step {start}; raise --max-steps, --epochs or "
+            "--max-minutes to train further"
+        )
         return run
     if main:
         write_settings(settings, run)
@@ -305,9 +351,11 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
         if bad < math.inf and (bad := int(bad)) >= 0:
             states = list_states(run / "state")
             kept = f"the last good state {states[-1]} is kept" if states else "no state was saved"
-            raise TrainingInterrupted(f"loss became non-finite at step {bad} (epoch {bad // plan.steps_per_epoch})"
-                                      f"; {kept}; lower --lr (now {cfg.lr:g}) or use --mixed-precision no, then "
-                                      f"continue with `iclevr train --resume {run}`")
+            raise TrainingInterrupted(
+                f"loss became non-finite at step {bad} (epoch {bad // plan.steps_per_epoch})"
+                f"; {kept}; lower --lr (now {cfg.lr:g}) or use --mixed-precision no, then "
+                f"continue with `iclevr train --resume {run}`"
+            )
 
     def log() -> None:
         nonlocal last_log, last_loss, loss_sum, norm_sum, norm_bad
@@ -316,12 +364,22 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
         check_finite()
         last_loss, ips = mean_loss, n * plan.global_batch / max(now - last_log[1], 1e-9)
         skipped = int(norm_bad.item())  # fp16 steps the GradScaler skipped (inf norm): not in the mean
-        metrics.log({"step": step, "epoch": step // plan.steps_per_epoch, "loss": mean_loss, "lr": lr,
-                     "grad_norm": (norm_sum / (n - skipped)).item() if n > skipped else None,
-                     "skipped_steps": skipped, "images_per_s": ips, "wall_s": round(wall0 + now - t_session, 2)})
+        metrics.log(
+            {
+                "step": step,
+                "epoch": step // plan.steps_per_epoch,
+                "loss": mean_loss,
+                "lr": lr,
+                "grad_norm": (norm_sum / (n - skipped)).item() if n > skipped else None,
+                "skipped_steps": skipped,
+                "images_per_s": ips,
+                "wall_s": round(wall0 + now - t_session, 2),
+            }
+        )
         if not console.is_terminal:  # logs redirected to a file: no live bar, so one line per log
-            console.print(f"step {step} epoch {step // plan.steps_per_epoch} loss {mean_loss:.4f} lr {lr:.3g} "
-                          f"{ips:.1f} img/s")
+            console.print(
+                f"step {step} epoch {step // plan.steps_per_epoch} loss {mean_loss:.4f} lr {lr:.3g} {ips:.1f} img/s"
+            )
         last_log, loss_sum, norm_sum, norm_bad = (step, now), *(torch.zeros_like(loss_sum) for _ in range(3))
 
     try:
@@ -366,12 +424,19 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
                 if step % cfg.log_every == 0:
                     log()
                 completed, total, done = bar_position(step, elapsed(), plan.total_steps, budget_s(cfg))
-                bar.update(task, completed=completed, total=total, done=done, epoch=step // plan.steps_per_epoch,
-                           loss="-" if last_loss is None else f"{last_loss:.4f}",
-                           ips=f"{(step - start) * plan.global_batch / max(clock() - t_session, 1e-9):.1f}")
+                bar.update(
+                    task,
+                    completed=completed,
+                    total=total,
+                    done=done,
+                    epoch=step // plan.steps_per_epoch,
+                    loss="-" if last_loss is None else f"{last_loss:.4f}",
+                    ips=f"{(step - start) * plan.global_batch / max(clock() - t_session, 1e-9):.1f}",
+                )
                 done_epoch = step // plan.steps_per_epoch if step % plan.steps_per_epoch == 0 else 0
-                if (done_epoch and cfg.checkpoint_every and done_epoch % cfg.checkpoint_every == 0) or \
-                        (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+                if (done_epoch and cfg.checkpoint_every and done_epoch % cfg.checkpoint_every == 0) or (
+                    cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+                ):
                     check_finite()
                     snapshot(step)
                     saved_at = step
@@ -381,9 +446,12 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the weights may be half-updated, so nothing is saved
         metrics.close()
         states = list_states(run / "state")
-        raise TrainingInterrupted(f"interrupted during step {step + 1}; continue from the last saved state "
-                                  f"({states[-1].name if states else 'none yet'}) with `iclevr train --resume "
-                                  f"{run}`", exit_code=EXIT_CTRL_C) from None
+        raise TrainingInterrupted(
+            f"interrupted during step {step + 1}; continue from the last saved state "
+            f"({states[-1].name if states else 'none yet'}) with `iclevr train --resume "
+            f"{run}`",
+            exit_code=EXIT_CTRL_C,
+        ) from None
     except BaseException:
         metrics.close()
         raise
@@ -399,14 +467,21 @@ def _train(settings: TrainSettings, console, resume: bool, overwrite: bool, cloc
     if saved_at != step or finished:
         snapshot(step, finished=finished, reason=reason)
     if finished and grid_at != step:
-        grid(f"epoch-{step // plan.steps_per_epoch:04d}.png" if step % plan.steps_per_epoch == 0
-             else f"step-{step:08d}.png")
+        grid(
+            f"epoch-{step // plan.steps_per_epoch:04d}.png"
+            if step % plan.steps_per_epoch == 0
+            else f"step-{step:08d}.png"
+        )
     accelerator.wait_for_everyone()
     if not finished:
-        raise TrainingStopped(f"{stop_cause(interrupted)} at step {step}; state saved in {run}/state; continue "
-                              f"with `iclevr train --resume {run}` (exit code {EXIT_RESUMABLE}: resumable)")
-    console.print(f"[green]done[/]: {reason} at step {step} (epoch {step / plan.steps_per_epoch:.2f}), "
-                  f"loss {last_loss:.4f}; weights in {run}/weights")
+        raise TrainingStopped(
+            f"{stop_cause(interrupted)} at step {step}; state saved in {run}/state; continue "
+            f"with `iclevr train --resume {run}` (exit code {EXIT_RESUMABLE}: resumable)"
+        )
+    console.print(
+        f"[green]done[/]: {reason} at step {step} (epoch {step / plan.steps_per_epoch:.2f}), "
+        f"loss {last_loss:.4f}; weights in {run}/weights"
+    )
     return run
 
 

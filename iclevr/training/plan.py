@@ -38,8 +38,10 @@ def make_plan(cfg: TrainLoopSettings, images: int, processes: int) -> Plan:
         raise UserError("no training budget: pass --epochs, --max-steps or --max-minutes")
     global_batch = cfg.batch_size * processes * cfg.grad_accum
     if global_batch > images:
-        raise UserError(f"batch size {cfg.batch_size} x {processes} process(es) x grad_accum {cfg.grad_accum} = "
-                        f"{global_batch} images per step exceeds the {images} training images; lower --batch-size")
+        raise UserError(
+            f"batch size {cfg.batch_size} x {processes} process(es) x grad_accum {cfg.grad_accum} = "
+            f"{global_batch} images per step exceeds the {images} training images; lower --batch-size"
+        )
     steps_per_epoch = images // global_batch
     total = cfg.max_steps or (cfg.epochs * steps_per_epoch if cfg.epochs else None)  # max_steps wins over epochs
     return Plan(images, cfg.batch_size, processes, cfg.grad_accum, steps_per_epoch, total)
@@ -71,24 +73,31 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
 def batch_indices(perm: torch.Tensor, i: int, k: int, rank: int, plan: Plan) -> torch.Tensor:
     """Indices of micro-batch k of step i (within the epoch) for process `rank`: disjoint slices of `perm`."""
     start = ((i * plan.accum + k) * plan.processes + rank) * plan.batch
-    return perm[start:start + plan.batch]
+    return perm[start : start + plan.batch]
 
 
 def describe(settings: TrainSettings, plan: Plan, params: int, device, run: Path) -> str:
     """The one-line summary printed before training."""
     cfg, S = settings.train, settings.model.sample_size
-    budget = " / ".join(p for p in (f"{cfg.epochs} epochs" if cfg.epochs else "",
-                                    f"{cfg.max_steps} steps" if cfg.max_steps else "",
-                                    f"{cfg.max_minutes:g} min" if cfg.max_minutes else "") if p)
+    budget = " / ".join(
+        p
+        for p in (
+            f"{cfg.epochs} epochs" if cfg.epochs else "",
+            f"{cfg.max_steps} steps" if cfg.max_steps else "",
+            f"{cfg.max_minutes:g} min" if cfg.max_minutes else "",
+        )
+        if p
+    )
     budget += ", whichever comes first" if " / " in budget else ""
-    return (f"{settings.preset}: {params / 1e6:.2f} M parameters at {S}x{S}, {plan.images} images, "
-            f"{plan.global_batch} per step ({plan.batch} x {plan.processes} process(es) x {plan.accum} accumulated), "
-            f"{plan.steps_per_epoch} steps/epoch, budget {budget}, {device.type}, lr {cfg.lr:g} ({cfg.optimizer}) "
-            f"-> {run}")
+    return (
+        f"{settings.preset}: {params / 1e6:.2f} M parameters at {S}x{S}, {plan.images} images, "
+        f"{plan.global_batch} per step ({plan.batch} x {plan.processes} process(es) x {plan.accum} accumulated), "
+        f"{plan.steps_per_epoch} steps/epoch, budget {budget}, {device.type}, lr {cfg.lr:g} ({cfg.optimizer}) "
+        f"-> {run}"
+    )
 
 
-def speed_notes(sec: float, step: int, wall_s: float, plan: Plan, settings: TrainSettings, device,
-                console) -> None:
+def speed_notes(sec: float, step: int, wall_s: float, plan: Plan, settings: TrainSettings, device, console) -> None:
     """Once the speed is measured (`sec` s/step at `step`, `wall_s` used): the steps a time-only budget
     allows, and how long a CPU run of a large preset would take."""
     cfg = settings.train
@@ -98,14 +107,20 @@ def speed_notes(sec: float, step: int, wall_s: float, plan: Plan, settings: Trai
     allowed = step + max(0, int((cfg.max_minutes * 60 - wall_s) / sec)) if cfg.max_minutes else None
     if total is None:  # time budget only: an estimate for the reader; the lr follows the elapsed time
         total = allowed
-        console.print(f"[dim]{sec:.2f} s/step: the {cfg.max_minutes:g} min budget allows about {total} steps; "
-                      "the LR schedule follows the elapsed time[/]")
+        console.print(
+            f"[dim]{sec:.2f} s/step: the {cfg.max_minutes:g} min budget allows about {total} steps; "
+            "the LR schedule follows the elapsed time[/]"
+        )
     elif allowed is not None and allowed < total:  # the time cap, not the step budget, will stop this run
-        console.print(f"[yellow]note:[/] at {sec:.2f} s/step the {cfg.max_minutes:g} min budget stops this run at "
-                      f"about step {allowed:,} (epoch {allowed / plan.steps_per_epoch:.1f}) of the {total:,} its step "
-                      "budget asks for; the progress bar counts minutes, and the learning rate, which follows the "
-                      "step budget, will still be high there. For the whole step budget: --max-minutes none")
+        console.print(
+            f"[yellow]note:[/] at {sec:.2f} s/step the {cfg.max_minutes:g} min budget stops this run at "
+            f"about step {allowed:,} (epoch {allowed / plan.steps_per_epoch:.1f}) of the {total:,} its step "
+            "budget asks for; the progress bar counts minutes, and the learning rate, which follows the "
+            "step budget, will still be high there. For the whole step budget: --max-minutes none"
+        )
     if device.type == "cpu" and settings.preset not in CPU_PRESETS:
         hours = sec * total / 3600
-        console.print(f"[yellow]note:[/] the {settings.preset} preset runs at {sec:.1f} s/step on this CPU: "
-                      f"{total} steps would take about {hours:,.0f} h; for a CPU run use --preset {CPU_PRESET}")
+        console.print(
+            f"[yellow]note:[/] the {settings.preset} preset runs at {sec:.1f} s/step on this CPU: "
+            f"{total} steps would take about {hours:,.0f} h; for a CPU run use --preset {CPU_PRESET}"
+        )

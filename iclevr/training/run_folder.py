@@ -49,11 +49,15 @@ def prepare_run_dir(settings: TrainSettings, resume: bool, overwrite: bool) -> P
         for name in RUN_FILES:
             (run / name).unlink(missing_ok=True)
     elif states and not resume:
-        raise UserError(f"{run} already holds a training run (state {states[-1].name}); pass --resume {run} to "
-                        "continue it, or --overwrite to start it over")
+        raise UserError(
+            f"{run} already holds a training run (state {states[-1].name}); pass --resume {run} to "
+            "continue it, or --overwrite to start it over"
+        )
     elif resume and not states and (run / "weights" / "ema.safetensors").is_file():
-        raise UserError(f"cannot resume {run}: it holds weights but no training state (state/ is empty), and a "
-                        "new run would replace them; train again with --overwrite or into a new --out folder")
+        raise UserError(
+            f"cannot resume {run}: it holds weights but no training state (state/ is empty), and a "
+            "new run would replace them; train again with --overwrite or into a new --out folder"
+        )
     return check_writable(run)
 
 
@@ -67,9 +71,11 @@ def check_finite_weights(run: Path, settings: TrainSettings, step: int, *nets) -
         return
     states = list_states(run / "state")
     kept = f"the last good state {states[-1].name} is kept" if states else "no state was saved"
-    raise TrainingInterrupted(f"the weights became non-finite (nan or inf) by step {step}; they were not saved, "
-                              f"{kept}; lower --lr (now {settings.train.lr:g}) or use --mixed-precision no, then "
-                              f"continue with `iclevr train --resume {run}`")
+    raise TrainingInterrupted(
+        f"the weights became non-finite (nan or inf) by step {step}; they were not saved, "
+        f"{kept}; lower --lr (now {settings.train.lr:g}) or use --mixed-precision no, then "
+        f"continue with `iclevr train --resume {run}`"
+    )
 
 
 def check_same_run(state: dict, settings: TrainSettings, path: Path) -> None:
@@ -84,8 +90,10 @@ def check_same_run(state: dict, settings: TrainSettings, path: Path) -> None:
         except ValidationError:
             before = None
         if before != current:
-            raise UserError(f"cannot resume {path}: its {section} settings differ from the requested ones; resume "
-                            "without changing --preset/--schedule/--prediction-type, or start a new --out folder")
+            raise UserError(
+                f"cannot resume {path}: its {section} settings differ from the requested ones; resume "
+                "without changing --preset/--schedule/--prediction-type, or start a new --out folder"
+            )
 
 
 class MetricsLog:
@@ -128,9 +136,21 @@ class MetricsLog:
             self.writer.close()
 
 
-def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, scaler, step: int, wall_s: float,
-                  steps_per_epoch: int, finished: bool = False, reason: str | None = None,
-                  raw_weights: bool = True) -> Path:
+def save_snapshot(
+    run: Path,
+    settings: TrainSettings,
+    *,
+    model,
+    ema,
+    optimizer,
+    scaler,
+    step: int,
+    wall_s: float,
+    steps_per_epoch: int,
+    finished: bool = False,
+    reason: str | None = None,
+    raw_weights: bool = True,
+) -> Path:
     """Write a resumable state (oldest rotated out), then weights/ema.safetensors (what sampling reads), the raw
     weights/model.safetensors if `raw_weights` (the loop: at the end only; the state holds them meanwhile) and
     progress.json, so a kill between the writes leaves the weights at or behind the newest state, never ahead
@@ -141,19 +161,40 @@ def save_snapshot(run: Path, settings: TrainSettings, *, model, ema, optimizer, 
     from iclevr.weights import save_weights
 
     check_finite_weights(run, settings, step, model, ema.model)  # never a NaN state saved as the "good" one
-    state = {"step": step, "wall_s": wall_s, "settings": to_json(settings), "model": model.state_dict(),
-             "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": scaler.state_dict() if scaler else None, "rng": rng_states()}
+    state = {
+        "step": step,
+        "wall_s": wall_s,
+        "settings": to_json(settings),
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "rng": rng_states(),
+    }
     path = save_state(run / "state", state, settings.train.keep_states)  # first: weights never ahead of it
-    meta = dict(model_cfg=settings.model, schedule_cfg=settings.schedule, sampler_cfg=settings.sampler,
-                preset=settings.preset, step=step)
-    for name, net in (("ema", ema.model), ("model", model))[:2 if raw_weights else 1]:
+    meta = dict(
+        model_cfg=settings.model,
+        schedule_cfg=settings.schedule,
+        sampler_cfg=settings.sampler,
+        preset=settings.preset,
+        step=step,
+    )
+    for name, net in (("ema", ema.model), ("model", model))[: 2 if raw_weights else 1]:
         remove_stale_temps(run / "weights" / f"{name}.safetensors")  # left by a killed earlier run
         save_weights(net, run / "weights" / f"{name}.safetensors", **meta)
     remove_stale_temps(run / "progress.json")
-    write_json(run / "progress.json", {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                       "steps_per_epoch": steps_per_epoch, "wall_s": round(wall_s, 2),
-                                       "finished": finished, "stop_reason": reason, "state": path.name})
+    write_json(
+        run / "progress.json",
+        {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "steps_per_epoch": steps_per_epoch,
+            "wall_s": round(wall_s, 2),
+            "finished": finished,
+            "stop_reason": reason,
+            "state": path.name,
+        },
+    )
     return path
 
 
@@ -171,8 +212,9 @@ def save_progress_grid(run: Path, name: str, ema_model, y: torch.Tensor, setting
     from iclevr.images import save_grid, to_output_size
     from iclevr.sampling import sample
 
-    x0 = sample(ema_model, y, schedule=settings.schedule, sampler=grid_sampler(settings),
-                device=device)  # (N, 3, S, S), seeds fixed by sampler.seed
+    x0 = sample(
+        ema_model, y, schedule=settings.schedule, sampler=grid_sampler(settings), device=device
+    )  # (N, 3, S, S), seeds fixed by sampler.seed
     return save_grid(to_output_size(x0), Path(run) / "samples" / name, nrow=8)
 
 
@@ -183,9 +225,15 @@ def train_bar(console, enabled: bool):
 
     from iclevr.progress import progress_bar
 
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[done]}"),
-               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
-               TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[ips]} img/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with progress_bar(console, enabled=enabled, columns=columns) as progress:
         yield progress, progress.add_task("train", total=None, epoch=0, loss="-", ips="-", done="")
 
@@ -202,8 +250,11 @@ def bar_position(step: int, elapsed_s: float, total_steps: int | None, budget_s:
     # both: the share of the budget that is further along, in seconds of the time budget, so the bar (and its ETA)
     # moves continuously when the lead passes from one budget to the other
     done = max(step / total_steps, used / budget_s)
-    text = f"{step}/{total_steps} (cap {budget_s / 60:g} min)" if step / total_steps >= used / budget_s else \
-        f"step {step} of {total_steps}, {used / 60:.1f}/{budget_s / 60:g} min"
+    text = (
+        f"{step}/{total_steps} (cap {budget_s / 60:g} min)"
+        if step / total_steps >= used / budget_s
+        else f"step {step} of {total_steps}, {used / 60:.1f}/{budget_s / 60:g} min"
+    )
     return min(done, 1.0) * budget_s, budget_s, text
 
 

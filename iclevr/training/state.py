@@ -99,7 +99,9 @@ def load_latest(folder: Path, map_location="cpu") -> tuple[dict, Path] | None:
             warnings.warn(f"{e}; trying an older state", stacklevel=2)
     if states:
         run = Path(folder).parent
-        raise UserError(f"cannot resume {run}: none of its {len(states)} training states can be read (newest "
-                        f"{states[-1].name}); its weights/ are left as they are; sample from them, or train again "
-                        f"with --overwrite or into a new --out folder")
+        raise UserError(
+            f"cannot resume {run}: none of its {len(states)} training states can be read (newest "
+            f"{states[-1].name}); its weights/ are left as they are; sample from them, or train again "
+            f"with --overwrite or into a new --out folder"
+        )
     return None

@@ -105,12 +105,18 @@ class Camera:
 
 CAMERA_ELEVATION = 36.0  # degrees below the horizon
 CAMERA_DISTANCE = 9.5
-CAMERA = Camera(position=(0.0, -CAMERA_DISTANCE * math.cos(math.radians(CAMERA_ELEVATION)),
-                          CAMERA_DISTANCE * math.sin(math.radians(CAMERA_ELEVATION))),
-                look_at=(0.0, 0.3, 0.0))
+CAMERA = Camera(
+    position=(
+        0.0,
+        -CAMERA_DISTANCE * math.cos(math.radians(CAMERA_ELEVATION)),
+        CAMERA_DISTANCE * math.sin(math.radians(CAMERA_ELEVATION)),
+    ),
+    look_at=(0.0, 0.3, 0.0),
+)
 
 
 # ---- ray / object intersections: o (N, 3) or (1, 3), d (N, 3) unit -> t (N,), inf on a miss -------------
+
 
 def _local(obj: SceneObject, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rays in the object's frame: origin at its base centre, rotated by -theta about z."""
@@ -198,10 +204,10 @@ def normals(obj: SceneObject, p: np.ndarray) -> np.ndarray:
 
 # ---- the object's extent on screen -------------------------------------------------------------------
 
+
 def outline(obj: SceneObject, sides: int = 16) -> np.ndarray:
     """Points (2*sides, 3) whose convex hull contains the object (a prism around its bounding cylinder)."""
     a = np.arange(sides) * 2 * math.pi / sides
     rad = obj.footprint / math.cos(math.pi / sides)  # circumscribed polygon
     ring = np.stack([obj.x + rad * np.cos(a), obj.y + rad * np.sin(a)], axis=-1)
     return np.concatenate([np.c_[ring, np.zeros(sides)], np.c_[ring, np.full(sides, obj.height)]])
-

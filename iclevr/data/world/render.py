@@ -17,8 +17,14 @@ import numpy as np
 from iclevr.data.world.geometry import CAMERA, Camera, SceneObject, intersect, normals, outline, unit
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {  # the CLEVR palette (sRGB)
-    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
-    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+    "gray": (87, 87, 87),
+    "red": (173, 35, 35),
+    "blue": (42, 75, 215),
+    "green": (29, 105, 20),
+    "brown": (129, 74, 25),
+    "purple": (129, 38, 192),
+    "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
 }
 FLOOR_RGB = (150, 150, 148)
 
@@ -90,6 +96,7 @@ def object_ids(objects, size: tuple[int, int] = (64, 64), camera: Camera = CAMER
 
 
 # ---- shading -------------------------------------------------------------------------------------------
+
 
 def _bounding_sphere(obj: SceneObject) -> tuple[np.ndarray, float]:
     return np.array([obj.x, obj.y, obj.height / 2]), math.hypot(obj.footprint, obj.height / 2)
@@ -164,8 +171,9 @@ def render(objects, size: tuple[int, int] = (128, 96), supersample: int = 2, cam
     return _render_prefixes(list(objects), size, supersample, camera, [len(objects)])[0]
 
 
-def render_sequence(objects, size: tuple[int, int] = (128, 96), supersample: int = 2,
-                    camera: Camera = CAMERA) -> list[np.ndarray]:
+def render_sequence(
+    objects, size: tuple[int, int] = (128, 96), supersample: int = 2, camera: Camera = CAMERA
+) -> list[np.ndarray]:
     """Images of objects[:1], objects[:2], ... (a scene built one object at a time); the ray casting
     of each object is shared by all of them, and each equals render(objects[:k])."""
     return _render_prefixes(list(objects), size, supersample, camera, list(range(1, len(objects) + 1)))
@@ -220,6 +228,6 @@ def _shade_objects(objects, owner: np.ndarray, p: np.ndarray, d: np.ndarray, lig
     rl = np.maximum(np.einsum("ij,ij->i", refl, light), 0.0)
     # metal reflects a bright sky over a dark floor, tinted by its colour (no grey added: colours stay saturated)
     env = np.where(refl[:, 2] > 0, 0.3 + 0.9 * np.sqrt(np.maximum(refl[:, 2], 0.0)), 0.14)
-    rubber_rgb = base * irradiance[:, None] + (0.04 * rl ** 8 * lit)[:, None]
-    metal_rgb = base * (0.3 * irradiance + env)[:, None] + (0.9 * rl ** 60 * lit)[:, None]
+    rubber_rgb = base * irradiance[:, None] + (0.04 * rl**8 * lit)[:, None]
+    metal_rgb = base * (0.3 * irradiance + env)[:, None] + (0.9 * rl**60 * lit)[:, None]
     return np.where(metal[:, None], metal_rgb, rubber_rgb)

@@ -42,16 +42,23 @@ def honest(objects: list[SceneObject]) -> bool:
         if math.hypot(new.x - old.x, new.y - old.y) < new.footprint + old.footprint + GAP:
             return False
     visible, silhouette = visibility(objects, CHECK_SIZE)
-    return bool((visible >= MIN_VISIBLE_PIXELS).all()
-                and (visible >= MIN_VISIBLE_FRACTION * np.maximum(silhouette, 1)).all())
+    return bool(
+        (visible >= MIN_VISIBLE_PIXELS).all() and (visible >= MIN_VISIBLE_FRACTION * np.maximum(silhouette, 1)).all()
+    )
 
 
 def random_object(rng: np.random.Generator, label: str) -> SceneObject:
     """An object of class `label` with random material, size, position and z-rotation."""
     colour, shape = label.split()
-    return SceneObject(shape=shape, colour=colour, material=MATERIALS[rng.integers(len(MATERIALS))],
-                       size=tuple(SIZES)[rng.integers(len(SIZES))], x=float(rng.uniform(*AREA[0])),
-                       y=float(rng.uniform(*AREA[1])), theta=float(rng.uniform(0, math.pi / 2)))
+    return SceneObject(
+        shape=shape,
+        colour=colour,
+        material=MATERIALS[rng.integers(len(MATERIALS))],
+        size=tuple(SIZES)[rng.integers(len(SIZES))],
+        x=float(rng.uniform(*AREA[0])),
+        y=float(rng.uniform(*AREA[1])),
+        theta=float(rng.uniform(0, math.pi / 2)),
+    )
 
 
 def place_sequence(rng: np.random.Generator, labels: list[str]) -> list[SceneObject]:
@@ -76,8 +83,14 @@ def random_labels(rng: np.random.Generator, k: int) -> list[str]:
     return [L.LABELS[i] for i in rng.choice(L.NUM_CLASSES, size=k, replace=False)]
 
 
-def render_examples(n: int, seed: int, min_objects: int = 1, max_objects: int = 5,
-                    size: tuple[int, int] = (64, 48), supersample: int = 2) -> tuple[np.ndarray, list[list[str]]]:
+def render_examples(
+    n: int,
+    seed: int,
+    min_objects: int = 1,
+    max_objects: int = 5,
+    size: tuple[int, int] = (64, 48),
+    supersample: int = 2,
+) -> tuple[np.ndarray, list[list[str]]]:
     """n independent random honest scenes: (uint8 (n, H, W, 3), label names per image); example i is
     seeded from (seed, i), so it does not depend on n."""
     images = np.zeros((n, size[1], size[0], 3), dtype=np.uint8)
