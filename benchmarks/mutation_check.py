@@ -36,6 +36,7 @@ GUIDANCE = [
 SAMPLING = [
     S + "test_same_seed_gives_identical_pixels_and_other_seed_differs",
     S + "test_clip_x0_bounds_the_raw_predicted_x0_at_every_step",
+    S + "test_image_does_not_depend_on_batch_size",
 ]
 SCHEDULES = ["tests/test_schedules.py"]
 LR = [
@@ -145,7 +146,7 @@ MUTATIONS = [
     (
         "sampling-no-x0-clipping",
         "iclevr/sampling.py",
-        "        if sampler.clip_x0:\n            eps = clip_output",
+        "        if clip:\n            eps = clip_output",
         "        if False:\n            eps = clip_output",
         SAMPLING,
     ),

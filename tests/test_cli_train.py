@@ -74,7 +74,7 @@ def test_train_writes_the_run_folder_then_protects_and_resumes_it(course_kit, tm
     assert settings["preset"] == CPU_PRESET and settings["train"]["p_uncond"] == 0.3 and settings["out"] == str(run)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in rows] == [2, 4]
-    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "wall_s"}
+    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "wall_s", "skipped_steps"}
     assert f"loss {rows[-1]['loss']:.4f}" in out
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "samples" / "epoch-0001.png").is_file() is False  # tiny: sample_every = 0, grid at the end
