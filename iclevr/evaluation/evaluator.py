@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclevr.errors import UserError
+from iclevr.fileio import file_sha256
 from iclevr.labels import NUM_CLASSES
 
 FORMAT = "iclevr-evaluator"
@@ -47,17 +48,6 @@ def forward_logits(net, x):
     h = net.maxpool(net.relu(net.bn1(net.conv1(x))))  # (B, 64, 16, 16)
     h = net.layer4(net.layer3(net.layer2(net.layer1(h))))  # (B, 512, 2, 2)
     return net.fc[0](net.avgpool(h).flatten(1))  # (B, 24)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (identifies the exact evaluator that produced a score)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
