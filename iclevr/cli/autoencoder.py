@@ -18,6 +18,7 @@ from iclevr.cli.common import (
     optional_float,
     optional_int,
     print_settings,
+    resume_config,
     typed_overrides,
 )
 
@@ -48,14 +49,10 @@ def autoencoder_train_cmd(
     Writes RUN/autoencoder.safetensors (with its held-out PSNR and latent scale factor); train a latent model on
     it with `iclevr train --preset tiny-latent --autoencoder RUN`. Ctrl-C saves and exits 3 (--resume RUN).
     """
-    from iclevr.errors import UserError
     from iclevr.settings import resolve
     from iclevr.training.autoencoder import AutoencoderTrainSettings, train_autoencoder
 
-    if resume is not None and config is None and (resume / "settings.json").is_file():
-        config = resume / "settings.json"
-    if resume is not None and out is not None and resume != out:
-        raise UserError(f"--resume {resume} and --out {out} name different run folders; give one of them")
+    config = resume_config(resume, out, config)
     overrides = typed_overrides(
         ctx,
         {

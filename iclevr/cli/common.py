@@ -83,6 +83,16 @@ def _escape(text: str) -> str:
 TYPED_SOURCES = ("COMMANDLINE", "ENVIRONMENT")
 
 
+def resume_config(resume: Path | None, out: Path | None, config: Path | None) -> Path | None:
+    """The config a `--resume RUN` starts from: the run's own settings.json unless --config names one (flags
+    still override it); --resume and --out naming different folders is one error."""
+    if resume is not None and out is not None and resume != out:
+        raise UserError(f"--resume {resume} and --out {out} name different run folders; give one of them")
+    if resume is not None and config is None and (resume / "settings.json").is_file():
+        return resume / "settings.json"
+    return config
+
+
 def typed_overrides(ctx: typer.Context, mapping: dict[str, str | tuple[str, Callable[[Any], Any]]]) -> dict[str, Any]:
     """Settings overrides {dotted key: value} from only the options the user typed (never a flag's default).
 

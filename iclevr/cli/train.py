@@ -20,6 +20,7 @@ from iclevr.cli.common import (
     optional_float,
     optional_int,
     print_settings,
+    resume_config,
     typed_overrides,
 )
 
@@ -84,17 +85,13 @@ def train_cmd(
     --resume RUN_DIR continues it); a second Ctrl-C stops at once (130). Exit code 2: bad input, a full disk or
     a permission problem, or a run folder another process is training (one writer per run folder).
     """
-    from iclevr.errors import UserError
     from iclevr.schedules import check_name
     from iclevr.settings import TrainSettings, resolve
     from iclevr.training.loop import train
 
     if resume is not None:
         check_resumable(resume, preset, start=out is not None and Path(out) == Path(resume))
-    if resume is not None and config is None and (resume / "settings.json").is_file():
-        config = resume / "settings.json"  # the run's own settings; flags still override them
-    if resume is not None and out is not None and resume != out:
-        raise UserError(f"--resume {resume} and --out {out} name different run folders; give one of them")
+    config = resume_config(resume, out, config)
     preset, why = default_preset(preset, config)
     overrides = typed_overrides(
         ctx,
