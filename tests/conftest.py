@@ -68,6 +68,31 @@ def tiny_model_cfg():
 
 
 @pytest.fixture
+def tiny_run(tiny_model_cfg) -> Path:
+    """A run folder under $ICLEVR_CHECKPOINTS holding a tiny random-weight UNet."""
+    import os
+
+    import torch
+
+    from iclevr.model import build_model
+    from iclevr.settings import SamplerSettings, ScheduleSettings
+    from iclevr.weights import save_weights
+
+    torch.manual_seed(0)
+    run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"
+    save_weights(
+        build_model(tiny_model_cfg),
+        run / "weights" / "ema.safetensors",
+        model_cfg=tiny_model_cfg,
+        schedule_cfg=ScheduleSettings(),
+        sampler_cfg=SamplerSettings(sampler="ddim", steps=2),
+        preset="tiny",
+        step=1,
+    )
+    return run
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread: on a shared 2-core machine, 2 spinning threads per process are 20x slower."""
     import torch

@@ -4,7 +4,6 @@ predicted exactly), `--images` mode, failing fast, and `iclevr evaluator train|e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,27 +15,6 @@ from typer.testing import CliRunner
 from iclevr.cli.app import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def tiny_run(tiny_model_cfg) -> Path:
-    """A run folder under $ICLEVR_CHECKPOINTS holding a tiny random-weight UNet."""
-    from iclevr.model import build_model
-    from iclevr.settings import SamplerSettings, ScheduleSettings
-    from iclevr.weights import save_weights
-
-    torch.manual_seed(0)
-    run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"
-    save_weights(
-        build_model(tiny_model_cfg),
-        run / "weights" / "ema.safetensors",
-        model_cfg=tiny_model_cfg,
-        schedule_cfg=ScheduleSettings(),
-        sampler_cfg=SamplerSettings(sampler="ddim", steps=2),
-        preset="tiny",
-        step=1,
-    )
-    return run
 
 
 def _ok(result):

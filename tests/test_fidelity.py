@@ -89,29 +89,6 @@ def test_reference_renders_follow_their_conditions_and_seed():
     assert (red[0] - red[1]).max() > 60  # a red object is in the picture: some pixel far redder than green
 
 
-@pytest.fixture
-def tiny_run(tiny_model_cfg, tmp_path):
-    import os
-    from pathlib import Path
-
-    from iclevr.model import build_model
-    from iclevr.settings import SamplerSettings, ScheduleSettings
-    from iclevr.weights import save_weights
-
-    torch.manual_seed(0)
-    run = Path(os.environ["ICLEVR_CHECKPOINTS"]) / "tiny-run"
-    save_weights(
-        build_model(tiny_model_cfg),
-        run / "weights" / "ema.safetensors",
-        model_cfg=tiny_model_cfg,
-        schedule_cfg=ScheduleSettings(),
-        sampler_cfg=SamplerSettings(sampler="ddim", steps=1),
-        preset="tiny",
-        step=1,
-    )
-    return run
-
-
 def test_eval_kid_request_with_too_few_images_writes_nothing(tiny_run, tmp_path):
     from evaluator_standin import colour_reader
 
