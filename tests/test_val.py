@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from evaluator_standin import colour_reader, fixed_ranking, fixed_topk
-from test_cli_eval import _assert_scored, _painted, tiny_run  # noqa: F401 - tiny_run is a fixture
+from test_cli_eval import _assert_scored, _painted
 from typer.testing import CliRunner
 
 from iclevr import labels as L
