@@ -181,8 +181,8 @@ MUTATIONS = [
     (
         "state-wall-time-not-saved",
         "iclevr/training/run_folder.py",
-        '"wall_s": wall_s, "settings"',
-        '"wall_s": 0.0, "settings"',
+        '        "wall_s": wall_s,\n',
+        '        "wall_s": 0.0,\n',
         ["tests/test_train.py::test_time_budget_resume_continues_the_same_lr_path"],
     ),
     (
