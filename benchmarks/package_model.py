@@ -5,7 +5,10 @@
         [--sampler-steps N] [--guidance S]
 
 1. Reads RUN_DIR/settings.json, progress.json, metrics.jsonl and the EMA weights (weights/ema.safetensors), and
-   refuses (one line, exit 2) a model whose float16 file would exceed --max-mb (14 MB) before any scoring.
+   refuses (one line, exit 2) a model whose float16 file, plus the autoencoder a latent model decodes with,
+   would exceed --max-mb (20 MB) before any scoring. A run started with `--init-from RUN` continues another
+   run: the chain of runs is followed back (each run folder's train.init_from) and every stage's steps,
+   images and wall time are recorded and summed, with one --command per stage (oldest first).
 2. Writes the float16 weights to a temporary file and scores THAT file on val, test and new_test exactly as
    `iclevr eval` would by default (the weights' stored sampler, guidance and steps, or the --sampler-steps /
    --guidance chosen on val, which the packaged file then stores; --seeds; the course
@@ -33,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "iclevr" / "assets" / "pretrained.safetensors"
 METRICS = Path(__file__).parent / "results" / "pretrained" / "metrics.json"
-# The issue asked for "at most ~12 MB". The CPU token design (tiny-tokens, 6.78 M parameters) takes 13.6 MB as
-# float16; the bound is 14 MB rather than a smaller, untested design (docs/model-card.md).
-MAX_MB = 14.0
+# Issue 26: the packaged model's weights plus the autoencoder it decodes with, float16, at most 20 MB
+# (tiny-latent: 5.99 M parameters, 12.0 MB, + the packaged autoencoder's 1.3 MB).
+MAX_MB = 20.0
 CURVE_POINTS = 200
 SPLITS = ("val", "test", "new_test")
 
@@ -68,6 +71,48 @@ def half_size_mb(model) -> float:
     return (
         sum(v.numel() * (2 if v.is_floating_point() else v.element_size()) for v in model.state_dict().values()) / 1e6
     )
+
+
+def autoencoder_mb(info) -> float:
+    """MB of the autoencoder file a latent model ships with (0 for pixel designs): it must be the packaged one."""
+    from iclevr.autoencoder import PACKAGED as path
+    from iclevr.errors import UserError
+    from iclevr.fileio import file_sha256
+
+    if info.model.design != "latent":
+        return 0.0
+    if not path.is_file() or file_sha256(path) != info.model.autoencoder_sha256:
+        raise UserError(
+            "this latent model was trained with another autoencoder than iclevr/assets/autoencoder.safetensors; "
+            "the packaged model must decode with the packaged autoencoder"
+        )
+    return path.stat().st_size / 1e6
+
+
+def lineage(run: Path, files: dict) -> list[dict]:
+    """The runs that made these weights, oldest first: RUN and, through train.init_from, the runs it continued
+    (steps, batch, wall time and settings of each); a chain into a file or the packaged model stops there."""
+    stages, seen = [], set()
+    while True:
+        train = files["settings"].get("train", {})
+        steps = int(files["progress"].get("step", 0))
+        stages.append(
+            {
+                "run": run.name,
+                "steps": steps,
+                "images_seen": steps * train.get("batch_size", 0) * train.get("grad_accum", 1),
+                "wall_s": files["progress"].get("wall_s"),
+                "settings": files["settings"],
+            }
+        )
+        seen.add(run.resolve())
+        parent = files["settings"].get("init_from")
+        if not parent or parent == "packaged" or not (Path(parent) / "settings.json").is_file():
+            return stages[::-1]
+        run = Path(parent)
+        if run.resolve() in seen:
+            return stages[::-1]
+        files = read_run(run)
 
 
 def score_file(weights: Path, seeds: list[int], evaluator: Path, out: Path, device: str, console=None) -> dict:
@@ -129,20 +174,32 @@ def thin_curve(rows: list[dict], points: int = CURVE_POINTS) -> list[dict]:
     return [{k: r[k] for k in ("step", "loss", "lr", "wall_s") if k in r} for r in ordered]
 
 
+def _stage_record(stage: dict) -> dict:
+    """One stage of the chain as recorded: its numbers, command and training settings (the model is the same)."""
+    return {k: v for k, v in stage.items() if k != "settings"} | {"train": stage["settings"].get("train")}
+
+
 def build_record(run: Path, files: dict, info, scores: dict, *, seeds, command, machine, processes) -> dict:
-    """The `packaged` metadata: how the model was trained and how it scored when packaged."""
+    """The `packaged` metadata: how the model was trained (every stage of an --init-from chain, summed) and how it
+    scored when packaged."""
     import statistics
 
     train = files["settings"].get("train", {})
-    steps = int(files["progress"].get("step", info.step))
+    stages = lineage(run, files)
+    commands = list(command) if isinstance(command, (list, tuple)) else [command]
+    for stage, cmd in zip(stages, commands if len(commands) == len(stages) else [None] * len(stages)):
+        stage["command"] = cmd
+    steps = sum(st["steps"] for st in stages)
     batch = {"per_process": train.get("batch_size"), "grad_accum": train.get("grad_accum", 1), "processes": processes}
-    wall_s = files["progress"].get("wall_s")
+    walls = [st["wall_s"] for st in stages]
+    wall_s = round(sum(walls), 2) if None not in walls else None
     return {
         "run": run.name,
         "settings": files["settings"],
-        "command": command,
+        "command": "\nthen: ".join(c for c in commands if c) or None,
+        "stages": [_stage_record(st) for st in stages],
         "steps": steps,
-        "images_seen": steps * batch["per_process"] * batch["grad_accum"] * processes,
+        "images_seen": sum(st["images_seen"] for st in stages) * processes,
         "batch": batch,
         "wall_s": wall_s,
         "wall_hours": round(wall_s / 3600, 3) if wall_s is not None else None,
@@ -183,16 +240,16 @@ def package(
     run, out = Path(run), Path(out)
     files = read_run(run)
     model, info = load_weights(files["weights"])
-    if (mb := half_size_mb(model)) > max_mb:
+    if (mb := half_size_mb(model) + autoencoder_mb(info)) > max_mb:
         raise UserError(
-            f"{files['weights']} would take {mb:.1f} MB as float16, above the {max_mb:g} MB the "
-            "package may carry; package a smaller model"
+            f"{files['weights']} would take {mb:.1f} MB as float16 (with its autoencoder), above the {max_mb:g} MB "
+            "the package may carry; package a smaller model"
         )
     meta = dict(
         model_cfg=info.model,
         schedule_cfg=info.schedule,
         preset=info.preset,
-        step=info.step,
+        step=sum(st["steps"] for st in lineage(run, files)),  # an --init-from chain counts every stage's steps
         half=True,
         sampler_cfg=info.sampler.model_copy(update=sampler or {}),
     )
@@ -205,7 +262,7 @@ def package(
     )  # no path of this machine in the file
     record["sampler_changed_from_run"] = sampler or {}
     save_weights(model, out, **meta, packaged=record)
-    if (size := out.stat().st_size) > max_mb * 1e6:
+    if (size := out.stat().st_size + autoencoder_mb(info) * 1e6) > max_mb * 1e6:
         out.unlink()
         raise UserError(f"{out} came out at {size / 1e6:.1f} MB, above {max_mb:g} MB; removed")
     if metrics is not None:
@@ -223,7 +280,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", type=Path, required=True, help="Trained run folder (its weights/ema.safetensors).")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="The packaged file to write.")
     p.add_argument("--seeds", default="0,1,2", help="Sampling seeds of the scores, e.g. 0,1,2.")
-    p.add_argument("--command", default=None, help="The command that trained the run (stored as written).")
+    p.add_argument(
+        "--command",
+        action="append",
+        default=None,
+        help="The command that trained the run (stored as written); once per stage of an --init-from chain, oldest "
+        "first.",
+    )
     p.add_argument("--machine", default=None, help="Where the run trained (default: machine.json or this one).")
     p.add_argument(
         "--processes",

@@ -270,3 +270,27 @@ def test_packaging_stores_and_scores_the_sampler_chosen_on_val(tmp_path, monkeyp
     assert [(s.steps, s.guidance_scale) for s in used] == [(1, 3.5)]  # scored with what it stores
     assert info.packaged["sampler"]["steps"] == 1
     assert info.packaged["sampler_changed_from_run"] == {"steps": 1, "guidance_scale": 3.5}
+
+
+def test_a_run_continued_with_init_from_records_every_stage(tmp_path):
+    """package_model follows --init-from back: steps, images and wall time of both stages, one command each."""
+    mod = _package_module()
+    first = make_run(tmp_path / "first", step=100, seed=0)
+    second = make_run(tmp_path / "second", step=50, seed=1)
+    settings = json.loads((second / "settings.json").read_text())
+    (second / "settings.json").write_text(json.dumps(settings | {"init_from": str(first)}))
+    files = mod.read_run(second)
+    scores = {"sampler": {}, "evaluator": {}, "accuracy": {s: {"mean": 0.5} for s in mod.SPLITS}}
+    record = mod.build_record(
+        second, files, None, scores, seeds=[0], command=["cmd one", "cmd two"], machine="m", processes=1
+    )
+    assert [(s["run"], s["steps"], s["command"]) for s in record["stages"]] == [
+        ("first", 100, "cmd one"),
+        ("second", 50, "cmd two"),
+    ]
+    assert record["steps"] == 150 and record["images_seen"] == 150 * settings["train"]["batch_size"]
+    assert record["wall_s"] == 2 * 5400.0 and record["command"] == "cmd one\nthen: cmd two"
+    single = mod.build_record(
+        first, mod.read_run(first), None, scores, seeds=[0], command="c", machine="m", processes=1
+    )
+    assert single["steps"] == 100 and [s["run"] for s in single["stages"]] == ["first"]
