@@ -304,3 +304,26 @@ def test_latents_are_never_clipped_to_the_pixel_range():
     free = sample(model, torch.zeros(2, 24), sampler=SamplerSettings(sampler="ddim", steps=3, clip_x0=False), **kw)
     assert not clips_x0(model) and clips_x0(build_model(ModelSettings(**TINY_MODEL)))
     assert torch.equal(clipped, free)
+
+
+def test_the_packaged_autoencoder_serves_the_embedded_kit_named_by_its_path_but_not_a_course_kit(tmp_path):
+    """`iclevr demo` passes the embedded kit as a path under $ICLEVR_HOME/kits: the CPU preset must take the
+    packaged autoencoder there (a fresh demo once stopped here), and still refuse it for a course kit."""
+    from rich.console import Console
+
+    from iclevr.autoencoder import PACKAGED
+    from iclevr.data.synth import embedded_kit_dir
+    from iclevr.errors import UserError
+    from iclevr.fileio import file_sha256
+    from iclevr.settings import CPU_PRESET, TrainSettings, resolve
+    from iclevr.training.design import prepare_autoencoder
+
+    def prepared(data_dir, run):
+        settings = resolve(TrainSettings, preset=CPU_PRESET, overrides={"data.data_dir": str(data_dir)})
+        return prepare_autoencoder(settings, run, Console(quiet=True))
+
+    settings = prepared(embedded_kit_dir("default-v1"), tmp_path / "demo-run")
+    assert settings.model.design == "latent" and settings.model.autoencoder_sha256 == file_sha256(PACKAGED)
+    assert file_sha256(tmp_path / "demo-run" / "autoencoder.safetensors") == file_sha256(PACKAGED)
+    with pytest.raises(UserError, match="trained on the embedded kit"):
+        prepared(tmp_path / "course-kit", tmp_path / "course-run")

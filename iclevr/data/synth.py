@@ -246,3 +246,9 @@ def default_out(scenes: int, max_objects: int, size: tuple[int, int], seed: int)
 def embedded_kit_dir(name: str) -> Path:
     """Where the embedded kit `name` lives: $ICLEVR_HOME/kits/<name>."""
     return iclevr_home() / "kits" / name
+
+
+def is_embedded_kit(data_dir: Path | None) -> bool:
+    """True for no --data-dir (the embedded default) or a folder under $ICLEVR_HOME/kits (an embedded kit named
+    by its path, as `iclevr demo` passes it); False for a course kit anywhere else."""
+    return data_dir is None or Path(data_dir).resolve().is_relative_to(embedded_kit_dir("").resolve())

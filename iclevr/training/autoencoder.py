@@ -243,11 +243,11 @@ def _finish(
 ) -> Path:
     """Measure on the held-out images, write autoencoder.safetensors and report.json; return the run folder."""
     from iclevr.autoencoder import save_autoencoder
-    from iclevr.data.synth import embedded_kit_dir
+    from iclevr.data.synth import is_embedded_kit
     from iclevr.fileio import write_json
 
     m = measure(vae, held_u8)
-    embedded = Path(data_dir).resolve().is_relative_to(embedded_kit_dir("").resolve())
+    embedded = is_embedded_kit(data_dir)
     info = {
         "data": f"embedded kit {Path(data_dir).name}" if embedded else "course kit",
         "data_name": Path(data_dir).name,

@@ -23,6 +23,7 @@ def prepare_autoencoder(settings: TrainSettings, run: Path, console) -> TrainSet
     """latent: copy the chosen autoencoder into the run folder and record its hash and latent grid in the
     model settings (a course kit never gets the packaged autoencoder silently); other designs: unchanged."""
     from iclevr.autoencoder import FILE_NAME, read_meta, resolve_autoencoder_file
+    from iclevr.data.synth import is_embedded_kit
     from iclevr.fileio import file_sha256
 
     if settings.model.design != "latent":
@@ -36,7 +37,7 @@ def prepare_autoencoder(settings: TrainSettings, run: Path, console) -> TrainSet
     else:
         source = resolve_autoencoder_file(settings.autoencoder)
     cfg, _, info = read_meta(source)
-    if settings.data.data_dir is not None and info.get("embedded", False):
+    if not is_embedded_kit(settings.data.data_dir) and info.get("embedded", False):
         raise UserError(
             f"the autoencoder {source} was trained on the embedded kit, not on {settings.data.data_dir}; "
             f"train one on your kit with `iclevr autoencoder train --data-dir {settings.data.data_dir}` "
