@@ -148,3 +148,17 @@ def test_eval_reports_fidelity_against_embedded_renders(tiny_run, tmp_path):
     text = " ".join(r.output.split())
     assert f"KID x10^3 {1e3 * f['generated']['kid']:.1f}" in text
     assert 'data-key="splits/test/fidelity/generated/kid"' in (out / "report.html").read_text()
+
+
+def test_the_embedded_kit_named_by_its_path_is_compared_with_renders_not_taken_for_a_course_kit(tmp_path):
+    """`iclevr demo` passes the embedded kit's folder as data_dir: its reference is the renders of the same
+    conditions (a demo once compared its images with random training images, as for a course kit)."""
+    from iclevr.data.synth import embedded_kit_dir
+    from iclevr.evaluation.fidelity import PER_CONDITION, reference_sets
+
+    conditions = [["red sphere"], ["cyan cube", "gray cylinder"]]
+    a, b, what = reference_sets(conditions, embedded_kit_dir("default-v1"), 6)
+    assert what.startswith("embedded renders of the same conditions")
+    assert a.shape == b.shape == (len(conditions) * PER_CONDITION, 3, 64, 64) and not torch.equal(a, b)
+    none_a, _, _ = reference_sets(conditions, None, 6)
+    assert torch.equal(a, none_a)

@@ -123,7 +123,9 @@ def render_reference(
 def reference_sets(conditions: list[list[str]], data_dir, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(reference A, floor set B, what they are), uint8 (.., 3, 64, 64): renders of these conditions for the
     embedded kit (cached under $ICLEVR_HOME), else two disjoint random sets of the course kit's training images."""
-    if data_dir is None:
+    from iclevr.data.synth import is_embedded_kit
+
+    if is_embedded_kit(data_dir):  # no --data-dir, or the embedded kit named by its path (as `iclevr demo` does)
         a = _cached_render(conditions, seed=1)
         b = _cached_render(conditions, seed=2)
         return a, b, f"embedded renders of the same conditions ({PER_CONDITION} per condition per set)"
