@@ -164,6 +164,22 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def reported_table(results: Path = RESULTS) -> str:
+    """test and new_test of the rows scored with --report-test (the demo's targets), as a markdown table."""
+    rows = [json.loads(f.read_text()) for f in sorted(results.glob("*-s*.json"))]
+    lines = [
+        "| design | budget (pixels32-minutes) | steps × 32 | test | new_test | mean of test and new_test |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted((r for r in rows if "reported" in r), key=lambda r: (r["minutes"], r["design"], r["train_seed"])):
+        t = r["reported"]
+        lines.append(
+            f"| {r['design']} (train seed {r['train_seed']}) | {r['minutes']:g} | {r['steps']:,} | "
+            f"{t['test']['mean']:.3f} | {t['new_test']['mean']:.3f} | **{t['mean_test_new_test']:.3f}** |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Parse arguments; measure step times, or train and score designs, or print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,7 +203,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.table:
-        print(table())
+        print(table() + "\n\n" + reported_table())
         return
     if args.step_time:
         row = {
