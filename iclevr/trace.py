@@ -83,6 +83,12 @@ class Trace:
     gif_x0_pred: torch.Tensor | None = None
 
 
+def step_decoder(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What turns a sampling state of `model` into images: the autoencoder's decoder for a latent model
+    ((B, C, h, w) -> (B, 3, H, W)), None for a pixel model (its states are images already)."""
+    return model.to_images if getattr(getattr(model, "cfg", None), "design", "pixels") == "latent" else None
+
+
 def record_trace(
     model, y: torch.Tensor, *, schedule, sampler: SamplerSettings, frames: int = 10, gif: bool = False, device=None
 ) -> Trace:
@@ -92,8 +98,7 @@ def record_trace(
     steps = resolve_steps(sampler, schedule)
     states = frame_states(frames, steps)
     gif_states = frame_states(min(GIF_FRAMES, steps + 1), steps) if gif else []
-    decode = model.to_images if getattr(getattr(model, "cfg", None), "design", "pixels") == "latent" else None
-    recorder = TraceRecorder(keep=set(states) | set(gif_states), decode=decode)
+    recorder = TraceRecorder(keep=set(states) | set(gif_states), decode=step_decoder(model))
     final = sample(model, y[:1], schedule=schedule, sampler=sampler, callback=recorder, device=device)
     trace = Trace(
         states=states,

@@ -157,6 +157,27 @@ def test_a_generation_streams_every_step_and_returns_images_gifs_and_verdicts(en
         )
 
 
+def test_a_latent_models_live_frames_and_gif_are_decoded_images_not_latents():
+    """The page shows what a latent model's states decode to (a screenshot once showed raw latents as colour)."""
+    from iclevr.serve.engine import LiveTrace
+
+    def white(z):  # a stand-in decoder: (B, 4, 16, 16) latents -> (B, 3, 64, 64) white images
+        assert z.shape[1:] == (4, 16, 16)
+        return torch.ones(len(z), 3, 64, 64)
+
+    emit = Collect()
+    trace = LiveTrace(Job(None, emit), steps=2, decode=white)
+    z = torch.randn(1, 4, 16, 16)
+    for i in range(2):
+        trace({"i": i, "t": 500 - 400 * i, "x_t": z, "x0_pred": z, "x_prev": z})
+    for frame in emit.events:
+        for key in ("x_t", "x0"):
+            image = np.array(decode(frame[key]).convert("RGB"))
+            assert image.shape == (64, 64, 3) and image.min() == 255, key
+    gif = Image.open(io.BytesIO(trace.gif(0)))  # GIF bytes
+    assert gif.size == (128, 64) and np.array(gif.convert("RGB")).min() == 255  # (identical frames merge)
+
+
 def test_without_an_evaluator_the_images_come_without_verdicts(weights, one_thread):
     from iclevr.serve.engine import Engine
 

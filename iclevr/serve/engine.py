@@ -49,13 +49,18 @@ class LiveTrace:
     """sample() callback: stops a cancelled job, streams a frame per step (a few KiB of PNG per image, so
     every step is sent), keeps the GIF's states."""
 
-    def __init__(self, job: Job, steps: int):
+    def __init__(self, job: Job, steps: int, decode=None):
         from iclevr.trace import GIF_FRAMES, frame_states
 
         self.job, self.steps = job, steps
+        self.decode = decode  # latent models: states -> images (iclevr.trace.step_decoder); None for pixels
         self.keep = set(frame_states(min(GIF_FRAMES, steps + 1), steps))
         self.x_t: list[torch.Tensor] = []  # (B, 3, 64, 64) uint8 per kept state
         self.x0_pred: list[torch.Tensor] = []
+
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        """A step's state as images (B, 3, H, W): decoded for a latent model, as is for a pixel model."""
+        return self.decode(x) if self.decode is not None else x
 
     def _keep(self, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
         from iclevr.images import to_output_size, to_uint8
@@ -68,18 +73,20 @@ class LiveTrace:
         if self.job.cancelled():
             raise Cancelled()
         i = step["i"]
+        x_t, x0_pred = self._image(step["x_t"]), self._image(step["x0_pred"])  # (B, 3, H, W)
         if i in self.keep:
-            self._keep(step["x_t"], step["x0_pred"])
+            self._keep(x_t, x0_pred)
         if i == self.steps - 1 and self.steps in self.keep:
-            self._keep(step["x_prev"], step["x_prev"])  # the final image
+            final = self._image(step["x_prev"])
+            self._keep(final, final)  # the final image
         self.job.emit(
             {
                 "type": "frame",
                 "i": i + 1,
                 "steps": self.steps,
                 "t": step["t"],
-                "x_t": png_url(step["x_t"]),
-                "x0": png_url(step["x0_pred"]),
+                "x_t": png_url(x_t),
+                "x0": png_url(x0_pred),
             }
         )
 
@@ -165,7 +172,9 @@ class Engine:
         y = L.encode(r.objects)[None].repeat(r.num, 1)  # (n, 24)
         job.emit({"type": "started", "steps": r.steps, "images": r.num})
         began = time.perf_counter()
-        trace = LiveTrace(job, r.steps)
+        from iclevr.trace import step_decoder
+
+        trace = LiveTrace(job, r.steps, decode=step_decoder(self.model))
         x0 = sample(
             self.model, y, schedule=self.info.schedule, sampler=sampler, callback=trace, device=self.device
         )  # (n, 3, S, S)
