@@ -59,6 +59,17 @@ def course_kit(tmp_path: Path) -> Path:
     return write_course_kit(tmp_path / "kit")
 
 
+def benchmark_module(name: str):
+    """benchmarks/<name>.py, imported from its file (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def tiny_model_cfg():
     """ModelSettings of a very small UNet (16x16)."""

@@ -4,24 +4,16 @@ check then stopped at that mutation)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module():
-    """benchmarks/mutation_check.py, imported from its file (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("mutation_check", ROOT / "benchmarks" / "mutation_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MUTATIONS = _module().MUTATIONS
+MUTATIONS = benchmark_module("mutation_check").MUTATIONS
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=[m[0] for m in MUTATIONS])

@@ -4,14 +4,13 @@ naming them, a fresh ICLEVR_HOME that samples and scores without rendering, and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, benchmark_module
 from typer.testing import CliRunner
 
 from iclevr.cli.app import app
@@ -21,11 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _package_module():
-    """benchmarks/package_model.py, imported from its file (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("package_model", ROOT / "benchmarks" / "package_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/package_model.py."""
+    return benchmark_module("package_model")
 
 
 def make_run(folder: Path, *, step: int, seed: int, log_rows: int = 3, finished: bool = True) -> Path:

@@ -149,10 +149,8 @@ def test_the_readmes_demo_numbers_are_the_demo_summaries():
 
 def test_the_designs_page_tables_are_the_study_files():
     """docs/designs.md's two tables are what `python benchmarks/designs.py --table` prints from the committed rows."""
-    import importlib.util
+    from conftest import benchmark_module
 
-    spec = importlib.util.spec_from_file_location("designs", ROOT / "benchmarks" / "designs.py")
-    designs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(designs)
+    designs = benchmark_module("designs")
     assert marked_block("docs/designs.md", "DESIGNS_TABLE").strip() == designs.table()
     assert marked_block("docs/designs.md", "DESIGNS_REPORTED").strip() == designs.reported_table()
