@@ -179,13 +179,15 @@ def _stage_record(stage: dict) -> dict:
     return {k: v for k, v in stage.items() if k != "settings"} | {"train": stage["settings"].get("train")}
 
 
-def build_record(run: Path, files: dict, info, scores: dict, *, seeds, command, machine, processes) -> dict:
-    """The `packaged` metadata: how the model was trained (every stage of an --init-from chain, summed) and how it
-    scored when packaged."""
+def build_record(
+    run: Path, files: dict, scores: dict, *, seeds, command, machine, processes, stages: list[dict] | None = None
+) -> dict:
+    """The `packaged` metadata: how the model was trained (every stage of an --init-from chain, summed; `stages`
+    from lineage() when the caller has them) and how it scored when packaged."""
     import statistics
 
     train = files["settings"].get("train", {})
-    stages = lineage(run, files)
+    stages = stages if stages is not None else lineage(run, files)
     commands = list(command) if isinstance(command, (list, tuple)) else [command]
     for stage, cmd in zip(stages, commands if len(commands) == len(stages) else [None] * len(stages)):
         stage["command"] = cmd
@@ -240,7 +242,8 @@ def package(
     run, out = Path(run), Path(out)
     files = read_run(run)
     model, info = load_weights(files["weights"])
-    if (mb := half_size_mb(model) + autoencoder_mb(info)) > max_mb:
+    stages, ae_mb = lineage(run, files), autoencoder_mb(info)
+    if (mb := half_size_mb(model) + ae_mb) > max_mb:
         raise UserError(
             f"{files['weights']} would take {mb:.1f} MB as float16 (with its autoencoder), above the {max_mb:g} MB "
             "the package may carry; package a smaller model"
@@ -249,7 +252,7 @@ def package(
         model_cfg=info.model,
         schedule_cfg=info.schedule,
         preset=info.preset,
-        step=sum(st["steps"] for st in lineage(run, files)),  # an --init-from chain counts every stage's steps
+        step=sum(st["steps"] for st in stages),  # an --init-from chain counts every stage's steps
         half=True,
         sampler_cfg=info.sampler.model_copy(update=sampler or {}),
     )
@@ -258,11 +261,14 @@ def package(
         model, _ = load_weights(halved)  # the float16 tensors that ship, scored as they will run
         scores = score_file(halved, list(seeds), Path(evaluator or PACKAGED), run / "package-eval", device, console)
     record = portable(
-        build_record(run, files, info, scores, seeds=seeds, command=command, machine=machine, processes=processes), ROOT
+        build_record(
+            run, files, scores, seeds=seeds, command=command, machine=machine, processes=processes, stages=stages
+        ),
+        ROOT,
     )  # no path of this machine in the file
     record["sampler_changed_from_run"] = sampler or {}
     save_weights(model, out, **meta, packaged=record)
-    if (size := out.stat().st_size + autoencoder_mb(info) * 1e6) > max_mb * 1e6:
+    if (size := out.stat().st_size + ae_mb * 1e6) > max_mb * 1e6:
         out.unlink()
         raise UserError(f"{out} came out at {size / 1e6:.1f} MB, above {max_mb:g} MB; removed")
     if metrics is not None:

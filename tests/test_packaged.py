@@ -278,7 +278,7 @@ def test_a_run_continued_with_init_from_records_every_stage(tmp_path):
     files = mod.read_run(second)
     scores = {"sampler": {}, "evaluator": {}, "accuracy": {s: {"mean": 0.5} for s in mod.SPLITS}}
     record = mod.build_record(
-        second, files, None, scores, seeds=[0], command=["cmd one", "cmd two"], machine="m", processes=1
+        second, files, scores, seeds=[0], command=["cmd one", "cmd two"], machine="m", processes=1
     )
     assert [(s["run"], s["steps"], s["command"]) for s in record["stages"]] == [
         ("first", 100, "cmd one"),
@@ -286,7 +286,5 @@ def test_a_run_continued_with_init_from_records_every_stage(tmp_path):
     ]
     assert record["steps"] == 150 and record["images_seen"] == 150 * settings["train"]["batch_size"]
     assert record["wall_s"] == 2 * 5400.0 and record["command"] == "cmd one\nthen: cmd two"
-    single = mod.build_record(
-        first, mod.read_run(first), None, scores, seeds=[0], command="c", machine="m", processes=1
-    )
+    single = mod.build_record(first, mod.read_run(first), scores, seeds=[0], command="c", machine="m", processes=1)
     assert single["steps"] == 100 and [s["run"] for s in single["stages"]] == ["first"]
